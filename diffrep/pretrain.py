@@ -1,0 +1,236 @@
+"""Generative pre-training (DDAE): train a small diffusers denoiser with the DDPM or EDM objective.
+
+Single process by default; `torchrun --nproc_per_node N -m diffrep.cli pretrain …` runs N ranks through
+accelerate (gloo on CPU). Every step draws its batch and noise from generators seeded by (seed, step,
+rank), so a resumed run continues exactly where its last checkpoint stood. Checkpoints are one file
+written to a temporary name and renamed (atomic), so a SIGKILL loses at most one interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, EDMEulerScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from .backbone import null_class, noise_form, run_denoiser
+from .data import load_split
+from .errors import DiffrepError
+from .losses import DDPMLoss, EDMLoss
+
+
+@dataclass
+class PretrainConfig:
+    data: str = "mnist"              # 'mnist' (its train split only) or an image folder
+    objective: str = "ddpm"          # 'ddpm' (ε-prediction, linear β) or 'edm' (Karras σ, preconditioned)
+    arch: str = "unet"               # 'unet' (UNet2DModel) or 'dit' (DiTTransformer2DModel on pixels)
+    resolution: int = 32             # training images are resized to this square size
+    channels: int = 1                # image channels (1 grey, 3 RGB)
+    widths: tuple = (32, 64, 128)    # UNet block widths; one 2× downsampling between blocks
+    layers_per_block: int = 1        # ResNet layers per UNet block
+    attention: bool = False          # self-attention at the lowest UNet resolution (≈2× slower on CPU)
+    steps: int = 4000                # optimiser steps
+    batch_size: int = 128            # global batch, split across ranks
+    lr: float = 5e-4                 # AdamW, linear warm-up then constant
+    warmup: int = 200                # warm-up steps
+    ema_decay: float = 0.999         # EMA of weights; the saved model is the EMA
+    checkpoint_every: int = 250      # steps between checkpoints
+    precision: str = "bf16"          # 'bf16' autocast or 'fp32'
+    seed: int = 0
+
+    def check(self) -> None:
+        for key, allowed in (("objective", ("ddpm", "edm")), ("arch", ("unet", "dit")), ("precision", ("bf16", "fp32"))):
+            if getattr(self, key) not in allowed:
+                raise DiffrepError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
+        if self.resolution % 2 ** (len(self.widths) - 1):
+            raise DiffrepError(f"resolution {self.resolution} is not divisible by {2 ** (len(self.widths) - 1)} ({len(self.widths)} UNet levels)")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise DiffrepError("steps, batch_size and checkpoint_every must be positive")
+
+
+def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
+    if cfg.arch == "dit":
+        return DiTTransformer2DModel(
+            in_channels=cfg.channels, out_channels=cfg.channels, sample_size=cfg.resolution, patch_size=2,
+            num_layers=6, num_attention_heads=4, attention_head_dim=32, num_embeds_ada_norm=1)
+    levels = len(cfg.widths)
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if cfg.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=cfg.resolution, in_channels=cfg.channels, out_channels=cfg.channels,
+        block_out_channels=tuple(cfg.widths), down_block_types=tuple(down), up_block_types=tuple(up),
+        layers_per_block=cfg.layers_per_block, norm_num_groups=8)
+
+
+def build_scheduler(cfg: PretrainConfig):
+    return EDMEulerScheduler() if cfg.objective == "edm" else DDPMScheduler(num_train_timesteps=1000)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _run_config(out: Path, cfg: PretrainConfig, resume: bool, overrides: dict) -> tuple[PretrainConfig, dict | None]:
+    """The run's config and last checkpoint: a fresh run refuses to overwrite one; a resumed run keeps
+    its saved config (only `steps` and `checkpoint_every` may change)."""
+    ckpt, saved = out / "checkpoint.pt", out / "config.json"
+    if not resume:
+        if ckpt.exists() or (out / "model").exists():
+            raise DiffrepError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return cfg, None
+    if not ckpt.exists():
+        print(f"no checkpoint in {out}; starting a new run")
+        return cfg, None
+    old = json.loads(saved.read_text())
+    old["widths"] = tuple(old["widths"])
+    for key, value in overrides.items():
+        if key not in ("steps", "checkpoint_every") and value is not None and old.get(key) != value:
+            raise DiffrepError(f"{out} was started with {key}={old.get(key)!r}; cannot change it to {value!r} on resume")
+    old.update({k: v for k, v in overrides.items() if k in ("steps", "checkpoint_every") and v is not None})
+    return PretrainConfig(**old), torch.load(ckpt, weights_only=True)
+
+
+def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = False, overrides: dict | None = None) -> dict:
+    """Train, checkpoint, and write `out/model` (a diffusers pipeline folder with the EMA weights),
+    `out/samples.png` and `out/pretrain.json`. Returns the summary written to pretrain.json."""
+    from accelerate import Accelerator
+
+    out = Path(out)
+    cfg = cfg or PretrainConfig(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg, state = _run_config(out, cfg, resume, overrides or {})
+    cfg.check()
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    main = acc.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    data = load_split(cfg.data, "train", cfg.channels, cfg.resolution).images
+    if data.shape[-1] != cfg.resolution:
+        data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
+
+    torch.manual_seed(cfg.seed)
+    model, scheduler = build_denoiser(cfg), build_scheduler(cfg)
+    noise = noise_form(scheduler)
+    loss_fn = EDMLoss(noise) if cfg.objective == "edm" else DDPMLoss(noise)
+    cond = null_class(model) if isinstance(model, DiTTransformer2DModel) else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
+    start, elapsed, loss_avg = 0, 0.0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        start, elapsed, loss_avg = state["step"], state["elapsed"], state["loss"]
+    model, opt = acc.prepare(model, opt)
+    local_batch = cfg.batch_size // acc.num_processes
+    if main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"pre-training {type(acc.unwrap_model(model)).__name__} ({n_params / 1e6:.2f}M params, {cfg.objective}) "
+              f"on {len(data)} images, {acc.num_processes} process(es), steps {start}->{cfg.steps}")
+    bar = tqdm(total=cfg.steps, initial=start, disable=not main, desc="pretrain", dynamic_ncols=True)
+    t0 = time.time() - elapsed
+    model.train()
+    for step in range(start, cfg.steps):
+        batch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(data), (local_batch * acc.num_processes,), generator=batch_gen)
+        x0 = data[idx[acc.process_index::acc.num_processes]].to(acc.device)
+        noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + acc.process_index)
+        c = None if cond is None else torch.full((len(x0),), cond, device=acc.device)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        loss = loss_fn(model, x0, noise_gen, c)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(acc.unwrap_model(model).parameters())
+        step_loss = acc.reduce(loss.detach(), "mean").item()
+        loss_avg = step_loss if loss_avg is None else 0.98 * loss_avg + 0.02 * step_loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_avg:.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            if main:
+                _save_atomic({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
+                              "ema": ema.state_dict(), "step": step + 1, "elapsed": time.time() - t0,
+                              "loss": loss_avg}, out / "checkpoint.pt")
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step + 1, "loss": loss_avg, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
+            acc.wait_for_everyone()
+    bar.close()
+    summary = {}
+    if main:
+        final = acc.unwrap_model(model)
+        ema.copy_to(final.parameters())
+        final.eval()
+        _save_model(final, scheduler, out / "model")
+        save_sample_grid(final, scheduler, out / "samples.png", seed=cfg.seed)
+        summary = {"steps": cfg.steps, "final_loss": loss_avg, "wall_time_s": round(time.time() - t0, 1),
+                   "processes": acc.num_processes, "config": dataclasses.asdict(cfg), "model": str(out / "model")}
+        (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
+        print(f"saved {out / 'model'} (final loss {loss_avg:.4f}, {summary['wall_time_s']:.0f} s); samples in {out / 'samples.png'}")
+    acc.wait_for_everyone()
+    acc.end_training()
+    # accelerate keeps its settings process-wide; forget them so that pretrain() can run again here
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    return summary
+
+
+def _save_model(model, scheduler, folder: Path) -> None:
+    """A diffusers pipeline folder (unet/, scheduler/, model_index.json), written beside and renamed."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+@torch.no_grad()
+def sample(model, scheduler, n: int = 64, steps: int = 50, seed: int = 0) -> torch.Tensor:
+    """n samples in [-1, 1] by DDIM (VP models) or EDM Euler (EDM models) in `steps` steps."""
+    sched = (EDMEulerScheduler if isinstance(scheduler, EDMEulerScheduler) else DDIMScheduler).from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    cfg = model.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    device = next(model.parameters()).device
+    x = torch.randn(n, cfg.in_channels, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+    x = x * sched.init_noise_sigma
+    cond = torch.full((n,), null_class(model), device=device) if isinstance(model, DiTTransformer2DModel) else None
+    for t in sched.timesteps:
+        out = run_denoiser(model, sched.scale_model_input(x, t), t.expand(n).to(device), cond)
+        x = sched.step(out, t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+def save_sample_grid(model, scheduler, path: Path, n: int = 64, seed: int = 0) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = (sample(model, scheduler, n, seed=seed).float().cpu() + 1) / 2
+    rows = int(n ** 0.5)
+    c, h, w = x.shape[1:]
+    grid = x[: rows * rows].view(rows, rows, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, rows * w, c)
+    plt.imsave(path, grid.squeeze(-1).numpy(), cmap="gray" if c == 1 else None)

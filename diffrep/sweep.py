@@ -1,0 +1,206 @@
+"""The timestep × block probe sweep (DDAE's grid search): for every (t, block, pool) cell a linear
+probe on frozen features, all probes trained in one pass; baselines (raw pixels, the same network
+with random weights) in the same run and table. Writes sweep.json, heatmap.png and prints the table."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone, load_backbone
+from .collect import collect_features, fit_images
+from .data import load_split
+from .errors import DiffrepError
+from .featstore import feature_key, load_features, read_meta, save_features
+from .featurizer import Featurizer
+from .probe import train_probe_grid
+
+
+@dataclass
+class SweepConfig:
+    model: str = "mnist-ddpm"
+    data: str = "mnist"
+    ts: list = field(default_factory=lambda: [5, 25, 50, 100, 200])  # noise levels (timesteps, or σ for EDM)
+    blocks: list | None = None       # default: every top-level block
+    pools: list = field(default_factory=lambda: [1, 2, 4])  # adaptive average pooling sizes p×p
+    batch_size: int = 250
+    ensemble: int = 1                # noise draws averaged per image
+    seed: int = 0
+    bf16: bool = False               # bfloat16 autocast for extraction
+    epochs: int = 60                 # linear-probe epochs
+    baselines: bool = True           # raw pixels and the random-weight network
+    features: str | None = None      # a `diffrep features` folder to use instead of extracting
+
+
+def random_init(backbone: Backbone, seed: int) -> Backbone:
+    """The same architecture with freshly initialised weights (VAE and text encoder kept)."""
+    torch.manual_seed(seed)
+    denoiser = type(backbone.denoiser).from_config(backbone.denoiser.config).eval().requires_grad_(False)
+    return Backbone(denoiser.to(backbone.device), backbone.noise, backbone.vae, backbone.text_encoder,
+                    backbone.tokenizer, source=f"{backbone.source} (random init)")
+
+
+def _cached(path: Path, meta: dict, compute) -> dict[str, torch.Tensor]:
+    """Features from `path` when it was written with the same settings, else computed and written."""
+    if path.is_file() and read_meta(path) == meta:
+        print(f"reusing cached features {path}")
+        return load_features(path)[0]
+    tensors = compute()
+    save_features(path, tensors, meta)
+    return tensors
+
+
+def _pool_saved(features_dir: Path, split: str, pools: list[int]) -> tuple[dict, dict, torch.Tensor]:
+    """Features written by `diffrep features`, pooled to each p; returns (features, manifest, labels)."""
+    tensors, meta = load_features(features_dir / f"{split}.safetensors")
+    if "labels" not in tensors:
+        raise DiffrepError(f"{features_dir / split}.safetensors has no labels; the sweep needs a labelled data set")
+    out = {}
+    for t in meta["ts"]:
+        for block in meta["blocks"]:
+            key = feature_key(t, block)
+            if key not in tensors:
+                raise DiffrepError(f"{features_dir / split}.safetensors lacks {key}; the file is incomplete")
+            for p in pools:
+                out[feature_key(t, block, p)] = F.adaptive_avg_pool2d(tensors[key].float(), p).flatten(1)
+    return out, meta, tensors["labels"]
+
+
+def run_sweep(cfg: SweepConfig, out: str | Path) -> dict:
+    out = Path(out)
+    start = time.time()
+    backbone = load_backbone(cfg.model)
+    featurizer = Featurizer(backbone)
+    splits = {s: load_split(cfg.data, s, backbone.image_channels, backbone.image_size) for s in ("train", "test")}
+    for s, d in splits.items():
+        if d.labels is None:
+            raise DiffrepError(f"{cfg.data} has no labels (use class sub-folders); the sweep needs them")
+        d.images = fit_images(d.images, backbone.image_channels, backbone.image_size, f"{s} images")
+    feats, labels = {}, {s: d.labels for s, d in splits.items()}
+    if cfg.features:
+        for s in splits:
+            feats[s], meta, labels[s] = _pool_saved(Path(cfg.features), s, cfg.pools)
+        cfg.ts, cfg.blocks = meta["ts"], meta["blocks"]
+        print(f"using features from {cfg.features}: t={cfg.ts}, blocks={cfg.blocks}")
+    else:
+        cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks())
+        cfg.ts = [backbone.noise.check(t) for t in cfg.ts]
+        for s, d in splits.items():
+            feats[s] = _cached(out / "cache" / f"{s}.safetensors", _cache_meta(cfg, s, "trained"),
+                               lambda d=d, s=s: collect_features(featurizer, d, cfg.ts, cfg.blocks, cfg.pools,
+                                                                 cfg.batch_size, cfg.ensemble, cfg.seed,
+                                                                 bf16=cfg.bf16, desc=f"{s} features"))
+    extract_s = time.time() - start
+    if cfg.baselines:
+        rand = Featurizer(random_init(backbone, cfg.seed))
+        for s, d in splits.items():
+            feats[s]["pixels"] = d.images.flatten(1)
+            rfeats = _cached(out / "cache" / f"{s}-random.safetensors", _cache_meta(cfg, s, "random"),
+                             lambda d=d, s=s: collect_features(rand, d, cfg.ts, cfg.blocks, cfg.pools, cfg.batch_size,
+                                                               cfg.ensemble, cfg.seed, bf16=cfg.bf16,
+                                                               desc=f"{s} random-init"))
+            feats[s].update({f"random/{k}": v for k, v in rfeats.items()})
+    baseline_s = time.time() - start - extract_s
+    print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
+    scores = train_probe_grid(feats["train"], labels["train"], feats["test"], labels["test"], epochs=cfg.epochs,
+                              seed=cfg.seed, progress=lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
+    result = _summarise(cfg, scores, len(labels["train"]), len(labels["test"]))
+    result["timing_s"] = {"features": round(extract_s, 1), "baseline_features": round(baseline_s, 1),
+                          "total": round(time.time() - start, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result, indent=2))
+    plot_heatmap(result, out / "heatmap.png")
+    print(format_table(result))
+    print(f"wrote {out / 'sweep.json'} and {out / 'heatmap.png'} ({result['timing_s']['total']:.0f} s)")
+    return result
+
+
+def _cache_meta(cfg: SweepConfig, split: str, weights: str) -> dict:
+    keep = ("model", "data", "ts", "blocks", "pools", "batch_size", "ensemble", "seed", "bf16")
+    return {**{k: v for k, v in asdict(cfg).items() if k in keep}, "split": split, "weights": weights}
+
+
+def _parse(key: str) -> dict:
+    t, block, pool = key.split("/")
+    return {"t": json.loads(t[2:]), "block": block, "pool": int(pool[5:])}
+
+
+def _best(cells: list[dict]) -> dict:
+    """The cell with the best validation accuracy (held-out part of the train split), ties to the first."""
+    return max(cells, key=lambda c: c["val_accuracy"])
+
+
+def _summarise(cfg: SweepConfig, scores: dict, n_train: int, n_test: int) -> dict:
+    cells = [{**_parse(k), **v} for k, v in scores.items() if not k.startswith(("random/", "pixels"))]
+    result = {"model": cfg.model, "data": cfg.data, "n_train": n_train, "n_test": n_test,
+              "ts": cfg.ts, "blocks": cfg.blocks, "pools": cfg.pools,
+              "selection": "best cell and each probe's weight decay chosen on a held-out eighth of the train split",
+              "cells": cells, "best": _best(cells),
+              "best_test_cell": max(cells, key=lambda c: c["accuracy"])}
+    if cfg.baselines:
+        rand = [{**_parse(k[7:]), **v} for k, v in scores.items() if k.startswith("random/")]
+        result["baselines"] = {"pixels": scores["pixels"]["accuracy"], "random_init": _best(rand)["accuracy"],
+                               "random_init_best": _best(rand), "random_cells": rand}
+    return result
+
+
+def best_pool_grid(result: dict) -> torch.Tensor:
+    """t × block test accuracy, at each (t, block)'s pool size with the best validation accuracy."""
+    grid = torch.zeros(len(result["ts"]), len(result["blocks"]))
+    for i, t in enumerate(result["ts"]):
+        for j, b in enumerate(result["blocks"]):
+            grid[i, j] = _best([c for c in result["cells"] if c["t"] == t and c["block"] == b])["accuracy"]
+    return grid
+
+
+def format_table(result: dict) -> str:
+    grid = best_pool_grid(result)
+    width = max(10, *(len(b) for b in result["blocks"]))
+    lines = ["test accuracy (%) per t × block, at the pool size chosen on validation",
+             "t".rjust(6) + "".join(b.rjust(width + 1) for b in result["blocks"])]
+    for i, t in enumerate(result["ts"]):
+        lines.append(str(t).rjust(6) + "".join(f"{100 * v:.1f}".rjust(width + 1) for v in grid[i].tolist()))
+    best = result["best"]
+    lines.append(f"best (chosen on validation): t={best['t']} {best['block']} pool={best['pool']}: "
+                 f"{100 * best['accuracy']:.2f}% test")
+    if "baselines" in result:
+        bl = result["baselines"]
+        lines.append(f"baselines: raw pixels {100 * bl['pixels']:.2f}%, random-weight network "
+                     f"{100 * bl['random_init']:.2f}% (t={bl['random_init_best']['t']} {bl['random_init_best']['block']} "
+                     f"pool={bl['random_init_best']['pool']})")
+    return "\n".join(lines)
+
+
+def plot_heatmap(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = 100 * best_pool_grid(result)
+    fig, ax = plt.subplots(figsize=(1.1 * len(result["blocks"]) + 2, 0.6 * len(result["ts"]) + 2))
+    im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(result["blocks"])), result["blocks"], rotation=45, ha="right")
+    ax.set_yticks(range(len(result["ts"])), [str(t) for t in result["ts"]])
+    ax.set_xlabel("block")
+    ax.set_ylabel("t (noise level)")
+    best = result["best"]
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            star = "*" if (result["ts"][i], result["blocks"][j]) == (best["t"], best["block"]) else ""
+            ax.text(j, i, f"{grid[i, j]:.1f}{star}", ha="center", va="center", fontsize=8,
+                    color="black" if grid[i, j] > grid.mean() else "white")
+    title = f"linear probe test accuracy (%), {result['model']} on {result['data']}"
+    if "baselines" in result:
+        bl = result["baselines"]
+        title += f"\npixels {100 * bl['pixels']:.1f}%, random weights {100 * bl['random_init']:.1f}%; * = best on validation"
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,88 @@
+"""The command line end to end on a tiny model and a tiny labelled folder, and its error messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffrep.cli import main
+from diffrep.featstore import load_features
+
+
+def test_info_lists_blocks(unet_dir, tmp_path, capsys):
+    assert main(["info", "--model", str(unet_dir), "--json", str(tmp_path / "info.json")]) == 0
+    out = capsys.readouterr().out
+    assert "UNet2DModel" in out and "mid_block" in out and "up_blocks.0.resnets.1" in out
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert {"name": "mid_block", "channels": 8, "stride": 2, "top_level": True} in info
+
+
+def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, capsys):
+    feats = tmp_path / "feats"
+    assert main(["features", "--model", str(unet_dir), "--data", str(labelled_folder), "--blocks",
+                 "mid_block,up_blocks.0", "--t", "25", "--out", str(feats)]) == 0
+    assert "resizing train images from 28×28 to 32×32" in capsys.readouterr().out
+    train, meta = load_features(feats / "train.safetensors")
+    assert train["t=25/mid_block"].shape == (32, 8, 16, 16) and train["t=25/up_blocks.0"].shape == (32, 8, 32, 32)
+    assert meta["ts"] == [25] and meta["blocks"] == ["mid_block", "up_blocks.0"] and len(train["labels"]) == 32
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--t", "10,100", "--pools", "1,2",
+            "--epochs", "3", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "sweep.json").read_text())
+    blocks = ["conv_in", "down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
+    assert result["blocks"] == blocks and result["ts"] == [10, 100]
+    assert len(result["cells"]) == 2 * len(blocks) * 2
+    assert {"t", "block", "pool", "accuracy"} <= set(result["best"])
+    assert set(result["baselines"]) >= {"pixels", "random_init"}
+    assert all(0 <= c["accuracy"] <= 1 for c in result["cells"])
+    assert (out / "heatmap.png").stat().st_size > 0
+    assert "best (chosen on validation)" in printed and "raw pixels" in printed
+
+    assert main(args) == 0  # the second run reuses the cached features
+    assert "reusing cached features" in capsys.readouterr().out
+    assert json.loads((out / "sweep.json").read_text())["cells"] == result["cells"]
+
+    reuse = tmp_path / "sweep-reuse"
+    assert main(["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--features", str(feats),
+                 "--pools", "1", "--epochs", "3", "--no-baselines", "--out", str(reuse)]) == 0
+    result = json.loads((reuse / "sweep.json").read_text())
+    assert result["ts"] == [25] and [c["block"] for c in result["cells"]] == ["mid_block", "up_blocks.0"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--blocks", "mid_blok", "--t", "5"], "unknown block(s) mid_blok; valid names: conv_in, "),
+    (["--blocks", "mid_block", "--t", "1000"], "t=1000 is outside the schedule"),
+])
+def test_features_bad_input(unet_dir, labelled_folder, tmp_path, capsys, args, message):
+    code = main(["features", "--model", str(unet_dir), "--data", str(labelled_folder), *args, "--out", str(tmp_path / "f")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "f").exists()
+
+
+def test_sweep_with_corrupt_feature_file(unet_dir, labelled_folder, tmp_path, capsys):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "train.safetensors").write_bytes(b"garbage")
+    code = main(["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--features", str(tmp_path / "f"),
+                 "--out", str(tmp_path / "s")])
+    assert code == 2 and "corrupt or not a safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_needs_labels(unet_dir, tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(5):
+        Image.new("L", (32, 32), color=i * 40).save(tmp_path / f"{i}.png")
+    code = main(["sweep", "--model", str(unet_dir), "--data", str(tmp_path), "--out", str(tmp_path / "s")])
+    assert code == 2 and "has no labels" in capsys.readouterr().err
+
+
+def test_pretrain_bad_data(tmp_path, capsys):
+    code = main(["pretrain", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--steps", "1"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err

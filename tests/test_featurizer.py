@@ -1,0 +1,195 @@
+"""The featurizer on tiny models of each denoiser class, loaded from real diffusers folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffrep import DiffrepError, load_backbone
+from diffrep.featurizer import Featurizer
+
+from .conftest import random_images
+
+MODELS = ["unet_dir", "latent_unet_dir", "dit_dir"]
+
+
+def _level(backbone):
+    return 0.5 if backbone.noise.kind == "edm" else 50
+
+
+@pytest.fixture(params=MODELS)
+def featurizer(request) -> Featurizer:
+    return Featurizer(load_backbone(request.getfixturevalue(request.param)))
+
+
+def _images(f: Featurizer, n: int = 3, seed: int = 0) -> torch.Tensor:
+    return random_images(n, f.backbone.image_channels, f.backbone.image_size, seed)
+
+
+def test_every_block_matches_feature_info(featurizer):
+    info = featurizer.feature_info()
+    assert len(info) >= 2 and len({b.name for b in info}) == len(info)
+    images = _images(featurizer)
+    feats = featurizer.extract(images, _level(featurizer.backbone), [b.name for b in info])
+    size = featurizer.backbone.image_size
+    for b in info:
+        f = feats[b.name]
+        assert f.dtype == torch.float32
+        assert tuple(f.shape) == (3, b.channels, size // b.stride, size // b.stride), b
+
+
+def test_names_are_module_paths(featurizer):
+    modules = dict(featurizer.model.named_modules())
+    for b in featurizer.feature_info():
+        assert b.name in modules
+    tops = featurizer.block_names(top_level_only=True)
+    expected = ["transformer_blocks.0"] if featurizer.is_dit else ["down_blocks.0", "mid_block", "up_blocks.0"]
+    assert all(name in tops for name in expected)
+
+
+def test_early_stop_equals_full_forward(featurizer):
+    images = _images(featurizer)
+    t = _level(featurizer.backbone)
+    for block in featurizer.default_blocks():
+        early = featurizer.extract(images, t, [block], seed=3)[block]
+        full = featurizer.extract(images, t, [block], seed=3, stop_early=False)[block]
+        torch.testing.assert_close(early, full, rtol=0, atol=0)
+
+
+def test_early_stop_skips_the_rest_of_the_network():
+    """A tap on mid_block must not run the decoder: count calls of the output layer and of up_blocks."""
+    from .conftest import tiny_unet
+    from diffrep.backbone import Backbone, noise_form
+    from diffusers import DDPMScheduler
+
+    f = Featurizer(Backbone(tiny_unet().eval(), noise_form(DDPMScheduler())))
+    calls = []
+    f.model.up_blocks[0].register_forward_hook(lambda *a: calls.append("up"))
+    f.model.conv_out.register_forward_hook(lambda *a: calls.append("out"))
+    f.feature_info()
+    calls.clear()
+    f.extract(random_images(2, 1, 32), 10, ["mid_block"])
+    assert calls == []
+    f.extract(random_images(2, 1, 32), 10, ["mid_block"], stop_early=False)
+    assert calls == ["up", "out"]
+
+
+def test_same_seed_same_features_other_seed_differs(featurizer):
+    images, t = _images(featurizer), _level(featurizer.backbone)
+    block = featurizer.default_blocks()[-1]
+    a = featurizer.extract(images, t, [block], seed=7)[block]
+    b = featurizer.extract(images, t, [block], seed=7)[block]
+    c = featurizer.extract(images, t, [block], seed=8)[block]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+
+
+def test_ensemble_is_the_mean_of_its_draws(featurizer):
+    """k draws run as one batch and averaged equal the k draws' features computed one by one."""
+    bb, t = featurizer.backbone, _level(featurizer.backbone)
+    images = _images(featurizer, n=2)
+    block = featurizer.default_blocks()[0]
+    got = featurizer.extract(images, t, [block], ensemble=3, seed=5)[block]
+    latents = bb.encode(images)
+    eps = torch.randn((3, *latents.shape), generator=torch.Generator().manual_seed(5))
+    draws = []
+    for d in range(3):
+        x_t = bb.noise.add_noise(latents, eps[d], bb.noise.check(t))
+        draws.append(featurizer._run(x_t, bb.noise.check(t), [block])[block])
+    torch.testing.assert_close(got, torch.stack(draws).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_shared_noise_gives_equal_features_for_equal_images(featurizer):
+    image = _images(featurizer, n=1)
+    pair = torch.cat([image, image])
+    block, t = featurizer.default_blocks()[-1], _level(featurizer.backbone)
+    shared = featurizer.extract(pair, t, [block], shared_noise=True)[block]
+    fresh = featurizer.extract(pair, t, [block], shared_noise=False)[block]
+    torch.testing.assert_close(shared[0], shared[1])
+    assert not torch.allclose(fresh[0], fresh[1])
+
+
+def test_bf16_autocast_is_close_to_fp32(featurizer):
+    images, t = _images(featurizer), _level(featurizer.backbone)
+    block = featurizer.default_blocks()[-1]
+    fp32 = featurizer.extract(images, t, [block])[block]
+    bf16 = featurizer.extract(images, t, [block], bf16=True)[block]
+    assert bf16.dtype == torch.float32
+    assert (bf16 - fp32).abs().max() < 0.1 * fp32.abs().max() + 0.05
+
+
+def test_prompt_changes_conditional_features(latent_unet_dir):
+    f = Featurizer(load_backbone(latent_unet_dir))
+    images = _images(f)
+    block = "up_blocks.1"
+    empty = f.extract(images, 50, [block])[block]
+    again = f.extract(images, 50, [block], prompt="")[block]
+    prompted = f.extract(images, 50, [block], prompt="a photo of a dog")[block]
+    torch.testing.assert_close(empty, again)
+    assert not torch.allclose(empty, prompted)
+
+
+def test_dit_uses_the_null_class_and_edm_sigma(dit_dir):
+    bb = load_backbone(dit_dir)
+    assert bb.noise.kind == "edm" and bb.is_latent
+    assert bb.condition(2).tolist() == [bb.denoiser.config.num_embeds_ada_norm] * 2
+    f = Featurizer(bb)
+    images = _images(f)
+    low = f.extract(images, 0.01, ["transformer_blocks.1"])["transformer_blocks.1"]
+    high = f.extract(images, 50.0, ["transformer_blocks.1"])["transformer_blocks.1"]
+    assert not torch.allclose(low, high)
+
+
+def test_model_folder_round_trip_gives_same_features(unet_dir, tmp_path):
+    bb = load_backbone(unet_dir)
+    bb.denoiser.save_pretrained(tmp_path / "lone")  # a lone model folder: DDPM schedule by default
+    again = load_backbone(tmp_path / "lone")
+    images = random_images(2, 1, 32)
+    a = Featurizer(bb).extract(images, 100, ["mid_block"])["mid_block"]
+    b = Featurizer(again).extract(images, 100, ["mid_block"])["mid_block"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_bundled_model_loads_by_name():
+    bb = load_backbone("mnist-ddpm")
+    assert bb.image_channels == 1 and bb.image_size == 32 and bb.noise.kind == "vp"
+    info = Featurizer(bb).feature_info()
+    assert [b.name for b in info if b.top_level][:2] == ["conv_in", "down_blocks.0"]
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_unknown_block_lists_valid_names(featurizer):
+    with pytest.raises(DiffrepError, match="unknown block.*nope.*valid names:.*"):
+        featurizer.extract(_images(featurizer), _level(featurizer.backbone), ["nope"])
+
+
+@pytest.mark.parametrize("t", [-1, 1000, 2.5])
+def test_t_outside_the_vp_schedule(unet_dir, t):
+    f = Featurizer(load_backbone(unet_dir))
+    with pytest.raises(DiffrepError, match=r"outside the schedule.*\[0, 999\]"):
+        f.extract(random_images(1, 1, 32), t, ["mid_block"])
+
+
+def test_sigma_outside_the_edm_schedule(dit_dir):
+    f = Featurizer(load_backbone(dit_dir))
+    with pytest.raises(DiffrepError, match="σ=500.*outside the schedule"):
+        f.extract(_images(f), 500.0, ["transformer_blocks.0"])
+
+
+def test_wrong_channel_count_is_refused(unet_dir):
+    f = Featurizer(load_backbone(unet_dir))
+    with pytest.raises(DiffrepError, match=r"N×1×H×W images; got shape \(2, 3, 32, 32\)"):
+        f.extract(random_images(2, 3, 32), 10, ["mid_block"])
+
+
+def test_size_not_divisible_by_stride_is_refused(unet_dir):
+    f = Featurizer(load_backbone(unet_dir))
+    with pytest.raises(DiffrepError, match="not divisible by the model's total stride 2"):
+        f.extract(random_images(2, 1, 33), 10, ["mid_block"])
+
+
+def test_dit_refuses_other_sizes(dit_dir):
+    f = Featurizer(load_backbone(dit_dir))
+    with pytest.raises(DiffrepError, match="DiT takes 16×16 images only"):
+        f.extract(random_images(1, 3, 32), 0.5, ["transformer_blocks.0"])

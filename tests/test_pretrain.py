@@ -1,0 +1,122 @@
+"""Generative pre-training: outputs, exact resume, SIGKILL safety, 2 ranks on gloo, EDM and DiT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, UNet2DModel
+from safetensors.torch import load_file
+
+from diffrep import DiffrepError, load_backbone
+from diffrep.pretrain import PretrainConfig, pretrain
+
+TINY = dict(resolution=16, widths=(8, 16), layers_per_block=1, batch_size=8, precision="fp32", warmup=2)
+
+
+def _cfg(folder, **kw) -> PretrainConfig:
+    return PretrainConfig(data=str(folder), channels=1, **{**TINY, **kw})
+
+
+def _weights(run) -> dict:
+    return load_file(str(run / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def _cli(*args, env_extra=None, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "diffrep.cli", *args], env=env, capture_output=True, text=True, **kw)
+
+
+def test_run_writes_a_loadable_diffusers_folder(labelled_folder, tmp_path):
+    summary = pretrain(tmp_path / "run", _cfg(labelled_folder, steps=3, checkpoint_every=2))
+    run = tmp_path / "run"
+    assert summary["steps"] == 3 and summary["final_loss"] > 0
+    assert json.loads((run / "pretrain.json").read_text())["steps"] == 3
+    assert (run / "samples.png").stat().st_size > 0
+    UNet2DModel.from_pretrained(run / "model" / "unet")
+    DDPMPipeline.from_pretrained(run / "model")
+    assert load_backbone(run).noise.kind == "vp"  # a run folder is accepted directly
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 3]
+
+
+def test_resume_continues_exactly(labelled_folder, tmp_path):
+    pretrain(tmp_path / "straight", _cfg(labelled_folder, steps=4, checkpoint_every=2))
+    pretrain(tmp_path / "split", _cfg(labelled_folder, steps=2, checkpoint_every=2))
+    pretrain(tmp_path / "split", resume=True, overrides={"steps": 4})
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_existing_run_is_not_overwritten(labelled_folder, tmp_path):
+    pretrain(tmp_path / "run", _cfg(labelled_folder, steps=1))
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(DiffrepError, match="already holds a run; pass --resume"):
+        pretrain(tmp_path / "run", _cfg(labelled_folder, steps=1))
+    with pytest.raises(DiffrepError, match="cannot change it"):
+        pretrain(tmp_path / "run", resume=True, overrides={"lr": 0.1})
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_sigkill_loses_at_most_one_interval(labelled_folder, tmp_path):
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(labelled_folder), "--channels", "1", "--resolution", "16", "--widths", "8,16",
+            "--layers-per-block", "1", "--batch-size", "8", "--precision", "fp32", "--checkpoint-every", "2",
+            "--steps", "400", "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "diffrep.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "log.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    assert saved >= 2 and saved >= logged[-1] and saved < 400  # killed mid-run, last checkpoint intact
+    done = _cli(*args[:-4], "--steps", str(saved + 2), "--out", str(run), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "pretrain.json").read_text())["steps"] == saved + 2
+
+
+def test_two_ranks_on_gloo(labelled_folder, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "diffrep.cli", "pretrain", "--data", str(labelled_folder), "--channels", "1", "--resolution", "16",
+           "--widths", "8,16", "--layers-per-block", "1", "--batch-size", "8", "--precision", "fp32",
+           "--steps", "3", "--checkpoint-every", "2", "--out", str(run)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "pretrain.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 3
+    load_backbone(run)
+
+
+def test_edm_objective_gives_an_edm_backbone(labelled_folder, tmp_path):
+    pretrain(tmp_path / "edm", _cfg(labelled_folder, steps=2, objective="edm"))
+    bb = load_backbone(tmp_path / "edm")
+    assert bb.noise.kind == "edm"
+    assert bb.noise.check(0.06) == 0.06
+
+
+def test_dit_arch_trains_and_loads(labelled_folder, tmp_path):
+    pretrain(tmp_path / "dit", _cfg(labelled_folder, steps=2, arch="dit"))
+    bb = load_backbone(tmp_path / "dit")
+    assert type(bb.denoiser).__name__ == "DiTTransformer2DModel" and not bb.is_latent
+
+
+def test_bad_config_is_refused(labelled_folder, tmp_path):
+    with pytest.raises(DiffrepError, match="not divisible"):
+        pretrain(tmp_path / "x", _cfg(labelled_folder, resolution=15))
+    with pytest.raises(DiffrepError, match="objective must be one of"):
+        pretrain(tmp_path / "y", _cfg(labelled_folder, objective="flow"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
