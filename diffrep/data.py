@@ -80,6 +80,10 @@ def image_folder(folder: str | Path, channels: int = 3, size: int | None = None)
     if not files:
         raise DiffrepError(f"image folder {root} holds no images (looked for {sorted(IMAGE_SUFFIXES)})")
     images = [read_image(p, channels, size) for p in files]
+    if size is not None:
+        resized = sum(Image.open(p).size != (size, size) for p in files)
+        if resized:
+            print(f"note: resized {resized} image(s) in {root} to {size}×{size} for the model")
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1:
         raise DiffrepError(f"images in {root} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")

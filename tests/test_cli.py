@@ -23,7 +23,7 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     feats = tmp_path / "feats"
     assert main(["features", "--model", str(unet_dir), "--data", str(labelled_folder), "--blocks",
                  "mid_block,up_blocks.0", "--t", "25", "--out", str(feats)]) == 0
-    assert "resizing train images from 28×28 to 32×32" in capsys.readouterr().out
+    assert "resized 40 image(s)" in capsys.readouterr().out
     train, meta = load_features(feats / "train.safetensors")
     assert train["t=25/mid_block"].shape == (32, 8, 16, 16) and train["t=25/up_blocks.0"].shape == (32, 8, 32, 32)
     assert meta["ts"] == [25] and meta["blocks"] == ["mid_block", "up_blocks.0"] and len(train["labels"]) == 32
