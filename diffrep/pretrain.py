@@ -36,7 +36,7 @@ class PretrainConfig:
     widths: tuple = (32, 64, 128)    # UNet block widths; one 2× downsampling between blocks
     layers_per_block: int = 1        # ResNet layers per UNet block
     attention: bool = False          # self-attention at the lowest UNet resolution (≈2× slower on CPU)
-    steps: int = 4000                # optimiser steps
+    steps: int = 6000                # optimiser steps (the bundled mnist-ddpm used this default)
     batch_size: int = 128            # global batch, split across ranks
     lr: float = 5e-4                 # AdamW, linear warm-up then constant
     warmup: int = 200                # warm-up steps

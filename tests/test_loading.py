@@ -20,33 +20,36 @@ def test_pipeline_folders_load_with_their_parts(unet_dir, latent_unet_dir, dit_d
     assert not any(p.requires_grad for p in latent.denoiser.parameters())
 
 
-def test_missing_weights_are_named(unet_dir, tmp_path):
+def _copy(pipeline, tmp_path):
+    """A copy of a pipeline folder that a test may break."""
     broken = tmp_path / "pipe"
-    shutil.copytree(unet_dir, broken)
+    shutil.copytree(pipeline, broken)
+    return broken
+
+
+def test_missing_weights_are_named(unet_dir, tmp_path):
+    broken = _copy(unet_dir, tmp_path)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(DiffrepError, match="no weights.*diffusion_pytorch_model.safetensors"):
         load_backbone(broken)
 
 
 def test_missing_config_is_named(unet_dir, tmp_path):
-    broken = tmp_path / "pipe"
-    shutil.copytree(unet_dir, broken)
+    broken = _copy(unet_dir, tmp_path)
     (broken / "unet" / "config.json").unlink()
     with pytest.raises(DiffrepError, match="no config.json"):
         load_backbone(broken)
 
 
 def test_latent_pipeline_without_vae_is_refused(latent_unet_dir, tmp_path):
-    broken = tmp_path / "pipe"
-    shutil.copytree(latent_unet_dir, broken)
+    broken = _copy(latent_unet_dir, tmp_path)
     shutil.rmtree(broken / "vae")
     with pytest.raises(DiffrepError, match="no vae/ folder"):
         load_backbone(broken)
 
 
 def test_corrupt_weights_are_reported(unet_dir, tmp_path):
-    broken = tmp_path / "pipe"
-    shutil.copytree(unet_dir, broken)
+    broken = _copy(unet_dir, tmp_path)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(DiffrepError, match="cannot load UNet2DModel"):
         load_backbone(broken)
