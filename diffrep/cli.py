@@ -28,6 +28,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--shift", type=int, default=None, help="augment: random translation by up to N pixels")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -38,7 +39,7 @@ def cmd_pretrain(args) -> None:
     from .pretrain import pretrain
 
     keys = ["data", "objective", "arch", "resolution", "channels", "widths", "layers_per_block", "attention",
-            "steps", "batch_size", "lr", "ema_decay", "checkpoint_every", "precision", "seed"]
+            "steps", "batch_size", "lr", "ema_decay", "shift", "checkpoint_every", "precision", "seed"]
     overrides = {k: getattr(args, k) for k in keys}
     if overrides["widths"] is not None:
         overrides["widths"] = tuple(overrides["widths"])

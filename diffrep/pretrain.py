@@ -41,6 +41,7 @@ class PretrainConfig:
     lr: float = 5e-4                 # AdamW, linear warm-up then constant
     warmup: int = 200                # warm-up steps
     ema_decay: float = 0.999         # EMA of weights; the saved model is the EMA
+    shift: int = 0                   # augmentation: random translation by up to this many pixels (0: none)
     checkpoint_every: int = 250      # steps between checkpoints
     precision: str = "bf16"          # 'bf16' autocast or 'fp32'
     seed: int = 0
@@ -73,6 +74,14 @@ def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
 
 def build_scheduler(cfg: PretrainConfig):
     return EDMEulerScheduler() if cfg.objective == "edm" else DDPMScheduler(num_train_timesteps=1000)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ±max_shift pixels (edge-replicated), offsets drawn from `gen`."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=gen).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -148,6 +157,8 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
         batch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, len(data), (local_batch * acc.num_processes,), generator=batch_gen)
         x0 = data[idx[acc.process_index::acc.num_processes]].to(acc.device)
+        if cfg.shift:
+            x0 = random_shift(x0, cfg.shift, batch_gen)
         noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + acc.process_index)
         c = None if cond is None else torch.full((len(x0),), cond, device=acc.device)
         for group in opt.param_groups:

@@ -120,3 +120,16 @@ def test_bad_config_is_refused(labelled_folder, tmp_path):
     with pytest.raises(DiffrepError, match="objective must be one of"):
         pretrain(tmp_path / "y", _cfg(labelled_folder, objective="flow"))
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_random_shift_translates_within_bounds():
+    from diffrep.pretrain import random_shift
+
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, :, 3, 3] = 1.0
+    y = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and torch.all(y.sum((1, 2, 3)) == 1)  # the dot moved, nothing was lost
+    rows, cols = torch.nonzero(y[:, 0], as_tuple=True)[1:]
+    assert rows.sub(3).abs().max() <= 2 and cols.sub(3).abs().max() <= 2
+    again = random_shift(x, 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(y, again)
