@@ -29,6 +29,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--shift", type=int, default=None, help="augment: random translation by up to N pixels")
+    p.add_argument("--no-hold-out", dest="hold_out", action="store_const", const=False, default=None,
+                   help="train on every train-split image, including the sweep's validation eighth")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -39,7 +41,7 @@ def cmd_pretrain(args) -> None:
     from .pretrain import pretrain
 
     keys = ["data", "objective", "arch", "resolution", "channels", "widths", "layers_per_block", "attention",
-            "steps", "batch_size", "lr", "ema_decay", "shift", "checkpoint_every", "precision", "seed"]
+            "steps", "batch_size", "lr", "ema_decay", "shift", "hold_out", "checkpoint_every", "precision", "seed"]
     overrides = {k: getattr(args, k) for k in keys}
     if overrides["widths"] is not None:
         overrides["widths"] = tuple(overrides["widths"])

@@ -24,6 +24,7 @@ from .backbone import null_class, noise_form, run_denoiser
 from .data import load_split
 from .errors import DiffrepError
 from .losses import DDPMLoss, EDMLoss
+from .probe import holdout_split
 
 
 @dataclass
@@ -42,6 +43,7 @@ class PretrainConfig:
     warmup: int = 200                # warm-up steps
     ema_decay: float = 0.999         # EMA of weights; the saved model is the EMA
     shift: int = 0                   # augmentation: random translation by up to this many pixels (0: none)
+    hold_out: bool = True            # leave out the probes' validation images (see probe.holdout_split)
     checkpoint_every: int = 250      # steps between checkpoints
     precision: str = "bf16"          # 'bf16' autocast or 'fp32'
     seed: int = 0
@@ -128,6 +130,8 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     data = load_split(cfg.data, "train", cfg.channels, cfg.resolution).images
+    if cfg.hold_out:  # the sweep picks its best cell on these images, so the model must not have seen them
+        data = data[holdout_split(len(data))[0]]
     if data.shape[-1] != cfg.resolution:
         data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
 
@@ -189,10 +193,12 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
         final.eval()
         _save_model(final, scheduler, out / "model")
         save_sample_grid(final, scheduler, out / "samples.png", seed=cfg.seed)
-        summary = {"steps": cfg.steps, "final_loss": loss_avg, "wall_time_s": round(time.time() - t0, 1),
-                   "processes": acc.num_processes, "config": dataclasses.asdict(cfg), "model": str(out / "model")}
+        summary = {"steps": cfg.steps, "train_images": len(data), "final_loss": loss_avg,
+                   "wall_time_s": round(time.time() - t0, 1), "processes": acc.num_processes,
+                   "config": dataclasses.asdict(cfg), "model": str(out / "model")}
         (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
-        print(f"saved {out / 'model'} (final loss {loss_avg:.4f}, {summary['wall_time_s']:.0f} s); samples in {out / 'samples.png'}")
+        print(f"saved {out / 'model'} (final loss {loss_avg:.4f}, {summary['wall_time_s']:.0f} s); "
+              f"samples in {out / 'samples.png'}")
     acc.wait_for_everyone()
     acc.end_training()
     # accelerate keeps its settings process-wide; forget them so that pretrain() can run again here

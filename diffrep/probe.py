@@ -22,7 +22,9 @@ class _Standardise:
 
 
 def holdout_split(n: int, fraction: float = 0.125, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (fit, validation) of a seeded split of n fit-split samples."""
+    """Indices (fit, validation) of a fixed seeded split of n train-split samples. The same split
+    everywhere: `diffrep pretrain` leaves the validation part out, so that choosing cells on it is
+    not biased towards what the generative model memorised."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     cut = n - max(1, int(round(n * fraction)))
     return order[:cut], order[cut:]
@@ -34,7 +36,7 @@ def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test
     """Fit one linear head per (cell, weight decay) on `train` minus a held-out eighth; returns per cell
     {"val_accuracy", "accuracy" (test), "weight_decay"} for the decay with the best validation accuracy."""
     torch.manual_seed(seed)
-    fit_idx, val_idx = holdout_split(len(train_y), seed=seed)
+    fit_idx, val_idx = holdout_split(len(train_y))
     classes = int(max(train_y.max(), test_y.max())) + 1
     cells = list(train)
     norms = {c: _Standardise(train[c][fit_idx].float()) for c in cells}

@@ -37,6 +37,7 @@ def test_run_writes_a_loadable_diffusers_folder(labelled_folder, tmp_path):
     summary = pretrain(tmp_path / "run", _cfg(labelled_folder, steps=3, checkpoint_every=2))
     run = tmp_path / "run"
     assert summary["steps"] == 3 and summary["final_loss"] > 0
+    assert summary["train_images"] == 28  # 32 train-split images minus the probes' validation eighth
     assert json.loads((run / "pretrain.json").read_text())["steps"] == 3
     assert (run / "samples.png").stat().st_size > 0
     UNet2DModel.from_pretrained(run / "model" / "unet")
