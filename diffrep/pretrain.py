@@ -34,10 +34,10 @@ class PretrainConfig:
     arch: str = "unet"               # 'unet' (UNet2DModel) or 'dit' (DiTTransformer2DModel on pixels)
     resolution: int = 32             # training images are resized to this square size
     channels: int = 1                # image channels (1 grey, 3 RGB)
-    widths: tuple = (32, 64, 128)    # UNet block widths; one 2× downsampling between blocks
-    layers_per_block: int = 1        # ResNet layers per UNet block
+    widths: tuple = (32, 64, 64)     # UNet block widths; one 2× downsampling between blocks
+    layers_per_block: int = 2        # ResNet layers per UNet block
     attention: bool = False          # self-attention at the lowest UNet resolution (≈2× slower on CPU)
-    steps: int = 6000                # optimiser steps (the bundled mnist-ddpm used this default)
+    steps: int = 2500                # optimiser steps
     batch_size: int = 128            # global batch, split across ranks
     lr: float = 5e-4                 # AdamW, linear warm-up then constant
     warmup: int = 200                # warm-up steps
@@ -119,21 +119,29 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
     """Train, checkpoint, and write `out/model` (a diffusers pipeline folder with the EMA weights),
     `out/samples.png` and `out/pretrain.json`. Returns the summary written to pretrain.json."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     out = Path(out)
     cfg = cfg or PretrainConfig(**{k: v for k, v in (overrides or {}).items() if v is not None})
     cfg, state = _run_config(out, cfg, resume, overrides or {})
     cfg.check()
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.precision == "bf16" else "no")
-    main = acc.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     data = load_split(cfg.data, "train", cfg.channels, cfg.resolution).images
     if cfg.hold_out:  # the sweep picks its best cell on these images, so the model must not have seen them
         data = data[holdout_split(len(data))[0]]
     if data.shape[-1] != cfg.resolution:
         data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    try:
+        return _train(acc, out, cfg, state, data)
+    finally:  # accelerate keeps its settings process-wide; forget them so that pretrain() can run again here
+        AcceleratorState._reset_state()
+
+
+def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.Tensor) -> dict:
+    main = acc.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     torch.manual_seed(cfg.seed)
     model, scheduler = build_denoiser(cfg), build_scheduler(cfg)
@@ -201,10 +209,6 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
               f"samples in {out / 'samples.png'}")
     acc.wait_for_everyone()
     acc.end_training()
-    # accelerate keeps its settings process-wide; forget them so that pretrain() can run again here
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
     return summary
 
 

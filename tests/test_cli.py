@@ -86,3 +86,11 @@ def test_sweep_needs_labels(unet_dir, tmp_path, capsys):
 def test_pretrain_bad_data(tmp_path, capsys):
     code = main(["pretrain", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--steps", "1"])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_pretrain_after_a_failed_bf16_run_still_works(labelled_folder, tmp_path, capsys):
+    """A failed run must not leave accelerate's process-wide settings behind for the next run."""
+    assert main(["pretrain", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "a"), "--precision", "bf16"]) == 2
+    assert main(["pretrain", "--data", str(labelled_folder), "--channels", "1", "--resolution", "16", "--widths",
+                 "8,16", "--layers-per-block", "1", "--batch-size", "4", "--steps", "1", "--precision", "fp32",
+                 "--out", str(tmp_path / "b")]) == 0
