@@ -94,3 +94,16 @@ def test_pretrain_after_a_failed_bf16_run_still_works(labelled_folder, tmp_path,
     assert main(["pretrain", "--data", str(labelled_folder), "--channels", "1", "--resolution", "16", "--widths",
                  "8,16", "--layers-per-block", "1", "--batch-size", "4", "--steps", "1", "--precision", "fp32",
                  "--out", str(tmp_path / "b")]) == 0
+
+
+def test_fit_images_converts_and_says_so(capsys):
+    from diffrep import DiffrepError
+    from diffrep.collect import fit_images
+
+    grey = torch.linspace(-1, 1, 28 * 28).view(1, 1, 28, 28)
+    rgb = fit_images(grey, 3, 32)
+    assert rgb.shape == (1, 3, 32, 32) and torch.equal(rgb[:, 0], rgb[:, 2])
+    out = capsys.readouterr().out
+    assert "from 1 to 3 channel(s)" in out and "from 28×28 to 32×32" in out
+    with pytest.raises(DiffrepError, match="4-channel images"):
+        fit_images(grey, 4, 28)
