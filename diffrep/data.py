@@ -59,16 +59,22 @@ def _image_files(folder: Path) -> list[Path]:
 
 def read_image(path: Path, channels: int, size: int | None) -> torch.Tensor:
     """One image file as C×H×W in [-1, 1]; converted to `channels` (1 or 3) and resized to size×size."""
+    return _read(path, channels, size)[0]
+
+
+def _read(path: Path, channels: int, size: int | None) -> tuple[torch.Tensor, bool]:
+    """The image and whether it had to be resized."""
     try:
         with Image.open(path) as im:
             im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None and im.size != (size, size):
+            resized = size is not None and im.size != (size, size)
+            if resized:
                 im = im.resize((size, size), Image.BICUBIC)
             arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     except (UnidentifiedImageError, OSError) as err:
         raise DiffrepError(f"cannot read image {path}: {err}") from err
     t = torch.from_numpy(arr)
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return (t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)), resized
 
 
 def image_folder(folder: str | Path, channels: int = 3, size: int | None = None) -> ImageSet:
@@ -79,11 +85,9 @@ def image_folder(folder: str | Path, channels: int = 3, size: int | None = None)
     files = _image_files(root)
     if not files:
         raise DiffrepError(f"image folder {root} holds no images (looked for {sorted(IMAGE_SUFFIXES)})")
-    images = [read_image(p, channels, size) for p in files]
-    if size is not None:
-        resized = sum(Image.open(p).size != (size, size) for p in files)
-        if resized:
-            print(f"note: resized {resized} image(s) in {root} to {size}×{size} for the model")
+    images, resized = zip(*(_read(p, channels, size) for p in files))
+    if any(resized):
+        print(f"note: resized {sum(resized)} image(s) in {root} to {size}×{size} for the model")
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1:
         raise DiffrepError(f"images in {root} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
