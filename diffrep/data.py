@@ -57,13 +57,9 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def read_image(path: Path, channels: int, size: int | None) -> torch.Tensor:
-    """One image file as C×H×W in [-1, 1]; converted to `channels` (1 or 3) and resized to size×size."""
-    return _read(path, channels, size)[0]
-
-
-def _read(path: Path, channels: int, size: int | None) -> tuple[torch.Tensor, bool]:
-    """The image and whether it had to be resized."""
+def read_image(path: Path, channels: int, size: int | None) -> tuple[torch.Tensor, bool]:
+    """One image file as C×H×W in [-1, 1], converted to `channels` (1 or 3) and resized to size×size;
+    and whether it had to be resized."""
     try:
         with Image.open(path) as im:
             im = im.convert("L" if channels == 1 else "RGB")
@@ -85,7 +81,7 @@ def image_folder(folder: str | Path, channels: int = 3, size: int | None = None)
     files = _image_files(root)
     if not files:
         raise DiffrepError(f"image folder {root} holds no images (looked for {sorted(IMAGE_SUFFIXES)})")
-    images, resized = zip(*(_read(p, channels, size) for p in files))
+    images, resized = zip(*(read_image(p, channels, size) for p in files))
     if any(resized):
         print(f"note: resized {sum(resized)} image(s) in {root} to {size}×{size} for the model")
     shapes = {tuple(im.shape) for im in images}

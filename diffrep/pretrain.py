@@ -36,7 +36,8 @@ class PretrainConfig:
     channels: int = 1                # image channels (1 grey, 3 RGB)
     widths: tuple = (32, 64, 64)     # UNet block widths; one 2× downsampling between blocks
     layers_per_block: int = 2        # ResNet layers per UNet block
-    attention: bool = False          # self-attention at the lowest UNet resolution (≈2× slower on CPU)
+    attention: bool = False          # attention blocks at the lowest level too (≈2× slower on CPU);
+                                     # the mid block has one self-attention layer either way (diffusers' default)
     steps: int = 2500                # optimiser steps
     batch_size: int = 128            # global batch, split across ranks
     lr: float = 5e-4                 # AdamW, linear warm-up then constant
