@@ -1,0 +1,254 @@
+"""DDPM-Seg on tiny models: pixel features, the vote, the uncertainty formula, the bounded-memory
+path, --select, the command line end to end, and each kind of bad segmentation folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from diffrep.backbone import load_backbone
+from diffrep.cli import main
+from diffrep.errors import DiffrepError
+from diffrep.segment import SegConfig, predict_image, train_segmenter
+from diffrep.segment_data import load_seg_data, read_mask
+from diffrep.segment_features import (PEAK, DiffusionMaps, RawPixelMaps, SegFeaturizer, default_blocks, default_levels,
+                                      features_at, upsample_concat)
+from diffrep.segment_heads import PixelMLPs, ensemble_uncertainty, majority_vote
+
+SIZE = 32
+CLASSES = ["background", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+FAST = ["--k", "2", "--max-epochs", "2", "--pixels-per-image", "200", "--batch-size", "64", "--extract-batch", "4"]
+
+
+@pytest.fixture(scope="module")
+def rgb_unet_dir(tmp_path_factory):
+    """An RGB pixel UNet without attention anywhere (as scenes-ddpm: mid_block.attentions = [None])."""
+    root = tmp_path_factory.mktemp("rgb_unet")
+    torch.manual_seed(0)
+    UNet2DModel(block_out_channels=(4, 8), norm_num_groups=2, down_block_types=("DownBlock2D",) * 2,
+                up_block_types=("UpBlock2D",) * 2, layers_per_block=1, sample_size=SIZE, in_channels=3, out_channels=3,
+                add_attention=False).save_pretrained(root / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
+    return root
+
+
+def write_folder(root, n: int, split: str = "train", ignore_pixels: bool = True):
+    """n bundled scenes (32×32) as images/ + masks/ PNGs with a classes.json (ignore label 255)."""
+    from diffrep.scenes import scenes
+
+    images, masks = scenes(split, n, size=SIZE)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(((images[i] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(root / "images" / f"s{i}.png")
+        mask = masks[i].numpy().astype(np.uint8)
+        if ignore_pixels:
+            mask[:2, :2] = 255
+        Image.fromarray(mask).save(root / "masks" / f"s{i}.png")
+    (root / "classes.json").write_text(json.dumps({"names": CLASSES, "ignore": 255}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def seg_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segdata")
+    write_folder(root / "train", 6, "train")
+    write_folder(root / "test", 4, "test")
+    return root
+
+
+# ----------------------------------------------------------------------------- features
+
+def test_pixel_features_are_upsampled_maps_concatenated(rgb_unet_dir):
+    featurizer = SegFeaturizer(load_backbone(rgb_unet_dir))
+    assert default_blocks(featurizer) == ["mid_block", "up_blocks.0"]
+    assert default_levels(featurizer.backbone.noise) == [50, 150, 250]
+    source = DiffusionMaps(featurizer, ["mid_block", "up_blocks.1"], [50, 250])
+    images = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    maps = source.maps(images)
+    assert {k: tuple(v.shape) for k, v in maps.items()} == {
+        "t=50/mid_block": (2, 8, 16, 16), "t=50/up_blocks.1": (2, 4, 32, 32),
+        "t=250/mid_block": (2, 8, 16, 16), "t=250/up_blocks.1": (2, 4, 32, 32)}
+    one = {k: v[1] for k, v in maps.items()}
+    full = upsample_concat(one, (SIZE, SIZE))
+    assert full.shape == (24, SIZE, SIZE) == (sum(source.channels.values()), SIZE, SIZE)
+    index = torch.tensor([0, 5, 33, SIZE * SIZE - 1])
+    assert torch.allclose(features_at(one, index, (SIZE, SIZE)), full.flatten(1)[:, index].T, atol=1e-5)
+    # one fixed noise: an image's features do not depend on its batch
+    alone = source.maps(images[1:])
+    assert all(torch.allclose(alone[k][0], one[k], atol=1e-5) for k in one)
+
+
+def test_raw_pixel_features_hold_neighbourhood_and_position():
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    maps = RawPixelMaps(radius=1).maps(images)["pixels"]
+    assert maps.shape == (2, 3 * 9 + 2, 4, 4)
+    assert torch.equal(maps[0, 4, 1, 2], images[0, 0, 1, 2])            # the centre of the 3×3 window
+    assert maps[0, -2:, 0, 0].tolist() == [-1, -1] and maps[0, -2:, 3, 3].tolist() == [1, 1]
+
+
+# ----------------------------------------------------------------------------- head
+
+def test_majority_vote_counts_heads_and_breaks_ties_by_mean_probability():
+    logits = torch.tensor([[[5.0, 0, 0], [0, 5, 0], [0, 0, 9]],
+                           [[4.0, 0, 0], [0, 0, 5], [0, 9, 0]],
+                           [[0.0, 6, 0], [9, 0, 0], [0, 0, 1]]])   # K=3 heads × 3 pixels × 3 classes
+    # pixel 0: two heads say 0; pixel 1: one vote each, head 2 most confident -> 0; pixel 2: 2 votes for 2
+    assert majority_vote(logits).tolist() == [0, 0, 2]
+
+
+def test_uncertainty_is_entropy_of_mean_minus_mean_entropy():
+    def logits_of(*rows):
+        return torch.tensor(rows).log().unsqueeze(1)   # K×1×classes
+
+    assert ensemble_uncertainty(logits_of([0.5, 0.5], [0.5, 0.5])).item() == pytest.approx(0, abs=1e-6)
+    assert ensemble_uncertainty(logits_of([1.0, 0.0], [0.0, 1.0])).item() == pytest.approx(math.log(2), abs=1e-6)
+    # by hand: mean (0.6, 0.4) has entropy 0.6730; the heads' entropies 0.5004 and 0.6730 average 0.5867
+    h = lambda *p: -sum(x * math.log(x) for x in p)
+    expected = h(0.6, 0.4) - (h(0.8, 0.2) + h(0.4, 0.6)) / 2
+    assert expected == pytest.approx(0.0863, abs=1e-4)
+    assert ensemble_uncertainty(logits_of([0.8, 0.2], [0.4, 0.6])).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_stacked_heads_equal_independent_mlps():
+    heads = PixelMLPs(channels=6, n_classes=4, k=3, seed=1).eval()
+    x = torch.randn(5, 6)
+    for k in range(3):
+        mlp = torch.nn.Sequential(torch.nn.Linear(6, 128), torch.nn.ReLU(), torch.nn.BatchNorm1d(128),
+                                  torch.nn.Linear(128, 32), torch.nn.ReLU(), torch.nn.BatchNorm1d(32),
+                                  torch.nn.Linear(32, 4)).eval()
+        for (lin, bn), i in zip([(0, 2), (3, 5)], range(2)):
+            mlp[lin].weight.data, mlp[lin].bias.data = getattr(heads, f"w{i}")[k].T, getattr(heads, f"b{i}")[k, 0]
+            mlp[bn].weight.data = getattr(heads, f"bn{i}_weight")[k]
+        mlp[6].weight.data, mlp[6].bias.data = heads.w2[k].T, heads.b2[k, 0]
+        assert torch.allclose(heads(x)[k], mlp(x), atol=1e-5)
+    assert PixelMLPs(6, 30, k=1).hidden == (256, 128)
+
+
+# ----------------------------------------------------------------------------- bounded memory
+
+def test_training_and_prediction_never_hold_all_features(rgb_unet_dir, tmp_path, capsys):
+    data = load_seg_data("scenes", "train", 4)
+    cfg = SegConfig(model=str(rgb_unet_dir), labelled=4, k=2, max_epochs=2, pixels_per_image=500, batch_size=32,
+                    pool_mb=0.05, baselines=False, extract_batch=2)
+    PEAK.peak.clear()
+    result = train_segmenter(cfg, tmp_path / "run", data)
+    channels = result["heads"]["diffusion"]["channels"]            # 3 t × (8 + 8) channels
+    all_in_ram = 4 * channels * 64 * 64 * 4
+    assert result["all_in_ram_mb"] == pytest.approx(all_in_ram / 2**20, abs=0.1)
+    assert "keep the pool within 0.05 MB" in capsys.readouterr().out
+    assert PEAK.peak["training pool"] <= 0.05 * 2**20                 # the cap holds
+    one_image = 3 * sum(c * (64 // s) ** 2 * 2 for c, s in [(8, 2), (8, 1)])   # float16 maps at own resolution
+    assert PEAK.peak["cached image"] == one_image                     # one image read at a time
+    assert PEAK.peak["extracted batch"] <= all_in_ram / 2             # extraction: one batch of 2 of 4 images
+    assert len(list((tmp_path / "run" / "cache" / "train-diffusion").glob("*.safetensors"))) == 4
+
+    from diffrep.segment import Segmenter
+
+    PEAK.peak.clear()
+    seg = Segmenter(tmp_path / "run")
+    heads, keys = seg.heads["diffusion"]
+    maps = seg.sources["diffusion"].maps(data.images[:1])
+    labels, uncertainty = predict_image(heads, {k: maps[k][0] for k in keys}, (64, 64), tile=512)
+    assert labels.shape == uncertainty.shape == (64, 64) and (uncertainty >= 0).all()
+    assert PEAK.peak["pixel features"] == 512 * channels * 4           # one tile of pixel features
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_cli_train_predict_eval_on_a_folder(rgb_unet_dir, seg_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["segment", "train", "--model", str(rgb_unet_dir), "--data", str(seg_folder), "--labelled", "5",
+                 "--out", str(run), "--t", "50,150", *FAST]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"] == CLASSES and config["ignore_index"] == 255 and config["ts"] == [50, 150]
+    assert {p.name for p in run.glob("heads-*.safetensors")} == {
+        "heads-diffusion.safetensors", "heads-raw_pixels.safetensors", "heads-random_weights.safetensors",
+        "heads-single_mlp.safetensors"}
+
+    preds = tmp_path / "preds"
+    image = seg_folder / "test" / "images" / "s0.png"
+    assert main(["segment", "predict", "--run", str(run), str(image), "--out", str(preds)]) == 0
+    labels = read_mask(preds / "s0-labels.png")
+    assert labels.shape == (SIZE, SIZE) and 0 <= labels.min() and labels.max() < len(CLASSES)
+    assert (preds / "s0-overlay.png").is_file() and (preds / "s0-uncertainty.png").is_file()
+
+    capsys.readouterr()
+    assert main(["segment", "eval", "--run", str(run), "--data", str(seg_folder), "--pictures", "2"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((run / "eval.json").read_text())
+    assert {"miou", "per_class", "pixel_accuracy", "baselines", "peak_rss_mb", "train_peak_rss_mb"} <= set(result)
+    assert set(result["baselines"]) == {"raw_pixels", "random_weights", "single_mlp"}
+    assert list(result["per_class"]) == CLASSES and 0 <= result["miou"] <= 1 and result["n_test"] == 4
+    assert "raw pixels" in printed and "mIoU" in printed
+    assert (run / "examples.png").stat().st_size > 0 and (run / "per_class_iou.png").stat().st_size > 0
+
+    # a second training run reuses the feature cache
+    assert main(["segment", "train", "--model", str(rgb_unet_dir), "--data", str(seg_folder), "--labelled", "5",
+                 "--out", str(run), "--t", "50,150", "--no-baselines", *FAST]) == 0
+    assert "reusing cached features" in capsys.readouterr().out
+
+
+def test_select_chooses_cells_on_labelled_images_only(rgb_unet_dir, tmp_path):
+    cfg = SegConfig(model=str(rgb_unet_dir), labelled=4, blocks=["mid_block", "up_blocks.0", "up_blocks.1"],
+                    ts=[50, 250], k=1, max_epochs=1, pixels_per_image=150, batch_size=64, select=True, select_blocks=2,
+                    select_ts=1, baselines=False)
+    train_segmenter(cfg, tmp_path / "run", load_seg_data("scenes", "train", 4))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    chosen = config["selection"]["chosen"]
+    assert config["blocks"] == chosen["blocks"] and len(chosen["blocks"]) == 2 and config["ts"] == chosen["ts"]
+    assert len(chosen["ts"]) == 1 and len(config["selection"]["cells"]) == 6 and config["selection"]["folds"] == 3
+    assert all(0 <= c["cv_miou"] <= 1 for c in config["selection"]["cells"])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _break_size(root):
+    Image.fromarray(np.zeros((SIZE, SIZE + 2), np.uint8)).save(root / "masks" / "s1.png")
+
+
+def _break_label(root):
+    Image.fromarray(np.full((SIZE, SIZE), 12, np.uint8)).save(root / "masks" / "s2.png")
+
+
+def _lone_image(root):
+    (root / "masks" / "s0.png").unlink()
+
+
+def _lone_mask(root):
+    (root / "images" / "s0.png").unlink()
+
+
+def _empty(root):
+    for p in (root / "images").iterdir():
+        p.unlink()
+
+
+@pytest.mark.parametrize("breaker, message", [
+    (_break_size, "is 32×34 but its image"),
+    (_break_label, "label(s) [12] outside the declared classes 0..10"),
+    (_lone_image, "have no mask"),
+    (_lone_mask, "have no image"),
+    (_empty, "is empty"),
+])
+def test_bad_folders_are_clear_errors(tmp_path, breaker, message):
+    root = write_folder(tmp_path / "data", 3)
+    breaker(root)
+    with pytest.raises(DiffrepError, match=re.escape(message)):
+        load_seg_data(str(root), "train")
+
+
+def test_too_few_labelled_images_is_an_error_with_exit_code_2(tmp_path, rgb_unet_dir, capsys):
+    root = write_folder(tmp_path / "data", 3)
+    assert main(["segment", "train", "--model", str(rgb_unet_dir), "--data", str(root), "--labelled", "5",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "asked for 5 labelled images but" in capsys.readouterr().err
+    with pytest.raises(DiffrepError, match="no images/ folder"):
+        load_seg_data(str(tmp_path), "train")
