@@ -104,7 +104,7 @@ class PixelPools:
 
     def __init__(self, cache: FeatureCache, keys: list[str], data: SegData, images: list[int], cfg: SegConfig,
                  channels: int):
-        self.cache, self.keys, self.data, self.images, self.cfg = cache, keys, data, images, cfg
+        self.cache, self.keys, self.data, self.images, self.cfg, self.channels = cache, keys, data, images, cfg, channels
         n_classes = len(data.classes)
         self.usable = {i: usable_pixels(data.masks[i], n_classes, data.ignore_index, cfg.min_class_pixels) for i in images}
         self.held = {i: held_out_pixels(tuple(data.masks[i].shape), cfg.seed * 100003 + i) for i in images}
@@ -116,13 +116,13 @@ class PixelPools:
 
     def _draw(self, where: dict, n: int, balanced: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(seed)
-        xs, ys = [], []
-        for i in self.images:
-            index = sample_pixels(self.data.masks[i], where[i], n, balanced, gen)
-            maps = self.cache.maps(i, self.keys)
-            xs.append(features_at(maps, index, self.cache.size))
-            ys.append(self.data.masks[i].flatten()[index])
-        x, y = torch.cat(xs), torch.cat(ys)
+        picks = {i: sample_pixels(self.data.masks[i], where[i], n, balanced, gen) for i in self.images}
+        x = torch.empty(sum(len(p) for p in picks.values()), self.channels)   # filled in place: no second copy
+        y = torch.cat([self.data.masks[i].flatten()[p] for i, p in picks.items()])
+        start = 0
+        for i, index in picks.items():
+            x[start:start + len(index)] = features_at(self.cache.maps(i, self.keys), index, self.cache.size)
+            start += len(index)
         PEAK.note("training pool", x)
         return x, y
 

@@ -136,6 +136,7 @@ def train_heads(heads: PixelMLPs, draw_pool, val: tuple[torch.Tensor, torch.Tens
     log = []
     bar = tqdm(range(max_epochs), desc=desc, dynamic_ncols=True, disable=desc is None)
     for epoch in bar:
+        x = y = None   # let the last pool go before drawing the next: one pool in RAM at a time
         x, y = draw_pool(epoch)
         if epoch == 0:
             heads.set_standardisation(x)
