@@ -35,8 +35,6 @@ from .segment_features import (PEAK, DiffusionMaps, FeatureCache, RawPixelMaps, 
                                default_levels, features_at, total_channels)
 from .segment_heads import PixelMLPs, ensemble_uncertainty, majority_vote, train_heads
 
-BASELINES = ("raw_pixels", "random_weights", "single_mlp")
-
 
 @dataclass
 class SegConfig:
@@ -186,13 +184,30 @@ def _sources(cfg: SegConfig, featurizer: SegFeaturizer, channels: int) -> dict:
     return sources
 
 
+def _train_on_source(name: str, source, data: SegData, cfg: SegConfig, out: Path) -> dict:
+    """Cache the source's maps of the labelled images, train its heads, write heads-<method>.safetensors.
+    The diffusion source also trains the single-MLP baseline, on the same cache."""
+    cache = FeatureCache(out / "cache" / f"train-{name}", source, data.images, cfg.extract_batch, f"{name} features")
+    keys, channels = list(source.channels), total_channels(source)
+    pools = PixelPools(cache, keys, data, list(range(len(data))), cfg, channels)
+    fits = [(name, cfg.k)] + ([("single_mlp", 1)] if name == "diffusion" and cfg.baselines else [])
+    logs = {}
+    for method, k in fits:
+        heads, log = _fit(pools, channels, len(data.classes), k, cfg, f"{method} heads (K={k})")
+        save_heads(heads, out / f"heads-{method}.safetensors", keys)
+        logs[method] = {"k": k, "channels": channels, "epochs": log["epochs"],
+                        "best_held_out_loss": log["best_held_out_loss"], "log": log["log"]}
+    return logs
+
+
 def train_segmenter(cfg: SegConfig, out: str | Path, data: SegData | None = None) -> dict:
     """Train the ensemble (and the baselines' heads) on `cfg.labelled` images; write the run folder:
     config.json, heads*.safetensors, train.json, cache/."""
     out, start = Path(out), time.time()
-    data = data or load_seg_data(cfg.data, "train", cfg.labelled)
+    data = load_seg_data(cfg.data, "train", cfg.labelled) if data is None else data
     if len(data) < cfg.labelled:
         raise DiffrepError(f"asked for {cfg.labelled} labelled images but {cfg.data} gives only {len(data)}")
+    data = SegData(data.images[:cfg.labelled], data.masks[:cfg.labelled], data.classes, data.ignore_index, data.name)
     backbone = load_backbone(cfg.model)
     featurizer = SegFeaturizer(backbone)
     if cfg.select:   # blocks and ts given are the candidates
@@ -207,14 +222,7 @@ def train_segmenter(cfg: SegConfig, out: str | Path, data: SegData | None = None
     result = {"n_labelled": len(data), "heads": {}, "timing_s": {}}
     for name, source in sources.items():
         t0 = time.time()
-        cache = FeatureCache(out / "cache" / f"train-{name}", source, data.images, cfg.extract_batch, f"{name} features")
-        keys, channels = list(source.channels), total_channels(source)
-        pools = PixelPools(cache, keys, data, list(range(len(data))), cfg, channels)
-        fits = [(name, cfg.k)] + ([("single_mlp", 1)] if name == "diffusion" and cfg.baselines else [])
-        for label, k in fits:   # the single-MLP baseline shares the diffusion features' cache
-            heads, log = _fit(pools, channels, len(data.classes), k, cfg, f"{label} heads (K={k})")
-            save_heads(heads, out / f"heads-{label}.safetensors", keys)
-            result["heads"][label] = {"k": k, "channels": channels, **{k2: v for k2, v in log.items() if k2 != "log"}}
+        result["heads"].update(_train_on_source(name, source, data, cfg, out))
         result["timing_s"][name] = round(time.time() - t0, 1)
     result["timing_s"]["total"] = round(time.time() - start, 1)
     result["peak_rss_mb"] = peak_rss_mb()

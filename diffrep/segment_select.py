@@ -1,8 +1,8 @@
 """`--select`: choose DDPM-Seg's blocks and noise levels on the labelled images alone.
 
 Every candidate (block, t) cell is scored by k-fold cross-validation over whole labelled images: a
-single MLP trained on the cell's pixel features of the other folds, scored by mIoU on uniformly
-drawn pixels of the held-out fold. All candidates share one feature cache and one drawn pool per
+single MLP trained (3 epochs, batch ≥ 256) on the cell's pixel features of the other folds, scored
+by mIoU on uniformly drawn pixels of the held-out fold. All candidates share one feature cache and one drawn pool per
 fold (a cell is a slice of its channels). Kept: the `select_blocks` blocks with the best cells, and
 the `select_ts` levels with the best mean score over those blocks. Test data is never touched.
 """
@@ -20,6 +20,7 @@ from .segment_features import DiffusionMaps, FeatureCache, default_levels, total
 from .segment_heads import PixelMLPs, majority_vote, train_heads
 
 SELECT_EPOCHS = 3
+SELECT_BATCH = 256   # larger batches than training's: the sweep only ranks cells, and runs one MLP per cell
 SELECT_TS = (25, 50, 150, 250, 500)
 
 
@@ -45,8 +46,8 @@ def _columns(source: DiffusionMaps) -> dict[str, slice]:
 def _score_cell(x, y, x_test, y_test, cols: slice, n_classes: int, cfg: SegConfig) -> float:
     heads = PixelMLPs(cols.stop - cols.start, n_classes, k=1, seed=cfg.seed)
     pool = (x[:, cols].contiguous(), y)
-    train_heads(heads, lambda _epoch: pool, (x[:0, cols], y[:0]), cfg.lr, cfg.batch_size, SELECT_EPOCHS,
-                SELECT_EPOCHS, cfg.seed, desc=None)
+    train_heads(heads, lambda _epoch: pool, (x[:0, cols], y[:0]), cfg.lr, max(cfg.batch_size, SELECT_BATCH),
+                SELECT_EPOCHS, SELECT_EPOCHS, cfg.seed, desc=None)
     metrics = SegMetrics([str(c) for c in range(n_classes)], None)
     with torch.no_grad():
         metrics.update(majority_vote(heads(x_test[:, cols])), y_test)
