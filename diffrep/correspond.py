@@ -119,12 +119,6 @@ def nearest(queries: torch.Tensor, feat: torch.Tensor, candidates: torch.Tensor,
     return best_idx, best_sim
 
 
-def similarity_map(query: torch.Tensor, feat: torch.Tensor, image_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
-    """Cosine similarity of one descriptor (C) to every pixel of the hw image region: h×w (for pictures)."""
-    keys = F.normalize(sample_at(feat, pixel_grid(hw), image_hw), dim=1)
-    return (keys @ F.normalize(query.float(), dim=0)).view(hw)
-
-
 # ----------------------------------------------------------------------------- matching
 
 @dataclass
@@ -180,7 +174,8 @@ def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     if image.shape[0] == channels:
         return image
     if channels not in (1, 3):
-        raise DiffrepError(f"the model takes {channels}-channel images; cannot convert a {image.shape[0]}-channel image")
+        raise DiffrepError(f"the model takes {channels}-channel images; "
+                           f"cannot convert a {image.shape[0]}-channel image")
     return image.mean(0, keepdim=True).expand(channels, -1, -1)
 
 
@@ -190,10 +185,13 @@ def category_prompt(category: str | None) -> str:
 
 
 def default_block(block_names: list[str]) -> str:
-    """DIFT taps SD's up_blocks[1]: the second decoder block, or the first/middle one when there is none."""
-    for name in ("up_blocks.1", "up_blocks.0"):
-        if name in block_names:
-            return name
+    """DIFT taps SD's up_blocks[1], the second of four decoder blocks, at 1/16 of the image. In a smaller
+    UNet (three levels) up_blocks.1 is already at full resolution, where at small t the features mostly
+    predict the added noise (measured: far below the coarser blocks), so there the first decoder block is
+    the default. DiT: the middle transformer block."""
+    up = [n for n in block_names if n.startswith("up_blocks.") and n.count(".") == 1]
+    if up:
+        return "up_blocks.1" if len(up) >= 4 else up[0]
     transformer = [n for n in block_names if n.startswith("transformer_blocks.") and n.count(".") == 1]
     if transformer:
         return transformer[len(transformer) // 2]
@@ -218,8 +216,10 @@ def load_featurizer(model: str) -> MatchFeaturizer:
 class DiffusionDescriber:
     """Diffusion features of one or more blocks at noise level t, averaged over `ensemble` noise draws.
 
-    `describe(images, prompt)` → one {block: C×h×w} per image. Images of the same prepared size run as one
-    batch. The text prompt reaches conditional UNets only (pixel UNets and DiT take none)."""
+    `describe(images, prompt)` → one {descriptor: C×h×w} per image. A descriptor is a block name, or
+    several joined by '+' (`mid_block+up_blocks.0`): their maps are concatenated (see `concat_maps`).
+    Images of the same prepared size run as one batch. The text prompt reaches conditional UNets only
+    (pixel UNets and DiT take none)."""
 
     def __init__(self, featurizer, blocks: list[str] | str | None = None, t=50, ensemble: int = 4, seed: int = 0,
                  bf16: bool = False, batch_size: int = 8):
@@ -227,7 +227,8 @@ class DiffusionDescriber:
         backbone = featurizer.backbone
         names = featurizer.block_names()
         blocks = [default_block(names)] if blocks is None else [blocks] if isinstance(blocks, str) else list(blocks)
-        self.blocks = featurizer.check_blocks(blocks)
+        self.blocks = ["+".join(featurizer.check_blocks(d.split("+"))) for d in blocks]
+        self.taps = featurizer.check_blocks([part for d in self.blocks for part in d.split("+")])
         self.t = backbone.noise.check(t)
         if ensemble < 1:
             raise DiffrepError(f"ensemble must be ≥ 1, got {ensemble}")
@@ -247,11 +248,21 @@ class DiffusionDescriber:
             for b in range(0, len(idx), self.batch_size):
                 part = idx[b:b + self.batch_size]
                 batch = torch.stack([to_channels(images[i], self.channels) for i in part])
-                feats = self.featurizer.extract(batch, self.t, self.blocks, self.ensemble, self.seed, bf16=self.bf16,
+                feats = self.featurizer.extract(batch, self.t, self.taps, self.ensemble, self.seed, bf16=self.bf16,
                                                 prompt=prompt if self.conditional else None)
                 for j, i in enumerate(part):
-                    out[i] = {name: f[j] for name, f in feats.items()}
+                    out[i] = {d: concat_maps([feats[p][j] for p in d.split("+")]) for d in self.blocks}
         return out
+
+
+def concat_maps(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Several blocks as one descriptor: each map L2-normalised over channels (so every block weighs the
+    same in the cosine), bilinearly resized to the finest map, concatenated. One map passes unchanged."""
+    if len(maps) == 1:
+        return maps[0]
+    hw = max(tuple(m.shape[-2:]) for m in maps)
+    return torch.cat([F.interpolate(F.normalize(m, dim=0)[None], size=hw, mode="bilinear", align_corners=False)[0]
+                      for m in maps])
 
 
 def match(describer: DiffusionDescriber, source: torch.Tensor, target: torch.Tensor, points, size: int | None = None,

@@ -153,7 +153,8 @@ def spair_pairs(root: str | Path, split: str = "test", limit: int | None = None)
         raise DiffrepError(f"{root} is not an SPair-71k folder: it needs PairAnnotation/ and JPEGImages/")
     if not ann_dir.is_dir():
         have = sorted(p.name for p in (root / "PairAnnotation").iterdir() if p.is_dir())
-        raise DiffrepError(f"SPair split {split!r} not found in {root / 'PairAnnotation'}; splits there: {', '.join(have) or 'none'}")
+        raise DiffrepError(f"SPair split {split!r} not found in {root / 'PairAnnotation'}; "
+                           f"splits there: {', '.join(have) or 'none'}")
     files = sorted(ann_dir.glob("*.json"))
     if not files:
         raise DiffrepError(f"{ann_dir} holds no *.json pair annotations")

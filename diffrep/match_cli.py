@@ -50,10 +50,12 @@ def _level(text: str):
 def _add_model_options(p, sweep: bool = False) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled name, local diffusers folder or hub id")
     if not sweep:
-        p.add_argument("--block", default=None, help="block to match with (default: up_blocks.1, as DIFT)")
+        p.add_argument("--block", default=None, help="block to match with; 'a+b' concatenates blocks (default: "
+                                                     "up_blocks.1 in SD-sized UNets as DIFT, else up_blocks.0)")
         p.add_argument("--t", type=_level, default=50, help="noise level: timestep (σ for EDM); default 50")
     p.add_argument("--ensemble", type=int, default=4, help="noise draws averaged (DIFT: 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the features (≈1.4× faster on CPU)")
     p.add_argument("--prompt", default=None, help="text condition for conditional models (default: 'a photo of a "
                                                   "{category}' when the category is known, else empty)")
     p.add_argument("--mutual", action="store_true", help="keep only mutual nearest neighbours (others count as misses)")
@@ -63,9 +65,11 @@ def _add_model_options(p, sweep: bool = False) -> None:
 
 def _add_benchmark_options(p, out: str) -> None:
     p.add_argument("--benchmark", choices=["warps", "spair"], default="warps")
-    p.add_argument("--spair", default=None, help="SPair-71k folder (PairAnnotation/, JPEGImages/); implies --benchmark spair")
+    p.add_argument("--spair", default=None,
+                   help="SPair-71k folder (PairAnnotation/, JPEGImages/); implies --benchmark spair")
     p.add_argument("--split", default="test", help="SPair split folder: trn, val or test")
-    p.add_argument("--pairs", type=int, default=None, help="warps: number of pairs (default 120); SPair: at most this many")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="warps: number of pairs (default 120); SPair: at most this many")
     p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and DAISY baselines")
     p.add_argument("--out", default=out)
 
@@ -89,7 +93,8 @@ def add_commands(sub) -> dict:
     p = sub.add_parser("match-sweep", help="PCK@0.1 for every (t, block): table, JSON, heatmap")
     _add_model_options(p, sweep=True)
     _add_benchmark_options(p, "runs/corr-sweep")
-    p.add_argument("--t", type=_csv(_level), default=[10, 50, 100, 200, 400], help="noise levels (default 10,50,100,200,400)")
+    p.add_argument("--t", type=_csv(_level), default=[10, 50, 100, 200, 400],
+                   help="noise levels (default 10,50,100,200,400)")
     p.add_argument("--blocks", type=_csv(str), default=None, help="default: every top-level block")
     return {"match": cmd_match, "match-eval": cmd_match_eval, "match-sweep": cmd_match_sweep}
 
@@ -101,7 +106,7 @@ def cmd_match(args) -> None:
 
     source, target = (read_image(Path(p), 3, None)[0] for p in (args.source, args.target))
     points = parse_points(args.points) if args.points is not None else grid_points(tuple(source.shape[-2:]))
-    describer = DiffusionDescriber(load_featurizer(args.model), args.block, args.t, args.ensemble, args.seed)
+    describer = DiffusionDescriber(load_featurizer(args.model), args.block, args.t, args.ensemble, args.seed, args.bf16)
     prompt = args.prompt if args.prompt is not None else category_prompt(args.category)
     found, (src, tgt), (fs, ft) = match(describer, source, target, points, args.size, prompt, args.mutual)
 
@@ -111,7 +116,8 @@ def cmd_match(args) -> None:
     draw_pca([p.image[:, :p.hw[0], :p.hw[1]] for p in (src, tgt)], pca_rgb([fs, ft], [src, tgt]),
              out.with_name(out.stem + "-features.png"))
     record = {"source": args.source, "target": args.target, "model": args.model, "block": describer.blocks[0],
-              "t": describer.t, "ensemble": args.ensemble, "seed": args.seed, "prompt": prompt, "size": args.size,
+              "t": describer.t, "ensemble": args.ensemble, "seed": args.seed, "bf16": args.bf16, "prompt": prompt,
+              "size": args.size,
               "coordinates": "x, y in pixels of each input image (pixel centres at integers)",
               "matches": found.to_json(points)}
     if args.flow:
@@ -139,8 +145,8 @@ def _config(args, **extra):
     from .match_eval import MatchEvalConfig
 
     return MatchEvalConfig(model=args.model, benchmark=args.benchmark, spair=args.spair, split=args.split,
-                           pairs=args.pairs, size=args.size, ensemble=args.ensemble, seed=args.seed, prompt=args.prompt,
-                           mutual=args.mutual, baselines=not args.no_baselines, **extra)
+                           pairs=args.pairs, size=args.size, ensemble=args.ensemble, seed=args.seed, bf16=args.bf16,
+                           prompt=args.prompt, mutual=args.mutual, baselines=not args.no_baselines, **extra)
 
 
 def cmd_match_eval(args) -> None:

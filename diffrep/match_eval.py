@@ -17,7 +17,8 @@ import torch
 
 from .correspond import DiffusionDescriber, category_prompt, load_featurizer, prepare
 from .errors import DiffrepError
-from .match_bench import ALPHAS, DaisyDescriber, Pair, PixelDescriber, correct_matches, predict, score, spair_pairs, warp_pairs
+from .match_bench import (ALPHAS, DaisyDescriber, Pair, PixelDescriber, correct_matches, predict, score, spair_pairs,
+                          warp_pairs)
 from .match_pictures import draw_matches, draw_pca, pca_rgb
 
 HEADLINE = "0.1"  # the α of the heatmap and the "best" cell
@@ -35,6 +36,7 @@ class MatchEvalConfig:
     t: float = 50                    # noise level (timestep; σ for EDM)
     ensemble: int = 4                # noise draws averaged
     seed: int = 0
+    bf16: bool = False               # bfloat16 autocast for the features
     prompt: str | None = None        # None: "a photo of a {category}" when known, else ""
     mutual: bool = False             # non-mutual matches count as misses
     baselines: bool = True           # raw-pixel patches and DAISY in the same run
@@ -55,7 +57,8 @@ def load_pairs(cfg: MatchEvalConfig) -> tuple[list[Pair], int | None, str]:
     if cfg.benchmark == "spair" or cfg.spair:
         if not cfg.spair:
             raise DiffrepError("the spair benchmark needs the SPair-71k folder: --spair /path/to/SPair-71k")
-        return spair_pairs(cfg.spair, cfg.split, cfg.pairs), cfg.size, "α·max(height, width) of the target bounding box"
+        rule = "α·max(height, width) of the target bounding box"
+        return spair_pairs(cfg.spair, cfg.split, cfg.pairs), cfg.size, rule
     raise DiffrepError(f"unknown benchmark {cfg.benchmark!r}; use 'warps' or --spair FOLDER")
 
 
@@ -66,8 +69,8 @@ def _baselines() -> dict:
 def _score_baselines(pairs, size, mutual) -> dict:
     out = {}
     for name, describer in _baselines().items():
-        out[name] = score(pairs, predict(describer, pairs, size, mutual=mutual, desc=f"baseline {name}")[describer.blocks[0]])
-        out[name]["descriptor"] = describer.blocks[0]
+        matches = predict(describer, pairs, size, mutual=mutual, desc=f"baseline {name}")[describer.blocks[0]]
+        out[name] = {**score(pairs, matches), "descriptor": describer.blocks[0]}
     return out
 
 
@@ -75,7 +78,7 @@ def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
     start = time.time()
     out = Path(out)
     pairs, size, rule = load_pairs(cfg)
-    describer = DiffusionDescriber(load_featurizer(cfg.model), cfg.block, cfg.t, cfg.ensemble, cfg.seed)
+    describer = DiffusionDescriber(load_featurizer(cfg.model), cfg.block, cfg.t, cfg.ensemble, cfg.seed, cfg.bf16)
     print(f"{len(pairs)} pairs, {sum(len(p.source_points) for p in pairs)} keypoints; {cfg.model} "
           f"{describer.blocks[0]} t={describer.t} ensemble {cfg.ensemble}")
     matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc="diffusion features")[describer.blocks[0]]
@@ -124,8 +127,8 @@ def format_eval_table(result: dict) -> str:
              "method".ljust(34) + "".join(f"@{a} pt".rjust(10) + f"@{a} img".rjust(11) for a in alphas)]
     for name, r in result["methods"].items():
         label = f"{name} ({r['block']}, t={r['t']})" if name == "diffusion" else f"{name} ({r['descriptor']})"
-        lines.append(label.ljust(34) + "".join(f"{r[a]['per_point']:.1f}".rjust(10) + f"{r[a]['per_image']:.1f}".rjust(11)
-                                               for a in alphas))
+        cells = (f"{r[a]['per_point']:.1f}".rjust(10) + f"{r[a]['per_image']:.1f}".rjust(11) for a in alphas)
+        lines.append(label.ljust(34) + "".join(cells))
     return "\n".join(lines)
 
 
@@ -140,10 +143,11 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
     ts = [featurizer.backbone.noise.check(t) for t in cfg.ts]
     cells = []
     for t in ts:
-        describer = DiffusionDescriber(featurizer, blocks, t, cfg.ensemble, cfg.seed)
+        describer = DiffusionDescriber(featurizer, blocks, t, cfg.ensemble, cfg.seed, cfg.bf16)
         matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc=f"t={t}, {len(blocks)} blocks")
         cells += [{"t": t, "block": b, **score(pairs, matches[b])} for b in blocks]
-        print(f"t={t}: " + ", ".join(f"{b} {c[HEADLINE]['per_point']:.1f}" for b, c in zip(blocks, cells[-len(blocks):])))
+        row = zip(blocks, cells[-len(blocks):])
+        print(f"t={t}: " + ", ".join(f"{b} {c[HEADLINE]['per_point']:.1f}" for b, c in row))
     result = {**_header(cfg, pairs, rule), "ts": ts, "blocks": blocks, "cells": cells,
               "best": max(cells, key=lambda c: c[HEADLINE]["per_point"]),
               "heatmap": f"PCK@{HEADLINE} per point (%)"}

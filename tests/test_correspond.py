@@ -146,6 +146,19 @@ def test_chunked_similarity_equals_unchunked():
     assert flow_a.shape == (20, 28, 2) and torch.equal(flow_a, flow_b) and torch.allclose(sim_a, sim_b)
 
 
+def test_combined_blocks_descriptor(unet_dir):
+    from diffrep.correspond import DiffusionDescriber, load_featurizer
+
+    featurizer = load_featurizer(str(unet_dir))
+    describer = DiffusionDescriber(featurizer, ["up_blocks.0+mid_block", "mid_block"], t=10, ensemble=1)
+    assert describer.blocks == ["mid_block+up_blocks.0", "mid_block"] and describer.taps == ["mid_block", "up_blocks.0"]
+    (maps,) = describer.describe([torch.zeros(1, 32, 32)])
+    assert maps["mid_block+up_blocks.0"].shape == (16, 32, 32) and maps["mid_block"].shape == (8, 16, 16)
+    # each part is unit length per pixel, so the concatenation has norm √2 where no resize blends cells
+    assert torch.allclose(maps["mid_block+up_blocks.0"][8:].norm(dim=0), torch.ones(32, 32), atol=1e-5)
+    assert DiffusionDescriber(featurizer).blocks == ["up_blocks.0"]  # two up blocks: the first is the default
+
+
 def test_mutual_check():
     code = torch.randn(8, 12, 12, generator=torch.Generator().manual_seed(2))
     target = code.clone()
@@ -239,7 +252,7 @@ def test_match_eval_warps_and_spair(unet_dir, spair_dir, tmp_path, capsys):
     result = json.loads((out / "match-eval.json").read_text())
     assert set(result["methods"]) == {"diffusion", "pixels", "daisy"} and result["n_pairs"] == 3
     assert all(0 <= r[a]["per_point"] <= 100 for r in result["methods"].values() for a in ("0.05", "0.1", "0.15"))
-    assert "daisy" in printed and "pixels" in printed and "diffusion (up_blocks.1, t=50)" in printed
+    assert "daisy" in printed and "pixels" in printed and "diffusion (up_blocks.0, t=50)" in printed
     assert len(list(out.glob("example-*.png"))) == 2 and len(list(out.glob("features-*.png"))) == 1
 
     out = tmp_path / "spair"
@@ -293,7 +306,8 @@ def test_match_unreadable_images(unet_dir, two_photos, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     for source in (broken, tmp_path / "absent.png"):
-        code = main(["match", str(source), str(two_photos[1]), "--model", str(unet_dir), "--out", str(tmp_path / "x.png")])
+        code = main(["match", str(source), str(two_photos[1]), "--model", str(unet_dir),
+                     "--out", str(tmp_path / "x.png")])
         err = capsys.readouterr().err
         assert code == 2 and "cannot read image" in err and source.name in err
 

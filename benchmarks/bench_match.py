@@ -1,0 +1,70 @@
+"""How long DIFT matching takes on two 256×256 photographs, and what the chunked similarity costs.
+
+    python benchmarks/bench_match.py --model photos-ddpm [--threads 2] [--out benchmarks/results/match-bench.json]
+
+Times (best of 3 after a warm-up): the features of both images (ensemble 1 and 4, fp32 and bf16), the
+nearest-neighbour search for 16 points, and the dense flow at 128×128 with chunk sizes 1024 and 16384
+(same result; the chunk bounds memory, not the answer). The images are crops of scikit-image's stereo
+motorcycle pair, a real left/right view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from diffrep.correspond import DiffusionDescriber, dense_flow, load_featurizer, match, prepare
+from diffrep.photos import photo
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(min(times), 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="photos-ddpm")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/match-bench.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    source = photo("motorcycle_left")[:, 100:356, 200:456]
+    target = photo("motorcycle_right")[:, 100:356, 190:446]
+    points = torch.stack(torch.meshgrid(torch.arange(4) * 64 + 32.0, torch.arange(4) * 64 + 32.0, indexing="xy"), -1)
+    points = points.reshape(-1, 2)
+    featurizer = load_featurizer(args.model)
+    rows = []
+    for ensemble in (1, 4):
+        for bf16 in (False, True):
+            describer = DiffusionDescriber(featurizer, None, 50, ensemble, bf16=bf16)
+            seconds = best_of(lambda: match(describer, source, target, points))  # noqa: B023
+            rows.append({"what": "match 16 points, 256×256 pair", "block": describer.blocks[0], "ensemble": ensemble,
+                         "bf16": bf16, "seconds": seconds})
+            print(rows[-1])
+    describer = DiffusionDescriber(featurizer, None, 50, 1)
+    small = [prepare(im[:, ::2, ::2], describer.stride) for im in (source, target)]
+    maps = [d[describer.blocks[0]] for d in describer.describe([p.image for p in small])]
+    for chunk in (1024, 16384):
+        seconds = best_of(lambda: dense_flow(maps[0], small[0], maps[1], small[1], chunk=chunk), repeats=1)  # noqa: B023
+        rows.append({"what": "dense flow 128×128 → 128×128", "chunk": chunk, "seconds": seconds,
+                     "similarity_block_MB": round(min(chunk, 128 * 128) ** 2 * 4 / 2**20, 1)})
+        print(rows[-1])
+    result = {"model": args.model, "threads": args.threads, "torch": torch.__version__, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
