@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
+from bench_featurizer import best_time  # the same timing rule: fastest of n calls after a warm-up
 from diffrep.correspond import DiffusionDescriber, dense_flow, load_featurizer, match, prepare
 from diffrep.photos import photo
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(min(times), 3)
 
 
 def main() -> None:
@@ -48,7 +38,7 @@ def main() -> None:
     for ensemble in (1, 4):
         for bf16 in (False, True):
             describer = DiffusionDescriber(featurizer, None, 50, ensemble, bf16=bf16)
-            seconds = best_of(lambda: match(describer, source, target, points))  # noqa: B023
+            seconds = round(best_time(lambda: match(describer, source, target, points), 3), 3)  # noqa: B023
             rows.append({"what": "match 16 points, 256×256 pair", "block": describer.blocks[0], "ensemble": ensemble,
                          "bf16": bf16, "seconds": seconds})
             print(rows[-1])
@@ -56,7 +46,8 @@ def main() -> None:
     small = [prepare(im[:, ::2, ::2], describer.stride) for im in (source, target)]
     maps = [d[describer.blocks[0]] for d in describer.describe([p.image for p in small])]
     for chunk in (1024, 16384):
-        seconds = best_of(lambda: dense_flow(maps[0], small[0], maps[1], small[1], chunk=chunk), repeats=1)  # noqa: B023
+        flow = lambda: dense_flow(maps[0], small[0], maps[1], small[1], chunk=chunk)  # noqa: B023, E731
+        seconds = round(best_time(flow, 1), 3)
         rows.append({"what": "dense flow 128×128 → 128×128", "chunk": chunk, "seconds": seconds,
                      "similarity_block_MB": round(min(chunk, 128 * 128) ** 2 * 4 / 2**20, 1)})
         print(rows[-1])
