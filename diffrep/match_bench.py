@@ -186,14 +186,15 @@ def score(pairs: list[Pair], matches: list[Matches], alphas=ALPHAS) -> dict:
     """PCK@α for every α. With the mutual check, a match that is not mutual counts as a miss."""
     out = {}
     for alpha in alphas:
-        hits = [_hits(p, m, alpha) for p, m in zip(pairs, matches)]
+        hits = [pair_hits(p, m, alpha) for p, m in zip(pairs, matches)]
         out[str(alpha)] = pck(hits)
     if matches and matches[0].mutual is not None:
         out["mutual_fraction"] = round(100 * torch.cat([m.mutual for m in matches]).float().mean().item(), 2)
     return out
 
 
-def _hits(pair: Pair, m: Matches, alpha: float) -> torch.Tensor:
+def pair_hits(pair: Pair, m: Matches, alpha: float) -> torch.Tensor:
+    """One pair's correct matches at α (a non-mutual match, when checked, is a miss)."""
     hit = correct_matches(m.points, pair.target_points, pair.threshold_size, alpha)
     return hit & m.mutual if m.mutual is not None else hit
 

@@ -93,8 +93,8 @@ def add_commands(sub) -> dict:
     p = sub.add_parser("match-sweep", help="PCK@0.1 for every (t, block): table, JSON, heatmap")
     _add_model_options(p, sweep=True)
     _add_benchmark_options(p, "runs/corr-sweep")
-    p.add_argument("--t", type=_csv(_level), default=[10, 50, 100, 200, 400],
-                   help="noise levels (default 10,50,100,200,400)")
+    p.add_argument("--t", type=_csv(_level), default=[0, 10, 50, 100, 200],
+                   help="noise levels (default 0,10,50,100,200)")
     p.add_argument("--blocks", type=_csv(str), default=None, help="default: every top-level block")
     return {"match": cmd_match, "match-eval": cmd_match_eval, "match-sweep": cmd_match_sweep}
 
@@ -122,7 +122,7 @@ def cmd_match(args) -> None:
               "matches": found.to_json(points)}
     if args.flow:
         record["flow"] = str(_write_flow(fs, src, ft, tgt, out.with_name(out.stem + "-flow.npz")))
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
     for row in record["matches"]:
         print(f"({row['source'][0]:g}, {row['source'][1]:g}) -> ({row['target'][0]:g}, {row['target'][1]:g})  "
               f"similarity {row['similarity']:.3f}" + ("" if "mutual" not in row else f"  mutual {row['mutual']}"))
