@@ -8,8 +8,8 @@ The backbone is a randomly initialised UNet2DModel (widths 32/64/128/256, no att
 not change memory or time) whose mid block and first three up blocks at t ∈ {50, 150, 250} give
 3 × (256 + 256 + 128 + 64) = 2,112 channels per pixel. The data are 50 bundled scenes rendered at
 128×128, written as a user folder (images/ + masks/), so the folder reader is part of the run.
-Training runs in a child process with the command's defaults (K = 10 MLPs, 2,000 pixels per image,
-a 512 MB pool cap, batch 64) except the epoch count; its peak RSS is read with
+Training runs in a child process with K = 10 MLPs, 2,000 pixels asked per image (the 512 MB pool cap
+then allows 1,271 at 2,112 channels), batch 64, and the given epoch count; its peak RSS is read with
 getrusage(RUSAGE_CHILDREN). A second child that only imports diffrep and loads the model gives the
 floor that any run of the command pays. Results: benchmarks/results/segment-memory.json.
 """
@@ -87,7 +87,8 @@ def main() -> None:
         floor_s, floor_mb = run_child(floor_code, args.threads)
         argv = ["segment", "train", "--model", str(tmp / "model"), "--data", str(tmp / "data"), "--labelled",
                 str(N_IMAGES), "--out", str(tmp / "run"), "--blocks", ",".join(BLOCKS), "--t", ",".join(map(str, TS)),
-                "--max-epochs", str(args.epochs), "--no-baselines"]
+                "--max-epochs", str(args.epochs), "--pixels-per-image", "2000", "--pool-mb", "512", "--k", "10",
+                "--no-baselines"]
         train_code = (f"import sys, torch; torch.set_num_threads({args.threads}); from diffrep.cli import main; "
                       f"sys.exit(main({argv!r}))")
         wall_s, peak_mb = run_child(train_code, args.threads)

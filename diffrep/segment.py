@@ -48,12 +48,12 @@ class SegConfig:
     seed: int = 0                    # the fixed noise and the heads' initialisation
     shared_noise: bool = True        # one noise for every image and t (DDPM-Seg)
     bf16: bool = False               # bfloat16 autocast for the denoiser
-    pixels_per_image: int = 2000     # pixels drawn from each labelled image per epoch
+    pixels_per_image: int = 1000     # pixels drawn afresh from each labelled image every epoch
     balanced: bool = True            # draw classes equally often within an image
     pool_mb: float = 512             # cap on the training pool (pixels × channels × 4 bytes)
     batch_size: int = 64             # pixels per step (DDPM-Seg: 64)
     lr: float = 1e-3
-    max_epochs: int = 20
+    max_epochs: int = 10             # each epoch is a fresh draw: 10 epochs see up to 10,000 pixels per image
     patience: int = 3
     min_class_pixels: int = 20
     extract_batch: int = 8           # images per denoiser forward
