@@ -25,7 +25,7 @@ from diffusers import (
 from .errors import DiffrepError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUNDLED = {"mnist-ddpm": WEIGHTS_DIR / "mnist-ddpm"}
+BUNDLED = {name: WEIGHTS_DIR / name for name in ("mnist-ddpm", "scenes-ddpm", "photos-ddpm")}
 DENOISERS = {cls.__name__: cls for cls in (UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel)}
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 

@@ -154,6 +154,9 @@ def _add_sweep(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--features", default=None, help="a `diffrep features` folder to reuse instead of extracting")
+    p.add_argument("--augment", type=int, default=d.augment,
+                   help=f"refit the chosen cell's probe with N shifted copies of the fit images (default {d.augment}; 0: off)")
+    p.add_argument("--shift", type=int, default=d.shift, help=f"their translation, up to ±N pixels (default {d.shift})")
     p.add_argument("--out", required=True)
 
 
@@ -162,7 +165,8 @@ def cmd_sweep(args) -> None:
 
     cfg = SweepConfig(model=args.model, data=args.data, ts=_levels(args.t), blocks=args.blocks, pools=args.pools,
                       batch_size=args.batch_size, ensemble=args.ensemble, seed=args.seed, bf16=args.bf16,
-                      epochs=args.epochs, baselines=not args.no_baselines, features=args.features)
+                      epochs=args.epochs, baselines=not args.no_baselines, features=args.features,
+                      augment=args.augment, shift=args.shift)
     run_sweep(cfg, args.out)
 
 

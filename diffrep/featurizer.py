@@ -65,7 +65,8 @@ class Featurizer:
                 found[name] = block
                 for sub in SUB_BLOCKS:
                     for j, part in enumerate(getattr(block, sub, None) or []):
-                        found[f"{name}.{sub}.{j}"] = part
+                        if part is not None:  # a mid block built with add_attention=False holds None there
+                            found[f"{name}.{sub}.{j}"] = part
         return found
 
     def feature_info(self) -> list[BlockInfo]:

@@ -21,7 +21,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from .backbone import null_class, noise_form, run_denoiser
-from .data import load_split
+from .data import load_split, random_shift
 from .errors import DiffrepError
 from .losses import DDPMLoss, EDMLoss
 from .probe import holdout_split
@@ -78,14 +78,6 @@ def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
 
 def build_scheduler(cfg: PretrainConfig):
     return EDMEulerScheduler() if cfg.objective == "edm" else DDPMScheduler(num_train_timesteps=1000)
-
-
-def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ±max_shift pixels (edge-replicated), offsets drawn from `gen`."""
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=gen).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
 def _save_atomic(obj, path: Path) -> None:

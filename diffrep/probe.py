@@ -32,18 +32,20 @@ def holdout_split(n: int, fraction: float = 0.125, seed: int = 0) -> tuple[torch
 
 def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test: dict[str, torch.Tensor],
                      test_y: torch.Tensor, epochs: int = 60, batch_size: int = 256, lr: float = 1e-3,
-                     seed: int = 0, progress=None) -> dict[str, dict]:
-    """Fit one linear head per (cell, weight decay) on `train` minus a held-out eighth; returns per cell
-    {"val_accuracy", "accuracy" (test), "weight_decay"} for the decay with the best validation accuracy."""
+                     seed: int = 0, progress=None, split: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     weight_decays: tuple[float, ...] = WEIGHT_DECAYS) -> dict[str, dict]:
+    """Fit one linear head per (cell, weight decay) on `train` minus a held-out eighth (or on the
+    (fit, validation) indices of `split`); returns per cell {"val_accuracy", "accuracy" (test),
+    "weight_decay"} for the decay with the best validation accuracy."""
     torch.manual_seed(seed)
-    fit_idx, val_idx = holdout_split(len(train_y))
+    fit_idx, val_idx = split if split is not None else holdout_split(len(train_y))
     classes = int(max(train_y.max(), test_y.max())) + 1
     cells = list(train)
     norms = {c: _Standardise(train[c][fit_idx].float()) for c in cells}
     heads = nn.ModuleDict({f"{i}@{j}": nn.Linear(train[c].shape[1], classes)
-                           for i, c in enumerate(cells) for j in range(len(WEIGHT_DECAYS))})
+                           for i, c in enumerate(cells) for j in range(len(weight_decays))})
     groups = [{"params": [p for k, h in heads.items() if k.endswith(f"@{j}") for p in h.parameters()], "weight_decay": wd}
-              for j, wd in enumerate(WEIGHT_DECAYS)]
+              for j, wd in enumerate(weight_decays)]
     opt = torch.optim.AdamW(groups, lr=lr)
     steps = epochs * math.ceil(len(fit_idx) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -55,23 +57,24 @@ def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test
             idx = perm[start:start + batch_size]
             y = train_y[idx]
             loss = sum(nn.functional.cross_entropy(heads[f"{i}@{j}"](inputs[c][idx]), y)
-                       for i, c in enumerate(cells) for j in range(len(WEIGHT_DECAYS)))
+                       for i, c in enumerate(cells) for j in range(len(weight_decays)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         if progress is not None:
             progress(epoch + 1, epochs)
-    return _score(heads, cells, inputs, train_y, val_idx, {c: norms[c](test[c].float()) for c in cells}, test_y)
+    test_inputs = {c: norms[c](test[c].float()) for c in cells}
+    return _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y, weight_decays)
 
 
 @torch.no_grad()
-def _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y) -> dict[str, dict]:
+def _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y, weight_decays) -> dict[str, dict]:
     results = {}
     for i, c in enumerate(cells):
         val = [(heads[f"{i}@{j}"](inputs[c][val_idx]).argmax(1) == train_y[val_idx]).float().mean().item()
-               for j in range(len(WEIGHT_DECAYS))]
+               for j in range(len(weight_decays))]
         j = max(range(len(val)), key=val.__getitem__)
         acc = (heads[f"{i}@{j}"](test_inputs[c]).argmax(1) == test_y).float().mean().item()
-        results[c] = {"val_accuracy": val[j], "accuracy": acc, "weight_decay": WEIGHT_DECAYS[j]}
+        results[c] = {"val_accuracy": val[j], "accuracy": acc, "weight_decay": weight_decays[j]}
     return results

@@ -150,11 +150,27 @@ def test_model_folder_round_trip_gives_same_features(unet_dir, tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_bundled_model_loads_by_name():
-    bb = load_backbone("mnist-ddpm")
-    assert bb.image_channels == 1 and bb.image_size == 32 and bb.noise.kind == "vp"
+@pytest.mark.parametrize("name, channels, size", [("mnist-ddpm", 1, 32), ("scenes-ddpm", 3, 64), ("photos-ddpm", 3, 32)])
+def test_bundled_model_loads_by_name(name, channels, size):
+    bb = load_backbone(name)
+    assert bb.image_channels == channels and bb.image_size == size and bb.noise.kind == "vp"
     info = Featurizer(bb).feature_info()
     assert [b.name for b in info if b.top_level][:2] == ["conv_in", "down_blocks.0"]
+
+
+def test_mid_block_without_attention(tmp_path):
+    """diffusers puts None in mid_block.attentions when add_attention=False; it is not a block."""
+    torch.manual_seed(0)
+    from diffusers import UNet2DModel
+
+    UNet2DModel(block_out_channels=(4, 8), norm_num_groups=2, layers_per_block=1, sample_size=16, in_channels=3,
+                out_channels=3, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                add_attention=False).save_pretrained(tmp_path / "m")
+    featurizer = Featurizer(load_backbone(tmp_path / "m"))
+    names = featurizer.block_names()
+    assert "mid_block.resnets.1" in names and not any(".attentions." in n for n in names)
+    feats = featurizer.extract(random_images(2, 3, 16), 50, ["mid_block"])
+    assert feats["mid_block"].shape == (2, 8, 8, 8)
 
 
 # ---------------------------------------------------------------- bad input

@@ -124,7 +124,7 @@ def test_bad_config_is_refused(labelled_folder, tmp_path):
 
 
 def test_random_shift_translates_within_bounds():
-    from diffrep.pretrain import random_shift
+    from diffrep.data import random_shift
 
     x = torch.zeros(4, 1, 8, 8)
     x[:, :, 3, 3] = 1.0

@@ -34,3 +34,18 @@ def test_best_cell_is_chosen_on_validation_not_test():
     result = _summarise(SweepConfig(ts=[5, 50], blocks=["mid_block"], pools=[1], baselines=False), scores, 10, 10)
     assert (result["best"]["t"], result["best"]["accuracy"]) == (50, 0.95)
     assert result["best_test_cell"]["t"] == 5
+
+
+def test_explicit_split_trains_only_on_its_rows():
+    """Rows outside (fit, validation) — here garbage with wrong labels — must not touch the probe."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (120,), generator=g)
+    x = torch.randn(3, 8, generator=g)[y] * 3 + torch.randn(120, 8, generator=g)
+    test_x, test_y = x[100:], y[100:]
+    fit, val = torch.arange(0, 80), torch.arange(80, 100)
+    clean = train_probe_grid({"c": x[:100]}, y[:100], {"c": test_x}, test_y, epochs=5, split=(fit, val),
+                             weight_decays=(1e-3,))
+    garbage = torch.cat([x[:100], torch.randn(50, 8) * 100])
+    mixed = train_probe_grid({"c": garbage}, torch.cat([y[:100], (y[:50] + 1) % 3]), {"c": test_x}, test_y, epochs=5,
+                             split=(fit, val), weight_decays=(1e-3,))
+    assert mixed == clean and clean["c"]["weight_decay"] == 1e-3
