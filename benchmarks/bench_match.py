@@ -2,7 +2,7 @@
 
     python benchmarks/bench_match.py --model photos-ddpm [--threads 2] [--out benchmarks/results/match-bench.json]
 
-Times (best of 3 after a warm-up): the features of both images (ensemble 1 and 4, fp32 and bf16), the
+Times (best of 3 after a warm-up; t = 10, the default block): the features of both images (ensemble 1 and 4, fp32 and bf16), the
 nearest-neighbour search for 16 points, and the dense flow at 128×128 with chunk sizes 1024 and 16384
 (same result; the chunk bounds memory, not the answer). The images are crops of scikit-image's stereo
 motorcycle pair, a real left/right view.
@@ -37,12 +37,12 @@ def main() -> None:
     rows = []
     for ensemble in (1, 4):
         for bf16 in (False, True):
-            describer = DiffusionDescriber(featurizer, None, 50, ensemble, bf16=bf16)
+            describer = DiffusionDescriber(featurizer, None, 10, ensemble, bf16=bf16)
             seconds = round(best_time(lambda: match(describer, source, target, points), 3), 3)  # noqa: B023
             rows.append({"what": "match 16 points, 256×256 pair", "block": describer.blocks[0], "ensemble": ensemble,
                          "bf16": bf16, "seconds": seconds})
             print(rows[-1])
-    describer = DiffusionDescriber(featurizer, None, 50, 1)
+    describer = DiffusionDescriber(featurizer, None, 10, 1)
     small = [prepare(im[:, ::2, ::2], describer.stride) for im in (source, target)]
     maps = [d[describer.blocks[0]] for d in describer.describe([p.image for p in small])]
     for chunk in (1024, 16384):

@@ -184,14 +184,15 @@ def category_prompt(category: str | None) -> str:
     return f"a photo of a {category}" if category else ""
 
 
-def default_block(block_names: list[str]) -> str:
-    """DIFT taps SD's up_blocks[1], the second of four decoder blocks, at 1/16 of the image. In a smaller
-    UNet (three levels) up_blocks.1 is already at full resolution, where at small t the features mostly
-    predict the added noise (measured: far below the coarser blocks), so there the first decoder block is
-    the default. DiT: the middle transformer block."""
+def default_block(block_names: list[str], latent: bool = False) -> str:
+    """DIFT taps SD's up_blocks[1], the second of four decoder blocks, at 1/16 of the image: the default
+    for latent UNets with four or more levels. In the small pixel UNets here the decoder blocks are at
+    1/2 to 1/1 of the image, where at small t the features mostly predict the added noise; the warps
+    sweeps of photos-ddpm (3 levels) and scenes-ddpm (4 levels) both put `mid_block` first, so pixel
+    UNets default to it. DiT: the middle transformer block."""
     up = [n for n in block_names if n.startswith("up_blocks.") and n.count(".") == 1]
     if up:
-        return "up_blocks.1" if len(up) >= 4 else up[0]
+        return "up_blocks.1" if latent and len(up) >= 4 else "mid_block" if "mid_block" in block_names else up[0]
     transformer = [n for n in block_names if n.startswith("transformer_blocks.") and n.count(".") == 1]
     if transformer:
         return transformer[len(transformer) // 2]
@@ -221,12 +222,14 @@ class DiffusionDescriber:
     Images of the same prepared size run as one batch. The text prompt reaches conditional UNets only
     (pixel UNets and DiT take none)."""
 
-    def __init__(self, featurizer, blocks: list[str] | str | None = None, t=50, ensemble: int = 4, seed: int = 0,
+    def __init__(self, featurizer, blocks: list[str] | str | None = None, t=10, ensemble: int = 4, seed: int = 0,
                  bf16: bool = False, batch_size: int = 8):
         self.featurizer = featurizer
         backbone = featurizer.backbone
         names = featurizer.block_names()
-        blocks = [default_block(names)] if blocks is None else [blocks] if isinstance(blocks, str) else list(blocks)
+        if blocks is None:
+            blocks = [default_block(names, backbone.is_latent)]
+        blocks = [blocks] if isinstance(blocks, str) else list(blocks)
         self.blocks = ["+".join(featurizer.check_blocks(d.split("+"))) for d in blocks]
         self.taps = featurizer.check_blocks([part for d in self.blocks for part in d.split("+")])
         self.t = backbone.noise.check(t)

@@ -51,8 +51,9 @@ def _add_model_options(p, sweep: bool = False) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled name, local diffusers folder or hub id")
     if not sweep:
         p.add_argument("--block", default=None, help="block to match with; 'a+b' concatenates blocks (default: "
-                                                     "up_blocks.1 in SD-sized UNets as DIFT, else up_blocks.0)")
-        p.add_argument("--t", type=_level, default=50, help="noise level: timestep (σ for EDM); default 50")
+                                                     "up_blocks.1 in SD-sized latent UNets as DIFT, else mid_block)")
+        p.add_argument("--t", type=_level, default=10, help="noise level: timestep (σ for EDM); default 10 "
+                                                           "(DIFT on SD: 261)")
     p.add_argument("--ensemble", type=int, default=4, help="noise draws averaged (DIFT: 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the features (≈1.4× faster on CPU)")

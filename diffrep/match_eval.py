@@ -32,8 +32,8 @@ class MatchEvalConfig:
     split: str = "test"              # SPair split folder: trn, val or test
     pairs: int | None = None         # warps: how many pairs (default 120); SPair: at most this many
     size: int | None = None          # warps: image side (default 128); SPair: resize both images to size×size
-    block: str | None = None         # default: correspond.default_block (DIFT's up_blocks.1)
-    t: float = 50                    # noise level (timestep; σ for EDM)
+    block: str | None = None         # default: correspond.default_block (mid_block; SD-sized: up_blocks.1)
+    t: float = 10                    # noise level (timestep; σ for EDM); best on the photos-ddpm warps sweep
     ensemble: int = 4                # noise draws averaged
     seed: int = 0
     bf16: bool = False               # bfloat16 autocast for the features

@@ -156,7 +156,7 @@ def test_combined_blocks_descriptor(unet_dir):
     assert maps["mid_block+up_blocks.0"].shape == (16, 32, 32) and maps["mid_block"].shape == (8, 16, 16)
     # each part is unit length per pixel, so the concatenation has norm √2 where no resize blends cells
     assert torch.allclose(maps["mid_block+up_blocks.0"][8:].norm(dim=0), torch.ones(32, 32), atol=1e-5)
-    assert DiffusionDescriber(featurizer).blocks == ["up_blocks.0"]  # two up blocks: the first is the default
+    assert DiffusionDescriber(featurizer).blocks == ["mid_block"]  # the default for pixel UNets
 
 
 def test_mutual_check():
@@ -253,7 +253,7 @@ def test_match_eval_warps_and_spair(unet_dir, spair_dir, tmp_path, capsys):
     assert set(result["methods"]) == {"diffusion", "pixels", "daisy"} and result["n_pairs"] == 3
     assert len(result["methods"]["diffusion"]["pck@0.1_per_pair"]) == 3
     assert all(0 <= r[a]["per_point"] <= 100 for r in result["methods"].values() for a in ("0.05", "0.1", "0.15"))
-    assert "daisy" in printed and "pixels" in printed and "diffusion (up_blocks.0, t=50)" in printed
+    assert "daisy" in printed and "pixels" in printed and "diffusion (mid_block, t=10)" in printed
     assert len(list(out.glob("example-*.png"))) == 2 and len(list(out.glob("features-*.png"))) == 1
 
     out = tmp_path / "spair"
