@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from .backbone import load_backbone
 from .errors import DiffrepError
+from .featurizer import Featurizer
 from .segment_data import SegData, fit_channels, load_seg_data
-from .segment_features import (PEAK, DiffusionMaps, FeatureCache, RawPixelMaps, SegFeaturizer, default_blocks,
-                               default_levels, features_at, total_channels)
+from .segment_features import (PEAK, DiffusionMaps, FeatureCache, RawPixelMaps, default_blocks, default_levels,
+                               features_at, total_channels)
 from .segment_heads import PixelMLPs, ensemble_uncertainty, majority_vote, train_heads
 
 
@@ -170,7 +171,7 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _sources(cfg: SegConfig, featurizer: SegFeaturizer, channels: int) -> dict:
+def _sources(cfg: SegConfig, featurizer: Featurizer, channels: int) -> dict:
     """Each method's feature source (the random-weight network only when baselines are asked)."""
     from .sweep import random_init
 
@@ -178,7 +179,7 @@ def _sources(cfg: SegConfig, featurizer: SegFeaturizer, channels: int) -> dict:
                                           cfg.bf16)}
     if cfg.baselines:
         sources["raw_pixels"] = RawPixelMaps(cfg.neighbourhood, channels)
-        rand = SegFeaturizer(random_init(featurizer.backbone, cfg.seed + 1))   # +1: not the init of a seed-0 model
+        rand = Featurizer(random_init(featurizer.backbone, cfg.seed + 1))   # +1: not the init of a seed-0 model
         sources["random_weights"] = DiffusionMaps(rand, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise,
                                                   cfg.bf16, weights="random")
     return sources
@@ -209,7 +210,7 @@ def train_segmenter(cfg: SegConfig, out: str | Path, data: SegData | None = None
         raise DiffrepError(f"asked for {cfg.labelled} labelled images but {cfg.data} gives only {len(data)}")
     data = SegData(data.images[:cfg.labelled], data.masks[:cfg.labelled], data.classes, data.ignore_index, data.name)
     backbone = load_backbone(cfg.model)
-    featurizer = SegFeaturizer(backbone)
+    featurizer = Featurizer(backbone)
     if cfg.select:   # blocks and ts given are the candidates
         from .segment_select import select_cells
 
@@ -258,7 +259,7 @@ class Segmenter:
         raw.pop("data_name", None)
         self.cfg = SegConfig(**raw)
         self.cfg.baselines = self.cfg.baselines and baselines
-        featurizer = SegFeaturizer(load_backbone(self.cfg.model))
+        featurizer = Featurizer(load_backbone(self.cfg.model))
         self.sources = _sources(self.cfg, featurizer, self.image_channels)
         self.heads = {}
         for name in self.sources:

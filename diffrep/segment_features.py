@@ -43,15 +43,6 @@ class PeakBytes:
 PEAK = PeakBytes()
 
 
-class SegFeaturizer(Featurizer):
-    """The shared featurizer, skipping absent sub-modules: a UNet built with `add_attention=False`
-    (scenes-ddpm, `--no-mid-attention`) holds `mid_block.attentions = [None]`, which the block
-    catalogue would otherwise try to hook. (Workaround until featurizer.py skips None itself.)"""
-
-    def _candidates(self) -> dict[str, torch.nn.Module]:
-        return {name: module for name, module in super()._candidates().items() if module is not None}
-
-
 # ----------------------------------------------------------------------------- defaults
 
 def default_blocks(featurizer: Featurizer) -> list[str]:

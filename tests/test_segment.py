@@ -18,8 +18,9 @@ from diffrep.cli import main
 from diffrep.errors import DiffrepError
 from diffrep.segment import SegConfig, predict_image, train_segmenter
 from diffrep.segment_data import load_seg_data, read_mask
-from diffrep.segment_features import (PEAK, DiffusionMaps, RawPixelMaps, SegFeaturizer, default_blocks, default_levels,
-                                      features_at, upsample_concat)
+from diffrep.featurizer import Featurizer
+from diffrep.segment_features import (PEAK, DiffusionMaps, RawPixelMaps, default_blocks, default_levels, features_at,
+                                      upsample_concat)
 from diffrep.segment_heads import PixelMLPs, ensemble_uncertainty, majority_vote
 
 SIZE = 32
@@ -67,7 +68,7 @@ def seg_folder(tmp_path_factory):
 # ----------------------------------------------------------------------------- features
 
 def test_pixel_features_are_upsampled_maps_concatenated(rgb_unet_dir):
-    featurizer = SegFeaturizer(load_backbone(rgb_unet_dir))
+    featurizer = Featurizer(load_backbone(rgb_unet_dir))
     assert default_blocks(featurizer) == ["mid_block", "up_blocks.0"]
     assert default_levels(featurizer.backbone.noise) == [50, 150, 250]
     source = DiffusionMaps(featurizer, ["mid_block", "up_blocks.1"], [50, 250])
