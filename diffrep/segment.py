@@ -351,7 +351,8 @@ def evaluate(run: str | Path, data: str, n: int | None = None, out: str | Path |
     plot_examples(examples, seg.classes, out / "examples.png")
     plot_per_class(result, out / "per_class_iou.png")
     print(format_table(result))
-    print(f"wrote {out / 'eval.json'}, {out / 'examples.png'}, {out / 'per_class_iou.png'}")
+    written = [out / n for n in ("eval.json", "examples.png", "per_class_iou.png") if (out / n).is_file()]
+    print(f"wrote {', '.join(map(str, written))}")
     return result
 
 
