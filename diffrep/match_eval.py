@@ -124,13 +124,15 @@ def _examples(describer, pairs: list[Pair], matches, size, prompt, out: Path) ->
 
 def format_eval_table(result: dict) -> str:
     alphas = [str(a) for a in result["alphas"]]
+    labels = {name: f"{name} ({r['block']}, t={r['t']})" if name == "diffusion" else f"{name} ({r['descriptor']})"
+              for name, r in result["methods"].items()}
+    width = max(34, *(len(v) + 2 for v in labels.values()))
     lines = [f"PCK (%) on {result['benchmark']} ({result['n_pairs']} pairs, {result['n_points']} points); "
              f"threshold {result['threshold']}",
-             "method".ljust(34) + "".join(f"@{a} pt".rjust(10) + f"@{a} img".rjust(11) for a in alphas)]
+             "method".ljust(width) + "".join(f"@{a} pt".rjust(10) + f"@{a} img".rjust(11) for a in alphas)]
     for name, r in result["methods"].items():
-        label = f"{name} ({r['block']}, t={r['t']})" if name == "diffusion" else f"{name} ({r['descriptor']})"
         cells = (f"{r[a]['per_point']:.1f}".rjust(10) + f"{r[a]['per_image']:.1f}".rjust(11) for a in alphas)
-        lines.append(label.ljust(34) + "".join(cells))
+        lines.append(labels[name].ljust(width) + "".join(cells))
     return "\n".join(lines)
 
 
