@@ -199,19 +199,10 @@ def default_block(block_names: list[str], latent: bool = False) -> str:
     raise DiffrepError(f"no default block for this model; pick one of {', '.join(block_names)}")
 
 
-class MatchFeaturizer(Featurizer):
-    """The shared featurizer, minus the empty slots diffusers leaves in a block's sub-module lists (a UNet
-    built with add_attention=False has `mid_block.attentions == [None]`, which the catalogue would try
-    to hook). A workaround until featurizer._candidates skips them itself."""
-
-    def _candidates(self):
-        return {name: module for name, module in super()._candidates().items() if module is not None}
-
-
-def load_featurizer(model: str) -> MatchFeaturizer:
+def load_featurizer(model: str) -> Featurizer:
     from .backbone import load_backbone
 
-    return MatchFeaturizer(load_backbone(model))
+    return Featurizer(load_backbone(model))
 
 
 class DiffusionDescriber:

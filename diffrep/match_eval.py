@@ -193,24 +193,11 @@ def format_sweep_table(result: dict) -> str:
 
 
 def plot_sweep(result: dict, path: Path) -> None:
-    from .match_pictures import _plt
+    from .sweep import plot_grid
 
-    plt = _plt()
     grid = sweep_grid(result)
-    fig, ax = plt.subplots(figsize=(1.1 * len(result["blocks"]) + 2, 0.6 * len(result["ts"]) + 2))
-    im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(result["blocks"])), result["blocks"], rotation=45, ha="right")
-    ax.set_yticks(range(len(result["ts"])), [str(t) for t in result["ts"]])
-    ax.set_xlabel("block")
-    ax.set_ylabel("t (noise level)")
-    best = grid.max()
-    for (i, j), v in zip(torch.cartesian_prod(torch.arange(grid.shape[0]), torch.arange(grid.shape[1])).tolist(),
-                         grid.flatten().tolist()):
-        ax.text(j, i, f"{v:.1f}{'*' if v == best else ''}", ha="center", va="center", fontsize=8,
-                color="black" if v > grid.mean() else "white")
+    best = result["best"]
+    star = (result["ts"].index(best["t"]), result["blocks"].index(best["block"]))
     title = f"PCK@{HEADLINE} per point (%), {result['model']} on {result['benchmark']} ({result['n_pairs']} pairs)"
-    ax.set_title("\n".join(filter(None, [title, _baseline_line(result)])), fontsize=9)
-    fig.colorbar(im, ax=ax, label="PCK (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_grid(grid, result["ts"], result["blocks"], star, "\n".join(filter(None, [title, _baseline_line(result)])),
+              "PCK (%)", path)

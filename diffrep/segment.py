@@ -18,6 +18,7 @@ labelled images (folds of whole images) with a single MLP, and never looks at te
 
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import time
@@ -63,6 +64,7 @@ class SegConfig:
     select_ts: int = 2               # noise levels kept by --select
     baselines: bool = True
     neighbourhood: int = 2           # raw-pixel baseline: RGB of a (2r+1)² window
+    colour_copies: int = 0           # add up to 5 copies of each labelled image with its RGB channels permuted
     selection: dict = field(default_factory=dict)
 
 
@@ -106,7 +108,8 @@ class PixelPools:
         self.cache, self.keys, self.data, self.images, self.cfg, self.channels = cache, keys, data, images, cfg, channels
         n_classes = len(data.classes)
         self.usable = {i: usable_pixels(data.masks[i], n_classes, data.ignore_index, cfg.min_class_pixels) for i in images}
-        self.held = {i: held_out_pixels(tuple(data.masks[i].shape), cfg.seed * 100003 + i) for i in images}
+        originals = len(data) // (cfg.colour_copies + 1)   # a colour copy holds out the same pixels as its original
+        self.held = {i: held_out_pixels(tuple(data.masks[i].shape), cfg.seed * 100003 + i % originals) for i in images}
         budget = cfg.pool_mb * 2**20 / (4 * channels * max(len(images), 1))
         self.per_image = int(max(1, min(cfg.pixels_per_image, budget)))
         if self.per_image < cfg.pixels_per_image:
@@ -201,6 +204,21 @@ def _train_on_source(name: str, source, data: SegData, cfg: SegConfig, out: Path
     return logs
 
 
+def with_colour_copies(data: SegData, copies: int) -> SegData:
+    """The labelled images followed by `copies` versions of all of them with permuted RGB channels
+    (masks unchanged). With few labelled images a colour can mark a class by chance (the bundled scenes
+    draw each digit's ink at random), and per-pixel heads learn that shortcut instead of shape; after
+    the permutations no colour predicts a class."""
+    if copies == 0:
+        return data
+    if data.images.shape[1] != 3 or not 1 <= copies <= 5:
+        raise DiffrepError(f"colour copies need RGB images and 1 to 5 copies; got {data.images.shape[1]} channel(s), "
+                           f"{copies} copies")
+    perms = [list(p) for p in itertools.permutations(range(3)) if p != (0, 1, 2)][:copies]
+    images = torch.cat([data.images] + [data.images[:, p] for p in perms])
+    return SegData(images, data.masks.repeat(copies + 1, 1, 1), data.classes, data.ignore_index, data.name)
+
+
 def train_segmenter(cfg: SegConfig, out: str | Path, data: SegData | None = None) -> dict:
     """Train the ensemble (and the baselines' heads) on `cfg.labelled` images; write the run folder:
     config.json, heads*.safetensors, train.json, cache/."""
@@ -217,6 +235,7 @@ def train_segmenter(cfg: SegConfig, out: str | Path, data: SegData | None = None
         cfg.blocks, cfg.ts, cfg.selection = select_cells(cfg, featurizer, data, out / "cache")
     cfg.blocks = featurizer.check_blocks(cfg.blocks or default_blocks(featurizer))
     cfg.ts = [backbone.noise.check(t) for t in (cfg.ts or default_levels(backbone.noise))]
+    data = with_colour_copies(data, cfg.colour_copies)
     sources = _sources(cfg, featurizer, data.images.shape[1])
     print(f"DDPM-Seg on {len(data)} labelled images of {data.name}: blocks {cfg.blocks}, t {cfg.ts}, "
           f"{total_channels(sources['diffusion'])} channels per pixel")

@@ -39,6 +39,8 @@ def _add_train(seg) -> None:
     p.add_argument("--patience", type=int, default=d.patience)
     p.add_argument("--extract-batch", type=int, default=d.extract_batch, help="images per denoiser forward")
     p.add_argument("--no-baselines", action="store_true", help="skip raw pixels, random weights, single MLP")
+    p.add_argument("--colour-copies", type=int, default=d.colour_copies,
+                   help="add N (≤5) copies of each labelled image with permuted RGB channels, so no colour marks a class")
 
 
 def cmd_train(args) -> None:
@@ -52,7 +54,8 @@ def cmd_train(args) -> None:
                     k=args.k, ensemble=args.ensemble, seed=args.seed, shared_noise=not args.fresh_noise, bf16=args.bf16,
                     pixels_per_image=args.pixels_per_image, balanced=not args.uniform, pool_mb=args.pool_mb,
                     batch_size=args.batch_size, lr=args.lr, max_epochs=args.max_epochs, patience=args.patience,
-                    extract_batch=args.extract_batch, select=args.select, baselines=not args.no_baselines)
+                    extract_batch=args.extract_batch, select=args.select, baselines=not args.no_baselines,
+                    colour_copies=args.colour_copies)
     train_segmenter(cfg, args.out)
 
 

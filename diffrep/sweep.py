@@ -207,33 +207,38 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_heatmap(result: dict, path: Path) -> None:
+def plot_grid(grid: torch.Tensor, ts: list, blocks: list[str], star: tuple[int, int], title: str, label: str,
+              path: Path) -> None:
+    """A t × block heatmap with each value written in its cell and `star` (row, column) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = 100 * best_pool_grid(result)
-    fig, ax = plt.subplots(figsize=(1.1 * len(result["blocks"]) + 2, 0.6 * len(result["ts"]) + 2))
+    fig, ax = plt.subplots(figsize=(1.1 * len(blocks) + 2, 0.6 * len(ts) + 2))
     im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(result["blocks"])), result["blocks"], rotation=45, ha="right")
-    ax.set_yticks(range(len(result["ts"])), [str(t) for t in result["ts"]])
+    ax.set_xticks(range(len(blocks)), blocks, rotation=45, ha="right")
+    ax.set_yticks(range(len(ts)), [str(t) for t in ts])
     ax.set_xlabel("block")
     ax.set_ylabel("t (noise level)")
-    best = result["best"]
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            star = "*" if (result["ts"][i], result["blocks"][j]) == (best["t"], best["block"]) else ""
-            ax.text(j, i, f"{grid[i, j]:.1f}{star}", ha="center", va="center", fontsize=8,
+            ax.text(j, i, f"{grid[i, j]:.1f}{'*' if (i, j) == star else ''}", ha="center", va="center", fontsize=8,
                     color="black" if grid[i, j] > grid.mean() else "white")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label=label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heatmap(result: dict, path: Path) -> None:
+    best = result["best"]
     title = f"linear probe test accuracy (%), {result['model']} on {result['data']}"
     if "baselines" in result:
         bl = result["baselines"]
         title += f"\npixels {100 * bl['pixels']:.1f}%, random weights {100 * bl['random_init']:.1f}%; * = best on validation"
     if "augmented" in best:
         title += f" ({100 * best['augmented']['accuracy']:.1f}% with shift augmentation)"
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    star = (result["ts"].index(best["t"]), result["blocks"].index(best["block"]))
+    plot_grid(100 * best_pool_grid(result), result["ts"], result["blocks"], star, title, "accuracy (%)", path)

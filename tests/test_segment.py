@@ -253,3 +253,17 @@ def test_too_few_labelled_images_is_an_error_with_exit_code_2(tmp_path, rgb_unet
     assert "asked for 5 labelled images but" in capsys.readouterr().err
     with pytest.raises(DiffrepError, match="no images/ folder"):
         load_seg_data(str(tmp_path), "train")
+
+
+def test_colour_copies_permute_channels_and_keep_masks():
+    from diffrep.segment import with_colour_copies
+    from diffrep.segment_data import SegData
+
+    images = torch.stack([torch.full((4, 4), v) for v in (0.1, 0.2, 0.3)])[None]   # 1×3×4×4, channel c = 0.1(c+1)
+    masks = torch.arange(16).view(1, 4, 4)
+    data = with_colour_copies(SegData(images, masks, ["a"] * 16, None, "x"), 5)
+    assert data.images.shape == (6, 3, 4, 4) and torch.equal(data.masks, masks.repeat(6, 1, 1))
+    orders = {tuple(round(v, 1) for v in im[:, 0, 0].tolist()) for im in data.images}
+    assert len(orders) == 6   # the original and all five other channel orders
+    with pytest.raises(DiffrepError, match="1 to 5 copies"):
+        with_colour_copies(SegData(images, masks, ["a"] * 16, None, "x"), 6)
