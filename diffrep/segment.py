@@ -65,6 +65,8 @@ class SegConfig:
     baselines: bool = True
     neighbourhood: int = 2           # raw-pixel baseline: RGB of a (2r+1)² window
     colour_copies: int = 0           # add up to 5 copies of each labelled image with its RGB channels permuted
+    held_out_images: int = 0         # >0: stop early on the last N labelled images, never trained on;
+                                     # 0: on a fixed tenth of every labelled image's pixels
     selection: dict = field(default_factory=dict)
 
 
@@ -82,6 +84,24 @@ def usable_pixels(mask: torch.Tensor, n_classes: int, ignore: int | None, min_pi
 def held_out_pixels(shape: tuple[int, int], seed: int, fraction: float = 0.1) -> torch.Tensor:
     """A fixed H×W bool set of pixels kept for early stopping (per image, seeded)."""
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < fraction
+
+
+def held_out_sets(data: SegData, images: list[int], cfg: SegConfig) -> dict[int, torch.Tensor]:
+    """Per image, the H×W pixels kept for early stopping: all of the last `held_out_images` labelled
+    images (whole images test generalisation to new scenes, not to new pixels of seen ones), or a
+    fixed seeded tenth of every image. A colour copy holds out what its original does."""
+    originals = len(data) // (cfg.colour_copies + 1)
+    if cfg.held_out_images and not 0 < cfg.held_out_images < originals:
+        raise DiffrepError(f"--held-out-images {cfg.held_out_images} leaves no labelled image to train on "
+                           f"({originals} labelled)")
+    held = {}
+    for i in images:
+        shape = tuple(data.masks[i].shape)
+        if cfg.held_out_images:
+            held[i] = torch.full(shape, i % originals >= originals - cfg.held_out_images)
+        else:
+            held[i] = held_out_pixels(shape, cfg.seed * 100003 + i % originals)
+    return held
 
 
 def sample_pixels(labels: torch.Tensor, ok: torch.Tensor, n: int, balanced: bool, gen: torch.Generator) -> torch.Tensor:
@@ -108,8 +128,7 @@ class PixelPools:
         self.cache, self.keys, self.data, self.images, self.cfg, self.channels = cache, keys, data, images, cfg, channels
         n_classes = len(data.classes)
         self.usable = {i: usable_pixels(data.masks[i], n_classes, data.ignore_index, cfg.min_class_pixels) for i in images}
-        originals = len(data) // (cfg.colour_copies + 1)   # a colour copy holds out the same pixels as its original
-        self.held = {i: held_out_pixels(tuple(data.masks[i].shape), cfg.seed * 100003 + i % originals) for i in images}
+        self.held = held_out_sets(data, images, cfg)
         budget = cfg.pool_mb * 2**20 / (4 * channels * max(len(images), 1))
         self.per_image = int(max(1, min(cfg.pixels_per_image, budget)))
         if self.per_image < cfg.pixels_per_image:

@@ -41,6 +41,8 @@ def _add_train(seg) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip raw pixels, random weights, single MLP")
     p.add_argument("--colour-copies", type=int, default=d.colour_copies,
                    help="add N (≤5) copies of each labelled image with permuted RGB channels, so no colour marks a class")
+    p.add_argument("--held-out-images", type=int, default=d.held_out_images,
+                   help="stop early on the last N labelled images (not trained on) instead of a tenth of every image's pixels")
 
 
 def cmd_train(args) -> None:
@@ -55,7 +57,7 @@ def cmd_train(args) -> None:
                     pixels_per_image=args.pixels_per_image, balanced=not args.uniform, pool_mb=args.pool_mb,
                     batch_size=args.batch_size, lr=args.lr, max_epochs=args.max_epochs, patience=args.patience,
                     extract_batch=args.extract_batch, select=args.select, baselines=not args.no_baselines,
-                    colour_copies=args.colour_copies)
+                    colour_copies=args.colour_copies, held_out_images=args.held_out_images)
     train_segmenter(cfg, args.out)
 
 

@@ -267,3 +267,17 @@ def test_colour_copies_permute_channels_and_keep_masks():
     assert len(orders) == 6   # the original and all five other channel orders
     with pytest.raises(DiffrepError, match="1 to 5 copies"):
         with_colour_copies(SegData(images, masks, ["a"] * 16, None, "x"), 6)
+
+
+def test_held_out_images_are_whole_and_never_trained_on():
+    from diffrep.segment import held_out_sets, with_colour_copies
+    from diffrep.segment_data import SegData
+
+    data = with_colour_copies(SegData(torch.zeros(4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long), ["a"], None, "x"), 1)
+    held = held_out_sets(data, list(range(8)), SegConfig(held_out_images=1, colour_copies=1))
+    assert [bool(held[i].all()) for i in range(8)] == [False, False, False, True] * 2   # the last one and its copy
+    assert not any(held[i].any() for i in (0, 1, 2, 4, 5, 6))
+    tenth = held_out_sets(data, list(range(8)), SegConfig(colour_copies=1))
+    assert torch.equal(tenth[1], tenth[5]) and 0 < tenth[1].float().mean() < 0.3
+    with pytest.raises(DiffrepError, match="leaves no labelled image"):
+        held_out_sets(data, list(range(8)), SegConfig(held_out_images=4, colour_copies=1))
