@@ -213,8 +213,8 @@ class DiffusionDescriber:
     Images of the same prepared size run as one batch. The text prompt reaches conditional UNets only
     (pixel UNets and DiT take none)."""
 
-    def __init__(self, featurizer, blocks: list[str] | str | None = None, t=10, ensemble: int = 4, seed: int = 0,
-                 bf16: bool = False, batch_size: int = 8):
+    def __init__(self, featurizer, blocks: list[str] | str | None = None, t=0, ensemble: int = 4, seed: int = 0,
+                 bf16: bool = False, batch_size: int = 8, scales: tuple | list | None = None):
         self.featurizer = featurizer
         backbone = featurizer.backbone
         names = featurizer.block_names()
@@ -232,8 +232,24 @@ class DiffusionDescriber:
         # DiT takes its own size only; UNets run on any stride multiple.
         self.fixed_size = backbone.image_size if featurizer.is_dit else None
         self.conditional = type(backbone.denoiser).__name__ == "UNet2DConditionModel"
+        self.scales = tuple(scales) if scales else default_scales(featurizer)
+        if any(not 0 < sc <= 4 for sc in self.scales) or (self.fixed_size and self.scales != (1.0,)):
+            raise DiffrepError(f"scales must lie in (0, 4] (and be 1 for DiT, which takes one size); got {self.scales}")
 
     def describe(self, images: list[torch.Tensor], prompt: str | None = None) -> list[dict[str, torch.Tensor]]:
+        """Features at every scale, joined per descriptor by `concat_maps` (finest grid, each scale
+        L2-normalised so that each weighs the same)."""
+        per_scale = [self._describe_at([self._rescale(im, sc) for im in images], prompt) for sc in self.scales]
+        return [{d: concat_maps([ps[i][d] for ps in per_scale]) for d in self.blocks} for i in range(len(images))]
+
+    def _rescale(self, image: torch.Tensor, scale: float) -> torch.Tensor:
+        """The image resized by `scale`, each side rounded to a multiple of the model's stride."""
+        if scale == 1:
+            return image
+        h, w = (max(self.stride, round(n * scale / self.stride) * self.stride) for n in image.shape[-2:])
+        return F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=scale < 1, align_corners=False)[0]
+
+    def _describe_at(self, images: list[torch.Tensor], prompt: str | None) -> list[dict[str, torch.Tensor]]:
         out: list = [None] * len(images)
         by_size: dict[tuple, list[int]] = {}
         for i, im in enumerate(images):
@@ -247,6 +263,15 @@ class DiffusionDescriber:
                 for j, i in enumerate(part):
                     out[i] = {d: concat_maps([feats[p][j] for p in d.split("+")]) for d in self.blocks}
         return out
+
+
+def default_scales(featurizer) -> tuple[float, ...]:
+    """Image scales whose features are joined. Pixel UNets: 1, ½, ¼, ⅛ — a small UNet trained on
+    small crops sees little context at full size; its features of the shrunken image add it (chosen
+    on validation warps, seed 1: PCK@0.1 67.7 at one scale, 86.1 with ¼, 87.2 with ⅛). Latent UNets
+    (SD-sized, DIFT's setting) and DiT: the image as it is."""
+    pixel_unet = not featurizer.backbone.is_latent and not featurizer.is_dit
+    return (1.0, 0.5, 0.25, 0.125) if pixel_unet else (1.0,)
 
 
 def concat_maps(maps: list[torch.Tensor]) -> torch.Tensor:

@@ -52,9 +52,12 @@ def _add_model_options(p, sweep: bool = False) -> None:
     if not sweep:
         p.add_argument("--block", default=None, help="block to match with; 'a+b' concatenates blocks (default: "
                                                      "up_blocks.1 in SD-sized latent UNets as DIFT, else mid_block)")
-        p.add_argument("--t", type=_level, default=10, help="noise level: timestep (σ for EDM); default 10 "
-                                                           "(DIFT on SD: 261)")
+        p.add_argument("--t", type=_level, default=0, help="noise level: timestep (σ for EDM); default 0, best on "
+                                                          "validation warps with photos-ddpm (DIFT on SD: 261)")
     p.add_argument("--ensemble", type=int, default=4, help="noise draws averaged (DIFT: 8)")
+    p.add_argument("--scales", type=_csv(float), default=None,
+                   help="image scales whose features are joined (default: 1,0.5,0.25,0.125 for pixel UNets, "
+                        "1 for latent UNets and DiT)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the features (≈1.4× faster on CPU)")
     p.add_argument("--prompt", default=None, help="text condition for conditional models (default: 'a photo of a "
@@ -107,17 +110,19 @@ def cmd_match(args) -> None:
 
     source, target = (read_image(Path(p), 3, None)[0] for p in (args.source, args.target))
     points = parse_points(args.points) if args.points is not None else grid_points(tuple(source.shape[-2:]))
-    describer = DiffusionDescriber(load_featurizer(args.model), args.block, args.t, args.ensemble, args.seed, args.bf16)
+    describer = DiffusionDescriber(load_featurizer(args.model), args.block, args.t, args.ensemble, args.seed, args.bf16,
+                                   scales=args.scales)
     prompt = args.prompt if args.prompt is not None else category_prompt(args.category)
     found, (src, tgt), (fs, ft) = match(describer, source, target, points, args.size, prompt, args.mutual)
 
     out = Path(args.out)
-    title = f"{describer.blocks[0]} t={describer.t} ensemble {args.ensemble}"
+    title = f"{describer.blocks[0]} t={describer.t} ensemble {args.ensemble} scales {list(describer.scales)}"
     draw_matches(source, target, points, found.points, out, title=title)
     draw_pca([p.image[:, :p.hw[0], :p.hw[1]] for p in (src, tgt)], pca_rgb([fs, ft], [src, tgt]),
              out.with_name(out.stem + "-features.png"))
     record = {"source": args.source, "target": args.target, "model": args.model, "block": describer.blocks[0],
-              "t": describer.t, "ensemble": args.ensemble, "seed": args.seed, "bf16": args.bf16, "prompt": prompt,
+              "t": describer.t, "ensemble": args.ensemble, "scales": list(describer.scales), "seed": args.seed,
+              "bf16": args.bf16, "prompt": prompt,
               "size": args.size,
               "coordinates": "x, y in pixels of each input image (pixel centres at integers)",
               "matches": found.to_json(points)}
@@ -146,7 +151,8 @@ def _config(args, **extra):
     from .match_eval import MatchEvalConfig
 
     return MatchEvalConfig(model=args.model, benchmark=args.benchmark, spair=args.spair, split=args.split,
-                           pairs=args.pairs, size=args.size, ensemble=args.ensemble, seed=args.seed, bf16=args.bf16,
+                           pairs=args.pairs, size=args.size, ensemble=args.ensemble, scales=args.scales, seed=args.seed,
+                           bf16=args.bf16,
                            prompt=args.prompt, mutual=args.mutual, baselines=not args.no_baselines, **extra)
 
 

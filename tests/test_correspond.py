@@ -150,13 +150,35 @@ def test_combined_blocks_descriptor(unet_dir):
     from diffrep.correspond import DiffusionDescriber, load_featurizer
 
     featurizer = load_featurizer(str(unet_dir))
-    describer = DiffusionDescriber(featurizer, ["up_blocks.0+mid_block", "mid_block"], t=10, ensemble=1)
+    describer = DiffusionDescriber(featurizer, ["up_blocks.0+mid_block", "mid_block"], t=10, ensemble=1, scales=[1])
     assert describer.blocks == ["mid_block+up_blocks.0", "mid_block"] and describer.taps == ["mid_block", "up_blocks.0"]
     (maps,) = describer.describe([torch.zeros(1, 32, 32)])
     assert maps["mid_block+up_blocks.0"].shape == (16, 32, 32) and maps["mid_block"].shape == (8, 16, 16)
     # each part is unit length per pixel, so the concatenation has norm √2 where no resize blends cells
     assert torch.allclose(maps["mid_block+up_blocks.0"][8:].norm(dim=0), torch.ones(32, 32), atol=1e-5)
     assert DiffusionDescriber(featurizer).blocks == ["mid_block"]  # the default for pixel UNets
+
+
+def test_multi_scale_descriptor(unet_dir, latent_unet_dir, dit_dir):
+    """Scales join the features of the resized image: each scale unit length, on the finest grid."""
+    from diffrep.correspond import DiffusionDescriber, load_featurizer
+
+    featurizer = load_featurizer(str(unet_dir))
+    image = torch.rand(3, 32, 32) * 2 - 1
+    one = DiffusionDescriber(featurizer, "mid_block", t=10, ensemble=1, scales=[1]).describe([image])[0]["mid_block"]
+    two = DiffusionDescriber(featurizer, "mid_block", t=10, ensemble=1, scales=[1, 0.5]).describe([image])[0]["mid_block"]
+    assert one.shape == (8, 16, 16) and two.shape == (16, 16, 16)
+    torch.testing.assert_close(two[:8], F.normalize(one, dim=0))
+    half = DiffusionDescriber(featurizer, "mid_block", t=10, ensemble=1, scales=[1]).describe(
+        [F.interpolate(image[None], size=(16, 16), mode="bilinear", antialias=True, align_corners=False)[0]])[0]
+    torch.testing.assert_close(two[8:], F.interpolate(F.normalize(half["mid_block"], dim=0)[None], size=(16, 16),
+                                                      mode="bilinear", align_corners=False)[0])
+    assert DiffusionDescriber(featurizer).scales == (1.0, 0.5, 0.25, 0.125)   # pixel UNets
+    assert DiffusionDescriber(load_featurizer(str(latent_unet_dir))).scales == (1.0,)
+    with pytest.raises(DiffrepError, match="scales must lie"):
+        DiffusionDescriber(load_featurizer(str(dit_dir)), scales=[1, 0.5])
+    with pytest.raises(DiffrepError, match="scales must lie"):
+        DiffusionDescriber(featurizer, scales=[0])
 
 
 def test_mutual_check():
