@@ -213,7 +213,7 @@ class DiffusionDescriber:
     Images of the same prepared size run as one batch. The text prompt reaches conditional UNets only
     (pixel UNets and DiT take none)."""
 
-    def __init__(self, featurizer, blocks: list[str] | str | None = None, t=0, ensemble: int = 4, seed: int = 0,
+    def __init__(self, featurizer, blocks: list[str] | str | None = None, t=None, ensemble: int = 4, seed: int = 0,
                  bf16: bool = False, batch_size: int = 8, scales: tuple | list | None = None):
         self.featurizer = featurizer
         backbone = featurizer.backbone
@@ -223,7 +223,9 @@ class DiffusionDescriber:
         blocks = [blocks] if isinstance(blocks, str) else list(blocks)
         self.blocks = ["+".join(featurizer.check_blocks(d.split("+"))) for d in blocks]
         self.taps = featurizer.check_blocks([part for d in self.blocks for part in d.split("+")])
-        self.t = backbone.noise.check(t)
+        # default: the lightest noise (t = 0; σ_min for EDM), best on validation warps with photos-ddpm
+        noise = backbone.noise
+        self.t = noise.check(t if t is not None else noise.sigma_min if noise.kind == "edm" else 0)
         if ensemble < 1:
             raise DiffrepError(f"ensemble must be ≥ 1, got {ensemble}")
         self.ensemble, self.seed, self.bf16, self.batch_size = ensemble, seed, bf16, batch_size

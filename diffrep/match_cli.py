@@ -52,8 +52,8 @@ def _add_model_options(p, sweep: bool = False) -> None:
     if not sweep:
         p.add_argument("--block", default=None, help="block to match with; 'a+b' concatenates blocks (default: "
                                                      "up_blocks.1 in SD-sized latent UNets as DIFT, else mid_block)")
-        p.add_argument("--t", type=_level, default=0, help="noise level: timestep (σ for EDM); default 0, best on "
-                                                          "validation warps with photos-ddpm (DIFT on SD: 261)")
+        p.add_argument("--t", type=_level, default=None, help="noise level: timestep (σ for EDM); default the "
+                       "lightest (0; σ_min for EDM), best on validation warps with photos-ddpm (DIFT on SD: 261)")
     p.add_argument("--ensemble", type=int, default=4, help="noise draws averaged (DIFT: 8)")
     p.add_argument("--scales", type=_csv(float), default=None,
                    help="image scales whose features are joined (default: 1,0.5,0.25,0.125 for pixel UNets, "

@@ -33,7 +33,7 @@ class MatchEvalConfig:
     pairs: int | None = None         # warps: how many pairs (default 120); SPair: at most this many
     size: int | None = None          # warps: image side (default 128); SPair: resize both images to size×size
     block: str | None = None         # default: correspond.default_block (mid_block; SD-sized: up_blocks.1)
-    t: float = 0                     # noise level (timestep; σ for EDM); best on validation warps (seed 1)
+    t: float | None = None           # noise level (timestep; σ for EDM); default the lightest, best on validation warps
     ensemble: int = 4                # noise draws averaged
     scales: list | None = None       # image scales joined; default correspond.default_scales
     seed: int = 0

@@ -275,7 +275,7 @@ def test_match_eval_warps_and_spair(unet_dir, spair_dir, tmp_path, capsys):
     assert set(result["methods"]) == {"diffusion", "pixels", "daisy"} and result["n_pairs"] == 3
     assert len(result["methods"]["diffusion"]["pck@0.1_per_pair"]) == 3
     assert all(0 <= r[a]["per_point"] <= 100 for r in result["methods"].values() for a in ("0.05", "0.1", "0.15"))
-    assert "daisy" in printed and "pixels" in printed and "diffusion (mid_block, t=10)" in printed
+    assert "daisy" in printed and "pixels" in printed and "diffusion (mid_block, t=0)" in printed
     assert len(list(out.glob("example-*.png"))) == 2 and len(list(out.glob("features-*.png"))) == 1
 
     out = tmp_path / "spair"
