@@ -20,6 +20,7 @@ from .errors import DiffrepError
 from .match_bench import (ALPHAS, DaisyDescriber, Pair, PixelDescriber, correct_matches, pair_hits, predict, score,
                           spair_pairs, warp_pairs)
 from .match_pictures import draw_matches, draw_pca, pca_rgb
+from .plotting import grid_rows, plot_grid
 
 HEADLINE = "0.1"  # the α of the heatmap and the "best" cell
 
@@ -183,12 +184,8 @@ def _baseline_line(result: dict) -> str:
 
 
 def format_sweep_table(result: dict) -> str:
-    grid = sweep_grid(result)
-    width = max(9, *(len(b) for b in result["blocks"]))
     lines = [f"PCK@{HEADLINE} per point (%) on {result['benchmark']} ({result['n_pairs']} pairs), t × block",
-             "t".rjust(6) + "".join(b.rjust(width + 1) for b in result["blocks"])]
-    for i, t in enumerate(result["ts"]):
-        lines.append(str(t).rjust(6) + "".join(f"{v:.1f}".rjust(width + 1) for v in grid[i].tolist()))
+             *grid_rows(sweep_grid(result), result["ts"], result["blocks"], min_width=9)]
     best = result["best"]
     lines.append(f"best: t={best['t']} {best['block']}: PCK@{HEADLINE} {best[HEADLINE]['per_point']:.1f} per point, "
                  f"{best[HEADLINE]['per_image']:.1f} per image")
@@ -196,8 +193,6 @@ def format_sweep_table(result: dict) -> str:
 
 
 def plot_sweep(result: dict, path: Path) -> None:
-    from .sweep import plot_grid
-
     grid = sweep_grid(result)
     best = result["best"]
     star = (result["ts"].index(best["t"]), result["blocks"].index(best["block"]))

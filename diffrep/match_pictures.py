@@ -11,16 +11,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .plotting import pyplot
+
 GOOD, BAD = "#2ecc40", "#ff4136"  # correct / wrong matches when ground truth is known
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def to_rgb(image: torch.Tensor):
@@ -45,7 +38,7 @@ def draw_matches(source: torch.Tensor, target: torch.Tensor, src_points: torch.T
                  path: str | Path, correct: torch.Tensor | None = None, title: str = "") -> Path:
     """Lines from each source point to its match. With `correct`, green for right and red for wrong;
     without ground truth, one colour per point so that crossing lines stay readable."""
-    plt = _plt()
+    plt = pyplot()
     canvas, offset = side_by_side(source, target)
     fig, ax = plt.subplots(figsize=(canvas.shape[-1] / 60 + 1, canvas.shape[-2] / 60 + 0.8))
     ax.imshow(to_rgb(canvas), interpolation="nearest")
@@ -83,7 +76,7 @@ def pca_rgb(maps: list[torch.Tensor], prepared: list, max_samples: int = 20000) 
 
 def draw_pca(images: list[torch.Tensor], rgb_maps: list[torch.Tensor], path: str | Path, title: str = "") -> Path:
     """Images (top row) over their features' PCA colours (bottom row)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(images), figsize=(3 * len(images), 6.2), squeeze=False)
     for j, (im, rgb) in enumerate(zip(images, rgb_maps)):
         axes[0, j].imshow(to_rgb(im))
@@ -99,5 +92,5 @@ def _save(fig, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path

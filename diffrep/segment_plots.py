@@ -9,14 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .plotting import pyplot
 
 
 def palette(n: int) -> np.ndarray:
@@ -47,7 +40,7 @@ def plot_examples(examples: list, classes: list[str], path: Path) -> None:
     """Per test image: the image, ground truth and prediction overlays, and the uncertainty map."""
     if not examples:
         return
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(examples), 4, figsize=(8, 2.1 * len(examples)), squeeze=False)
     for row, (image, mask, pred, unc) in zip(axes, examples):
         shown = mask.clone()
@@ -64,7 +57,7 @@ def plot_examples(examples: list, classes: list[str], path: Path) -> None:
 
 def plot_per_class(result: dict, path: Path) -> None:
     """Grouped bars: per class, the IoU of the ensemble and of each baseline."""
-    plt = _plt()
+    plt = pyplot()
     methods = {"diffusion (ensemble)": result["per_class"], **{m: r["per_class"] for m, r in result["baselines"].items()}}
     classes = list(result["per_class"])
     width = 0.8 / len(methods)

@@ -18,6 +18,7 @@ from .data import ImageSet, load_split, random_shift
 from .errors import DiffrepError
 from .featstore import feature_key, load_features, read_meta, save_features
 from .featurizer import Featurizer
+from .plotting import grid_rows, plot_grid
 from .probe import holdout_split, train_probe_grid
 
 
@@ -186,12 +187,8 @@ def best_pool_grid(result: dict) -> torch.Tensor:
 
 
 def format_table(result: dict) -> str:
-    grid = best_pool_grid(result)
-    width = max(10, *(len(b) for b in result["blocks"]))
     lines = ["test accuracy (%) per t × block, at the pool size chosen on validation",
-             "t".rjust(6) + "".join(b.rjust(width + 1) for b in result["blocks"])]
-    for i, t in enumerate(result["ts"]):
-        lines.append(str(t).rjust(6) + "".join(f"{100 * v:.1f}".rjust(width + 1) for v in grid[i].tolist()))
+             *grid_rows(100 * best_pool_grid(result).double(), result["ts"], result["blocks"], min_width=10)]
     best = result["best"]
     lines.append(f"best (chosen on validation): t={best['t']} {best['block']} pool={best['pool']}: "
                  f"{100 * best['accuracy']:.2f}% test")
@@ -205,31 +202,6 @@ def format_table(result: dict) -> str:
                      f"{100 * bl['random_init']:.2f}% (t={bl['random_init_best']['t']} {bl['random_init_best']['block']} "
                      f"pool={bl['random_init_best']['pool']})")
     return "\n".join(lines)
-
-
-def plot_grid(grid: torch.Tensor, ts: list, blocks: list[str], star: tuple[int, int], title: str, label: str,
-              path: Path) -> None:
-    """A t × block heatmap with each value written in its cell and `star` (row, column) marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.1 * len(blocks) + 2, 0.6 * len(ts) + 2))
-    im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(blocks)), blocks, rotation=45, ha="right")
-    ax.set_yticks(range(len(ts)), [str(t) for t in ts])
-    ax.set_xlabel("block")
-    ax.set_ylabel("t (noise level)")
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            ax.text(j, i, f"{grid[i, j]:.1f}{'*' if (i, j) == star else ''}", ha="center", va="center", fontsize=8,
-                    color="black" if grid[i, j] > grid.mean() else "white")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label=label)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_heatmap(result: dict, path: Path) -> None:
