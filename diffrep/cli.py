@@ -8,11 +8,8 @@ import json
 import sys
 
 from . import match_cli, segment_cli
+from .cli_args import csv_of, noise_level
 from .errors import DiffrepError
-
-
-def _csv(kind):
-    return lambda s: [kind(v) for v in s.split(",") if v.strip()]
 
 
 def _add_pretrain(sub) -> None:
@@ -23,7 +20,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--arch", choices=["unet", "dit"], default=None)
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--channels", type=int, default=None, help="1 (grey) or 3 (RGB); default 1 for mnist, 3 for folders")
-    p.add_argument("--widths", type=_csv(int), default=None, help="UNet block widths, e.g. 32,64,128")
+    p.add_argument("--widths", type=csv_of(int), default=None, help="UNet block widths, e.g. 32,64,128")
     p.add_argument("--layers-per-block", type=int, default=None)
     p.add_argument("--attention", action="store_true", default=None)
     p.add_argument("--no-mid-attention", dest="mid_attention", action="store_const", const=False, default=None,
@@ -91,9 +88,9 @@ def _add_features(sub) -> None:
     p = sub.add_parser("features", help="extract features at (t, blocks) and write them as safetensors")
     p.add_argument("--model", default="mnist-ddpm")
     p.add_argument("--data", default="mnist", help="'mnist' or an image folder (class sub-folders give labels)")
-    p.add_argument("--blocks", type=_csv(str), required=True, help="comma-separated block names (see `diffrep info`)")
-    p.add_argument("--t", type=_csv(float), required=True, help="comma-separated noise levels (timesteps; σ for EDM)")
-    p.add_argument("--splits", type=_csv(str), default=["train", "test"])
+    p.add_argument("--blocks", type=csv_of(str), required=True, help="comma-separated block names (see `diffrep info`)")
+    p.add_argument("--t", type=csv_of(noise_level), required=True, help="comma-separated noise levels (timesteps; σ for EDM)")
+    p.add_argument("--splits", type=csv_of(str), default=["train", "test"])
     p.add_argument("--pool", type=int, default=None, help="average-pool each map to P×P (default: keep full maps)")
     p.add_argument("--ensemble", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -101,11 +98,6 @@ def _add_features(sub) -> None:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--out", required=True, help="folder for <split>.safetensors")
-
-
-def _levels(ts: list[float]) -> list:
-    """Noise levels as given: integers stay integers (timesteps), others are σ values."""
-    return [int(t) if float(t).is_integer() else t for t in ts]
 
 
 def cmd_features(args) -> None:
@@ -120,7 +112,7 @@ def cmd_features(args) -> None:
     backbone = load_backbone(args.model)
     featurizer = Featurizer(backbone)
     blocks = featurizer.check_blocks(args.blocks)
-    ts = [backbone.noise.check(t) for t in _levels(args.t)]
+    ts = [backbone.noise.check(t) for t in args.t]
     for split in args.splits:
         data = load_split(args.data, split, backbone.image_channels, backbone.image_size)
         data.images = fit_images(data.images, backbone.image_channels, backbone.image_size, f"{split} images")
@@ -144,9 +136,9 @@ def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="linear probe for every (t, block, pool) cell, with baselines")
     p.add_argument("--model", default=d.model)
     p.add_argument("--data", default=d.data, help="'mnist' or an image folder with class sub-folders")
-    p.add_argument("--t", type=_csv(float), default=d.ts, help=f"noise levels (default {','.join(map(str, d.ts))})")
-    p.add_argument("--blocks", type=_csv(str), default=None, help="default: every top-level block")
-    p.add_argument("--pools", type=_csv(int), default=d.pools)
+    p.add_argument("--t", type=csv_of(noise_level), default=d.ts, help=f"noise levels (default {','.join(map(str, d.ts))})")
+    p.add_argument("--blocks", type=csv_of(str), default=None, help="default: every top-level block")
+    p.add_argument("--pools", type=csv_of(int), default=d.pools)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--ensemble", type=int, default=d.ensemble)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -163,7 +155,7 @@ def _add_sweep(sub) -> None:
 def cmd_sweep(args) -> None:
     from .sweep import SweepConfig, run_sweep
 
-    cfg = SweepConfig(model=args.model, data=args.data, ts=_levels(args.t), blocks=args.blocks, pools=args.pools,
+    cfg = SweepConfig(model=args.model, data=args.data, ts=args.t, blocks=args.blocks, pools=args.pools,
                       batch_size=args.batch_size, ensemble=args.ensemble, seed=args.seed, bf16=args.bf16,
                       epochs=args.epochs, baselines=not args.no_baselines, features=args.features,
                       augment=args.augment, shift=args.shift)

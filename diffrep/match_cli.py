@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .cli_args import csv_of, noise_level
 from .errors import DiffrepError
 
 DEFAULT_MODEL = "photos-ddpm"
@@ -37,25 +38,15 @@ def grid_points(hw: tuple[int, int], n: int = 4) -> torch.Tensor:
     return torch.stack([xs.flatten(), ys.flatten()], 1).round()
 
 
-def _csv(kind):
-    return lambda s: [kind(v) for v in s.split(",") if v.strip()]
-
-
-def _level(text: str):
-    """A noise level as given: an integer stays an integer (timestep), anything else is σ."""
-    value = float(text)
-    return int(value) if value.is_integer() else value
-
-
 def _add_model_options(p, sweep: bool = False) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled name, local diffusers folder or hub id")
     if not sweep:
         p.add_argument("--block", default=None, help="block to match with; 'a+b' concatenates blocks (default: "
                                                      "up_blocks.1 in SD-sized latent UNets as DIFT, else mid_block)")
-        p.add_argument("--t", type=_level, default=None, help="noise level: timestep (σ for EDM); default the "
+        p.add_argument("--t", type=noise_level, default=None, help="noise level: timestep (σ for EDM); default the "
                        "lightest (0; σ_min for EDM), best on validation warps with photos-ddpm (DIFT on SD: 261)")
     p.add_argument("--ensemble", type=int, default=4, help="noise draws averaged (DIFT: 8)")
-    p.add_argument("--scales", type=_csv(float), default=None,
+    p.add_argument("--scales", type=csv_of(float), default=None,
                    help="image scales whose features are joined (default: 1,0.5,0.25,0.125 for pixel UNets, "
                         "1 for latent UNets and DiT)")
     p.add_argument("--seed", type=int, default=0)
@@ -97,9 +88,9 @@ def add_commands(sub) -> dict:
     p = sub.add_parser("match-sweep", help="PCK@0.1 for every (t, block): table, JSON, heatmap")
     _add_model_options(p, sweep=True)
     _add_benchmark_options(p, "runs/corr-sweep")
-    p.add_argument("--t", type=_csv(_level), default=[0, 10, 50, 100, 200],
+    p.add_argument("--t", type=csv_of(noise_level), default=[0, 10, 50, 100, 200],
                    help="noise levels (default 0,10,50,100,200)")
-    p.add_argument("--blocks", type=_csv(str), default=None, help="default: every top-level block")
+    p.add_argument("--blocks", type=csv_of(str), default=None, help="default: every top-level block")
     return {"match": cmd_match, "match-eval": cmd_match_eval, "match-sweep": cmd_match_sweep}
 
 

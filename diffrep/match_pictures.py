@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .correspond import to_channels
 from .plotting import pyplot
 
 GOOD, BAD = "#2ecc40", "#ff4136"  # correct / wrong matches when ground truth is known
@@ -18,7 +19,7 @@ GOOD, BAD = "#2ecc40", "#ff4136"  # correct / wrong matches when ground truth is
 
 def to_rgb(image: torch.Tensor):
     """C×H×W in [-1, 1] to an H×W×3 array in [0, 1] for imshow."""
-    return ((to_channels3(image).clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return ((to_channels(image, 3).clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
 
 
 def side_by_side(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -26,12 +27,8 @@ def side_by_side(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
     h = max(source.shape[-2], target.shape[-2])
     pad = lambda im: F.pad(im, (0, 0, 0, h - im.shape[-2]), value=1.0)  # noqa: E731
     gap = torch.ones(3, h, max(4, source.shape[-1] // 40))
-    canvas = torch.cat([pad(to_channels3(source)), gap, pad(to_channels3(target))], -1)
+    canvas = torch.cat([pad(to_channels(source, 3)), gap, pad(to_channels(target, 3))], -1)
     return canvas, source.shape[-1] + gap.shape[-1]
-
-
-def to_channels3(image: torch.Tensor) -> torch.Tensor:
-    return image if image.shape[0] == 3 else image.mean(0, keepdim=True).expand(3, -1, -1)
 
 
 def draw_matches(source: torch.Tensor, target: torch.Tensor, src_points: torch.Tensor, tgt_points: torch.Tensor,

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-
-def _csv(kind):
-    return lambda s: [kind(v) for v in s.split(",") if v.strip()]
-
-
-def _levels(ts):
-    """Integers stay timesteps; other values are σ (EDM)."""
-    return None if ts is None else [int(t) if float(t).is_integer() else t for t in ts]
+from .cli_args import csv_of, noise_level
 
 
 def _add_train(seg) -> None:
@@ -21,8 +14,8 @@ def _add_train(seg) -> None:
     p.add_argument("--data", default=d.data, help="'scenes' (bundled) or a folder with images/ + masks/")
     p.add_argument("--labelled", type=int, default=d.labelled, help="labelled images to train on (the first N)")
     p.add_argument("--out", required=True, help="run folder: config.json, heads-*.safetensors, train.json, cache/")
-    p.add_argument("--blocks", type=_csv(str), default=None, help="default: mid_block + up blocks but the last")
-    p.add_argument("--t", type=_csv(float), default=None, help="noise levels (default 50,150,250; σ for EDM)")
+    p.add_argument("--blocks", type=csv_of(str), default=None, help="default: mid_block + up blocks but the last")
+    p.add_argument("--t", type=csv_of(noise_level), default=None, help="noise levels (default 50,150,250; σ for EDM)")
     p.add_argument("--select", action="store_true",
                    help="choose blocks and t by cross-validation on the labelled images (--blocks/--t: the candidates)")
     p.add_argument("--k", type=int, default=d.k, help="MLPs in the ensemble")
@@ -52,7 +45,7 @@ def cmd_train(args) -> None:
         from .errors import DiffrepError
 
         raise DiffrepError(f"--labelled must be at least 1, got {args.labelled}")
-    cfg = SegConfig(model=args.model, data=args.data, labelled=args.labelled, blocks=args.blocks, ts=_levels(args.t),
+    cfg = SegConfig(model=args.model, data=args.data, labelled=args.labelled, blocks=args.blocks, ts=args.t,
                     k=args.k, ensemble=args.ensemble, seed=args.seed, shared_noise=not args.fresh_noise, bf16=args.bf16,
                     pixels_per_image=args.pixels_per_image, balanced=not args.uniform, pool_mb=args.pool_mb,
                     batch_size=args.batch_size, lr=args.lr, max_epochs=args.max_epochs, patience=args.patience,
