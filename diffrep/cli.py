@@ -4,12 +4,12 @@ match-sweep (match_cli.py)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from . import match_cli, segment_cli
 from .cli_args import csv_of, noise_level
 from .errors import DiffrepError
+from .jsonio import write_json
 
 
 def _add_pretrain(sub) -> None:
@@ -73,15 +73,8 @@ def cmd_info(args) -> None:
     for b in info:
         print(f"{b.name.ljust(width)}  {b.channels:8d}  {b.stride:6d}")
     if args.json_out:
-        _write_json(args.json_out, [dict(name=b.name, channels=b.channels, stride=b.stride, top_level=b.top_level)
+        write_json(args.json_out, [dict(name=b.name, channels=b.channels, stride=b.stride, top_level=b.top_level)
                                     for b in info])
-
-
-def _write_json(path, obj) -> None:
-    from pathlib import Path
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2))
 
 
 def _add_features(sub) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .cli_args import csv_of, noise_level
 from .errors import DiffrepError
+from .jsonio import write_json
 
 DEFAULT_MODEL = "photos-ddpm"
 
@@ -119,7 +119,7 @@ def cmd_match(args) -> None:
               "matches": found.to_json(points)}
     if args.flow:
         record["flow"] = str(_write_flow(fs, src, ft, tgt, out.with_name(out.stem + "-flow.npz")))
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    write_json(out.with_suffix(".json"), record)
     for row in record["matches"]:
         print(f"({row['source'][0]:g}, {row['source'][1]:g}) -> ({row['target'][0]:g}, {row['target'][1]:g})  "
               f"similarity {row['similarity']:.3f}" + ("" if "mutual" not in row else f"  mutual {row['mutual']}"))

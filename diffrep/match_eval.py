@@ -8,7 +8,6 @@ of PCK@0.1 per point, and prints the table.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from .correspond import DiffusionDescriber, category_prompt, load_featurizer, prepare
 from .errors import DiffrepError
+from .jsonio import write_json
 from .match_bench import (ALPHAS, DaisyDescriber, Pair, PixelDescriber, correct_matches, pair_hits, predict, score,
                           spair_pairs, warp_pairs)
 from .match_pictures import draw_matches, draw_pca, pca_rgb
@@ -94,7 +94,7 @@ def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
               "scales": list(describer.scales), "methods": methods,
               "seconds": round(time.time() - start, 1)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "match-eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    write_json(out / "match-eval.json", result)
     _examples(describer, pairs[:cfg.examples], matches, size, cfg.prompt, out)
     print(format_eval_table(result))
     print(f"wrote {out / 'match-eval.json'} and example pictures in {out} ({result['seconds']:.0f} s)")
@@ -163,7 +163,7 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
         result["baselines"] = _score_baselines(pairs, size, cfg.mutual)
     result["seconds"] = round(time.time() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "match-sweep.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    write_json(out / "match-sweep.json", result)
     plot_sweep(result, out / "heatmap.png")
     print(format_sweep_table(result))
     print(f"wrote {out / 'match-sweep.json'} and {out / 'heatmap.png'} ({result['seconds']:.0f} s)")

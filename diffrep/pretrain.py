@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .backbone import null_class, noise_form, run_denoiser
 from .data import load_split, random_shift
 from .errors import DiffrepError
+from .jsonio import write_json
 from .losses import DDPMLoss, EDMLoss
 from .probe import holdout_split
 
@@ -135,7 +136,7 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
     main = acc.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        write_json(out / "config.json", dataclasses.asdict(cfg))
 
     torch.manual_seed(cfg.seed)
     model, scheduler = build_denoiser(cfg), build_scheduler(cfg)
@@ -198,7 +199,7 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         summary = {"steps": cfg.steps, "train_images": len(data), "final_loss": loss_avg,
                    "wall_time_s": round(time.time() - t0, 1), "processes": acc.num_processes,
                    "config": dataclasses.asdict(cfg), "model": str(out / "model")}
-        (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "pretrain.json", summary)
         print(f"saved {out / 'model'} (final loss {loss_avg:.4f}, {summary['wall_time_s']:.0f} s); "
               f"samples in {out / 'samples.png'}")
     acc.wait_for_everyone()

@@ -70,11 +70,15 @@ def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test
 
 @torch.no_grad()
 def _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y, weight_decays) -> dict[str, dict]:
+    """Per cell, the head whose L2 strength scores best on validation; with no validation indices
+    (a final refit on everything) there must be one strength and val_accuracy is None."""
+    if len(val_idx) == 0 and len(weight_decays) != 1:
+        raise ValueError("without validation indices there is nothing to choose a weight decay on; give one")
     results = {}
     for i, c in enumerate(cells):
         val = [(heads[f"{i}@{j}"](inputs[c][val_idx]).argmax(1) == train_y[val_idx]).float().mean().item()
-               for j in range(len(weight_decays))]
-        j = max(range(len(val)), key=val.__getitem__)
+               if len(val_idx) else None for j in range(len(weight_decays))]
+        j = 0 if len(val_idx) == 0 else max(range(len(val)), key=val.__getitem__)
         acc = (heads[f"{i}@{j}"](test_inputs[c]).argmax(1) == test_y).float().mean().item()
         results[c] = {"val_accuracy": val[j], "accuracy": acc, "weight_decay": weight_decays[j]}
     return results

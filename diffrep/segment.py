@@ -32,6 +32,7 @@ from tqdm import tqdm
 from .backbone import load_backbone
 from .errors import DiffrepError
 from .featurizer import Featurizer
+from .jsonio import write_json
 from .segment_data import SegData, fit_channels, load_seg_data
 from .segment_features import (PEAK, DiffusionMaps, FeatureCache, RawPixelMaps, default_blocks, default_levels,
                                features_at, total_channels)
@@ -267,17 +268,12 @@ def train_segmenter(cfg: SegConfig, out: str | Path, data: SegData | None = None
     result["peak_rss_mb"] = peak_rss_mb()
     result["largest_feature_tensor_mb"] = {k: round(v / 2**20, 2) for k, v in PEAK.peak.items()}
     result["all_in_ram_mb"] = round(len(data) * total_channels(sources["diffusion"]) * data.masks[0].numel() * 4 / 2**20, 1)
-    _write_json(out / "config.json", {**asdict(cfg), "classes": data.classes, "ignore_index": data.ignore_index,
+    write_json(out / "config.json", {**asdict(cfg), "classes": data.classes, "ignore_index": data.ignore_index,
                                        "image_channels": int(data.images.shape[1]), "data_name": data.name})
-    _write_json(out / "train.json", result)
+    write_json(out / "train.json", result)
     print(f"trained in {result['timing_s']['total']:.0f} s, peak RSS {result['peak_rss_mb']:.0f} MB "
           f"(all pixel features in RAM would take {result['all_in_ram_mb']:.0f} MB); wrote {out}")
     return result
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2))
 
 
 # ----------------------------------------------------------------------------- a trained run
@@ -385,7 +381,7 @@ def evaluate(run: str | Path, data: str, n: int | None = None, out: str | Path |
     train_json = seg.run / "train.json"
     if train_json.is_file():
         result["train_peak_rss_mb"] = json.loads(train_json.read_text()).get("peak_rss_mb")
-    _write_json(out / "eval.json", result)
+    write_json(out / "eval.json", result)
     plot_examples(examples, seg.classes, out / "examples.png")
     plot_per_class(result, out / "per_class_iou.png")
     print(format_table(result))

@@ -18,8 +18,9 @@ from .data import ImageSet, load_split, random_shift
 from .errors import DiffrepError
 from .featstore import feature_key, load_features, read_meta, save_features
 from .featurizer import Featurizer
+from .jsonio import write_json
 from .plotting import grid_rows, plot_grid
-from .probe import holdout_split, train_probe_grid
+from .probe import train_probe_grid
 
 
 @dataclass
@@ -119,7 +120,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict:
     result["timing_s"] = {"features": round(extract_s, 1), "baseline_features": round(baseline_s, 1),
                           "total": round(time.time() - start, 1)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "sweep.json", result)
     plot_heatmap(result, out / "heatmap.png")
     print(format_table(result))
     print(f"wrote {out / 'sweep.json'} and {out / 'heatmap.png'} ({result['timing_s']['total']:.0f} s)")
@@ -128,24 +129,26 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict:
 
 def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train: ImageSet, feats: dict, labels: dict,
                     best: dict) -> dict:
-    """The chosen cell's probe refit on its fit images plus `cfg.augment` randomly shifted copies of
-    them (DDAE trains its reported probes with augmentation), at the cell's chosen weight decay and
-    for about the same number of optimiser steps; validated and tested as in the grid. Nothing here is
-    chosen on the test split: the cell and its weight decay come from validation."""
+    """The chosen cell's final probe: refit on the whole train split (fit and validation images, as is
+    usual once the choices are made) plus `cfg.augment` randomly shifted copies of it (DDAE trains
+    its reported probes with augmentation), at the cell's chosen weight decay and for about the same
+    number of optimiser steps, then scored on test. Nothing here is chosen on the test split: the cell
+    and its weight decay come from validation, before this refit."""
     key = feature_key(best["t"], best["block"], best["pool"])
-    fit_idx, val_idx = holdout_split(len(labels["train"]))
+    n = len(labels["train"])
     gen = torch.Generator().manual_seed(cfg.seed)
-    copies = ImageSet(torch.cat([random_shift(train.images[fit_idx], cfg.shift, gen) for _ in range(cfg.augment)]))
-    print(f"refitting the chosen cell's probe with {cfg.augment} shifted copies (±{cfg.shift} px) of the fit images")
+    copies = ImageSet(torch.cat([random_shift(train.images, cfg.shift, gen) for _ in range(cfg.augment)]))
+    print(f"refitting the chosen cell's probe on all {n} train images plus {cfg.augment} shifted copies (±{cfg.shift} px)")
     extra = collect_features(featurizer, copies, [best["t"]], [best["block"]], [best["pool"]], cfg.batch_size,
                              cfg.ensemble, cfg.seed + 1, bf16=cfg.bf16, desc="augmented copies")[key]
     x = torch.cat([feats["train"][key], extra])
-    y = torch.cat([labels["train"], labels["train"][fit_idx].repeat(cfg.augment)])
-    fit = torch.cat([fit_idx, torch.arange(len(labels["train"]), len(x))])
-    score = train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"], split=(fit, val_idx),
+    y = labels["train"].repeat(cfg.augment + 1)
+    score = train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"],
+                             split=(torch.arange(len(x)), torch.arange(0)),
                              epochs=max(10, round(cfg.epochs / (cfg.augment + 1))), seed=cfg.seed,
                              weight_decays=(best["weight_decay"],))[key]
-    return {"copies": cfg.augment, "shift": cfg.shift, **score}
+    return {"copies": cfg.augment, "shift": cfg.shift, "fit_images": n, "accuracy": score["accuracy"],
+            "weight_decay": score["weight_decay"]}
 
 
 def _cache_meta(cfg: SweepConfig, split: str, weights: str) -> dict:
@@ -194,8 +197,8 @@ def format_table(result: dict) -> str:
                  f"{100 * best['accuracy']:.2f}% test")
     if "augmented" in best:
         aug = best["augmented"]
-        lines.append(f"  its probe refit with {aug['copies']} shifted copies (±{aug['shift']} px): "
-                     f"{100 * aug['accuracy']:.2f}% test ({100 * aug['val_accuracy']:.2f}% validation)")
+        lines.append(f"  its final probe, refit on all {aug['fit_images']} train images + {aug['copies']} shifted copies "
+                     f"(±{aug['shift']} px): {100 * aug['accuracy']:.2f}% test")
     if "baselines" in result:
         bl = result["baselines"]
         lines.append(f"baselines: raw pixels {100 * bl['pixels']:.2f}%, random-weight network "

@@ -38,8 +38,8 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     assert result["blocks"] == blocks and result["ts"] == [10, 100]
     assert len(result["cells"]) == 2 * len(blocks) * 2
     assert {"t", "block", "pool", "accuracy"} <= set(result["best"])
-    aug = result["best"]["augmented"]  # the chosen cell refit with shifted copies of its fit images
-    assert aug["copies"] == 4 and aug["shift"] == 2 and 0 <= aug["accuracy"] <= 1
+    aug = result["best"]["augmented"]  # the chosen cell refit on all train images + shifted copies
+    assert aug["copies"] == 4 and aug["shift"] == 2 and aug["fit_images"] == result["n_train"] and 0 <= aug["accuracy"] <= 1
     assert "augmented" not in result["cells"][0] and "shifted copies" in printed
     assert set(result["baselines"]) >= {"pixels", "random_init"}
     assert all(0 <= c["accuracy"] <= 1 for c in result["cells"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from diffrep.probe import holdout_split, train_probe_grid
@@ -49,3 +50,16 @@ def test_explicit_split_trains_only_on_its_rows():
     mixed = train_probe_grid({"c": garbage}, torch.cat([y[:100], (y[:50] + 1) % 3]), {"c": test_x}, test_y, epochs=5,
                              split=(fit, val), weight_decays=(1e-3,))
     assert mixed == clean and clean["c"]["weight_decay"] == 1e-3
+
+
+def test_final_refit_without_validation_needs_one_weight_decay():
+    """The sweep's final probe trains on every train row: no validation, so no choice to make."""
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 3, (90,), generator=g)
+    x = torch.randn(3, 8, generator=g)[y] * 3 + torch.randn(90, 8, generator=g)
+    everything, nothing = torch.arange(60), torch.arange(0)
+    score = train_probe_grid({"c": x[:60]}, y[:60], {"c": x[60:]}, y[60:], epochs=100, batch_size=16, split=(everything, nothing),
+                             weight_decays=(1e-3,))["c"]
+    assert score["val_accuracy"] is None and score["accuracy"] > 0.9
+    with pytest.raises(ValueError, match="weight decay"):
+        train_probe_grid({"c": x[:60]}, y[:60], {"c": x[60:]}, y[60:], epochs=1, split=(everything, nothing))
