@@ -358,14 +358,15 @@ class SegMetrics:
 
 
 def evaluate(run: str | Path, data: str, n: int | None = None, out: str | Path | None = None,
-             pictures: int = 6, baselines: bool = True) -> dict:
-    """Score a run on the test split of `data`: eval.json, a printed table, pictures in `out`
-    (default: the run folder)."""
+             pictures: int = 6, baselines: bool = True, split: str = "test") -> dict:
+    """Score a run on the test split of `data` (or the bundled scenes' 'val' split, for choosing
+    settings without looking at test): eval.json, a printed table, pictures in `out` (default: the
+    run folder)."""
     from .segment_plots import plot_examples, plot_per_class
 
     start = time.time()
     seg = Segmenter(run, baselines)
-    test = load_seg_data(data, "test", n, seg.classes, seg.ignore_index)
+    test = load_seg_data(data, split, n, seg.classes, seg.ignore_index)
     out = Path(out or seg.run)
     metrics = {m: SegMetrics(seg.classes, seg.ignore_index) for m in seg.methods()}
     examples = []

@@ -72,6 +72,8 @@ def _add_eval(seg) -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--data", default="scenes", help="'scenes' (its test split) or a folder with images/ + masks/")
     p.add_argument("--n", type=int, default=None, help="test images (default: all; scenes: 200)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="scenes only: 'val' scores on validation scenes (train split, never labelled) to choose settings")
     p.add_argument("--out", default=None, help="folder for eval.json and pictures (default: the run folder)")
     p.add_argument("--pictures", type=int, default=6, help="test images shown in examples.png")
     p.add_argument("--no-baselines", action="store_true")
@@ -80,7 +82,7 @@ def _add_eval(seg) -> None:
 def cmd_eval(args) -> None:
     from .segment import evaluate
 
-    evaluate(args.run, args.data, args.n, args.out, args.pictures, baselines=not args.no_baselines)
+    evaluate(args.run, args.data, args.n, args.out, args.pictures, baselines=not args.no_baselines, split=args.split)
 
 
 SUBCOMMANDS = {"train": (_add_train, cmd_train), "predict": (_add_predict, cmd_predict), "eval": (_add_eval, cmd_eval)}

@@ -25,6 +25,7 @@ from .data import IMAGE_SUFFIXES, read_image
 from .errors import DiffrepError
 
 MIN_TEST_SCENES = 200   # the bundled test set is at least this large
+VAL_START = 1000        # bundled 'val' scenes: the scenes train split from this index on (never labelled)
 
 
 @dataclass
@@ -43,10 +44,14 @@ class SegData:
 
 def load_seg_data(data: str, split: str, n: int | None = None, classes: list[str] | None = None,
                   ignore_index: int | None = None) -> SegData:
-    """The first `n` labelled images of `split` ('train' or 'test') of `data` ('scenes' or a folder).
-    `classes`/`ignore_index`, when given (from a trained run), are what the masks must keep to."""
-    if split not in ("train", "test"):
-        raise DiffrepError(f"unknown split {split!r}; use 'train' or 'test'")
+    """The first `n` labelled images of `split` ('train', 'val' or 'test') of `data` ('scenes' or a
+    folder). `classes`/`ignore_index`, when given (from a trained run), are what the masks must keep to.
+    'val' exists for the bundled scenes only (for a folder, pass a validation folder as the data)."""
+    if split not in ("train", "val", "test"):
+        raise DiffrepError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
+    if split == "val" and data != "scenes":
+        raise DiffrepError("a 'val' split exists only for the bundled scenes; for your own data pass a "
+                           "folder of validation images and masks as --data with the test split")
     if data == "scenes":
         out = _scenes(split, n)
     else:
@@ -65,7 +70,10 @@ def _scenes(split: str, n: int | None) -> SegData:
     n = n if n is not None else (20 if split == "train" else MIN_TEST_SCENES)
     if n < 1:
         raise DiffrepError(f"asked for {n} labelled scenes; ask for at least 1")
-    images, masks = scenes(split, n)
+    if split == "train" and n > VAL_START:
+        raise DiffrepError(f"at most {VAL_START} labelled scenes (later train-split scenes are the validation set)")
+    # validation scenes come from the train split (train digits, left ¾ of each texture), past the labelled ones
+    images, masks = scenes("train", n, start=VAL_START) if split == "val" else scenes(split, n)
     return SegData(images, masks, list(CLASSES), None, f"scenes/{split}")
 
 

@@ -208,6 +208,11 @@ def test_select_chooses_cells_on_labelled_images_only(rgb_unet_dir, tmp_path):
     assert len(chosen["ts"]) == 1 and len(config["selection"]["cells"]) == 6 and config["selection"]["folds"] == 3
     assert all(0 <= c["cv_miou"] <= 1 for c in config["selection"]["cells"])
 
+    assert main(["segment", "eval", "--run", str(tmp_path / "run"), "--data", "scenes", "--split", "val", "--n", "2",
+                 "--no-baselines", "--pictures", "1"]) == 0
+    scored = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert scored["data"] == "scenes/val" and scored["n_test"] == 2
+
 
 # ----------------------------------------------------------------------------- bad input
 
@@ -281,3 +286,19 @@ def test_held_out_images_are_whole_and_never_trained_on():
     assert torch.equal(tenth[1], tenth[5]) and 0 < tenth[1].float().mean() < 0.3
     with pytest.raises(DiffrepError, match="leaves no labelled image"):
         held_out_sets(data, list(range(8)), SegConfig(held_out_images=4, colour_copies=1))
+
+
+def test_scenes_validation_split_is_never_labelled_and_folders_have_none(tmp_path):
+    """Settings are chosen on 'val' scenes: train-split scenes past every possible labelled one."""
+    from diffrep.scenes import scenes
+    from diffrep.segment_data import VAL_START
+
+    val = load_seg_data("scenes", "val", 3)
+    images, masks = scenes("train", 3, start=VAL_START)
+    assert val.name == "scenes/val" and torch.equal(val.images, images) and torch.equal(val.masks, masks)
+    labelled = load_seg_data("scenes", "train", 3)
+    assert not torch.equal(labelled.images, val.images)
+    with pytest.raises(DiffrepError, match="at most 1000 labelled scenes"):
+        load_seg_data("scenes", "train", VAL_START + 1)
+    with pytest.raises(DiffrepError, match="only for the bundled scenes"):
+        load_seg_data(str(write_folder(tmp_path / "data", 3)), "val")
