@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import ImageSet
-from .errors import DiffrepError
+from .data import ImageSet, match_channels
 from .featstore import feature_key
 from .featurizer import Featurizer
 
@@ -17,10 +16,9 @@ def fit_images(images: torch.Tensor, channels: int, size: int, what: str = "imag
     """Convert a data set to what a model takes, saying so: grey↔RGB, bilinear resize to size×size.
     (The Python `Featurizer.extract` refuses instead; this is the command line's convenience.)"""
     if images.shape[1] != channels:
-        if channels not in (1, 3):
-            raise DiffrepError(f"the model takes {channels}-channel images; cannot convert {what} to that")
+        converted = match_channels(images, channels)
         print(f"note: converting {what} from {images.shape[1]} to {channels} channel(s) for the model")
-        images = images.mean(1, keepdim=True).expand(-1, channels, -1, -1)
+        images = converted
     if images.shape[-2:] != (size, size):
         print(f"note: resizing {what} from {images.shape[-2]}×{images.shape[-1]} to {size}×{size} for the model")
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .data import match_channels
 from .errors import DiffrepError
 from .featurizer import Featurizer
 
@@ -169,16 +170,6 @@ def dense_flow(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tg
 
 # ----------------------------------------------------------------------------- describers
 
-def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """Grey ↔ RGB for a C×H×W image (grey = channel mean)."""
-    if image.shape[0] == channels:
-        return image
-    if channels not in (1, 3):
-        raise DiffrepError(f"the model takes {channels}-channel images; "
-                           f"cannot convert a {image.shape[0]}-channel image")
-    return image.mean(0, keepdim=True).expand(channels, -1, -1)
-
-
 def category_prompt(category: str | None) -> str:
     """DIFT's prompt: "a photo of a {category}" when the category is known, else the empty prompt."""
     return f"a photo of a {category}" if category else ""
@@ -259,7 +250,7 @@ class DiffusionDescriber:
         for idx in by_size.values():
             for b in range(0, len(idx), self.batch_size):
                 part = idx[b:b + self.batch_size]
-                batch = torch.stack([to_channels(images[i], self.channels) for i in part])
+                batch = torch.stack([match_channels(images[i], self.channels) for i in part])
                 feats = self.featurizer.extract(batch, self.t, self.taps, self.ensemble, self.seed, bf16=self.bf16,
                                                 prompt=prompt if self.conditional else None)
                 for j, i in enumerate(part):

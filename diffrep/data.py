@@ -53,6 +53,18 @@ def mnist(split: str) -> ImageSet:
     return ImageSet(images, torch.from_numpy(y[pick]), [str(d) for d in range(10)], f"mnist/{split}")
 
 
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey ↔ RGB for images of shape …×C×H×W (one image or a batch): grey is the channel mean,
+    RGB repeats grey. Sizes are kept; models with other channel counts are refused."""
+    if images.shape[-3] == channels:
+        return images
+    if channels not in (1, 3):
+        raise DiffrepError(f"the model takes {channels}-channel images; cannot convert "
+                           f"{images.shape[-3]}-channel images to that")
+    grey = images.mean(-3, keepdim=True)
+    return grey if channels == 1 else grey.expand(*grey.shape[:-3], 3, *grey.shape[-2:])
+
+
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each image by up to ±max_shift pixels (edge-replicated), offsets drawn from `gen`."""
     n, _, h, w = x.shape

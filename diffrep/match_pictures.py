@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .correspond import to_channels
+from .data import match_channels
 from .plotting import pyplot
 
 GOOD, BAD = "#2ecc40", "#ff4136"  # correct / wrong matches when ground truth is known
@@ -19,7 +19,7 @@ GOOD, BAD = "#2ecc40", "#ff4136"  # correct / wrong matches when ground truth is
 
 def to_rgb(image: torch.Tensor):
     """C×H×W in [-1, 1] to an H×W×3 array in [0, 1] for imshow."""
-    return ((to_channels(image, 3).clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return ((match_channels(image, 3).clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
 
 
 def side_by_side(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -27,7 +27,7 @@ def side_by_side(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
     h = max(source.shape[-2], target.shape[-2])
     pad = lambda im: F.pad(im, (0, 0, 0, h - im.shape[-2]), value=1.0)  # noqa: E731
     gap = torch.ones(3, h, max(4, source.shape[-1] // 40))
-    canvas = torch.cat([pad(to_channels(source, 3)), gap, pad(to_channels(target, 3))], -1)
+    canvas = torch.cat([pad(match_channels(source, 3)), gap, pad(match_channels(target, 3))], -1)
     return canvas, source.shape[-1] + gap.shape[-1]
 
 

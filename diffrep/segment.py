@@ -30,10 +30,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .backbone import load_backbone
+from .data import match_channels
 from .errors import DiffrepError
 from .featurizer import Featurizer
 from .jsonio import write_json
-from .segment_data import SegData, fit_channels, load_seg_data
+from .segment_data import SegData, load_seg_data
 from .segment_features import (PEAK, DiffusionMaps, FeatureCache, RawPixelMaps, default_blocks, default_levels,
                                features_at, total_channels)
 from .segment_heads import PixelMLPs, ensemble_uncertainty, majority_vote, train_heads
@@ -310,7 +311,7 @@ class Segmenter:
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch: int | None = None, tile: int = 4096):
         """Per image {method: (labels, uncertainty)}, computing one batch of maps at a time."""
-        images = fit_channels(images, self.image_channels)
+        images = match_channels(images, self.image_channels)
         batch = batch or self.cfg.extract_batch
         size = tuple(images.shape[-2:])
         for start in range(0, len(images), batch):

@@ -169,14 +169,3 @@ def _folder(root: Path, split: str, n: int | None) -> SegData:
     classes, ignore = _read_classes(split_root, masks_t)
     _check_labels(masks_t, len(classes), ignore, str(split_root))
     return SegData(torch.stack(images), masks_t, classes, ignore, str(split_root))
-
-
-def fit_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """RGB↔grey for models of the other kind (sizes are kept: features are upsampled to the image)."""
-    if images.shape[1] == channels:
-        return images
-    if channels == 1:
-        return images.mean(1, keepdim=True)
-    if channels == 3 and images.shape[1] == 1:
-        return images.expand(-1, 3, -1, -1)
-    raise DiffrepError(f"the model takes {channels}-channel images; cannot convert {images.shape[1]}-channel images")

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .data import match_channels
 from .errors import DiffrepError
 from .featstore import feature_key, load_features, save_features
 from .featurizer import Featurizer
-from .segment_data import fit_channels
 
 DDPM_SEG_TS = (50, 150, 250)   # DDPM-Seg's timesteps (of 1000)
 FLOAT16_MAX = 65504.0
@@ -90,7 +90,7 @@ class DiffusionMaps:
     @torch.no_grad()
     def maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         backbone = self.featurizer.backbone
-        images = fit_channels(images, backbone.image_channels)
+        images = match_channels(images, backbone.image_channels)
         self.featurizer.check_images(images)
         latents = backbone.encode(images.to(backbone.device))
         out = {}
