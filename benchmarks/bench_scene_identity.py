@@ -9,14 +9,14 @@ to the scene, averaged over the instance's mask, and a linear probe (diffrep.pro
 L2 strength chosen on validation) learns the digit from the first ¾ of the scenes' instances; the
 last ¼ of the scenes score it. The same for the architecture with random weights. The probe is fit
 on 30 instances (about what 20 labelled scenes hold), 300, and all, so the table says whether more
-labels or better features are what the segmentation needs. Results:
+labels or better features are what the segmentation needs. The printed best cell is the best on the
+scored scenes, an optimistic ceiling for diagnosis, not a choice any method uses. Results:
 benchmarks/results/scene-identity-<model>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
