@@ -36,6 +36,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop after this many minutes of training and save the model; pretrain.json records the "
+                        "steps reached, and --steps <that number> repeats the run")
 
 
 def cmd_pretrain(args) -> None:
@@ -48,7 +51,10 @@ def cmd_pretrain(args) -> None:
         overrides["widths"] = tuple(overrides["widths"])
     if overrides["channels"] is None and overrides["data"] not in (None, "mnist") and not args.resume:
         overrides["channels"] = 3
-    pretrain(args.out, resume=args.resume, overrides=overrides)
+    if args.time_limit is not None and args.time_limit < 0:
+        raise DiffrepError(f"--time-limit must be at least 0 minutes, not {args.time_limit}")
+    pretrain(args.out, resume=args.resume, overrides=overrides,
+             time_limit_s=None if args.time_limit is None else args.time_limit * 60)
 
 
 def _add_info(sub) -> None:

@@ -110,9 +110,15 @@ def _run_config(out: Path, cfg: PretrainConfig, resume: bool, overrides: dict) -
     return PretrainConfig(**old), torch.load(ckpt, weights_only=True)
 
 
-def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = False, overrides: dict | None = None) -> dict:
+def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = False, overrides: dict | None = None,
+             time_limit_s: float | None = None) -> dict:
     """Train, checkpoint, and write `out/model` (a diffusers pipeline folder with the EMA weights),
-    `out/samples.png` and `out/pretrain.json`. Returns the summary written to pretrain.json."""
+    `out/samples.png` and `out/pretrain.json`. Returns the summary written to pretrain.json.
+
+    `time_limit_s` ends training early, after the first step that passes that many seconds of this
+    call's training, and saves the model as if `steps` had been that step: the learning rate is constant
+    after warm-up and every batch is seeded by its step, so `--steps <steps reached>` repeats the run.
+    The checkpoint keeps the target, so `--resume` carries on towards it."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -127,12 +133,20 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
         data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.precision == "bf16" else "no")
     try:
-        return _train(acc, out, cfg, state, data)
+        return _train(acc, out, cfg, state, data, time_limit_s)
     finally:  # accelerate keeps its settings process-wide; forget them so that pretrain() can run again here
         AcceleratorState._reset_state()
 
 
-def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.Tensor) -> dict:
+def _out_of_time(acc, started: float, limit_s: float | None) -> bool:
+    """Whether any rank has passed the time limit (all ranks must stop at the same step)."""
+    if limit_s is None:
+        return False
+    late = torch.tensor(float(time.time() - started > limit_s), device=acc.device)
+    return acc.reduce(late, "sum").item() > 0
+
+
+def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.Tensor, time_limit_s: float | None) -> dict:
     main = acc.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +166,7 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         ema.load_state_dict(state["ema"])
         start, elapsed, loss_avg = state["step"], state["elapsed"], state["loss"]
     model, opt = acc.prepare(model, opt)
+    ema.to(acc.device)  # the EMA's shadow copy lives where the model does
     local_batch = cfg.batch_size // acc.num_processes
     if main:
         n_params = sum(p.numel() for p in model.parameters())
@@ -159,13 +174,15 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
               f"on {len(data)} images, {acc.num_processes} process(es), steps {start}->{cfg.steps}")
     bar = tqdm(total=cfg.steps, initial=start, disable=not main, desc="pretrain", dynamic_ncols=True)
     t0 = time.time() - elapsed
+    started, reached, stopped_early = time.time(), start, False
     model.train()
     for step in range(start, cfg.steps):
         batch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, len(data), (local_batch * acc.num_processes,), generator=batch_gen)
-        x0 = data[idx[acc.process_index::acc.num_processes]].to(acc.device)
-        if cfg.shift:
+        x0 = data[idx[acc.process_index::acc.num_processes]]
+        if cfg.shift:  # on the CPU copy: a per-image crop is many tiny kernels on a GPU
             x0 = random_shift(x0, cfg.shift, batch_gen)
+        x0 = x0.to(acc.device)
         noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + acc.process_index)
         c = None if cond is None else torch.full((len(x0),), cond, device=acc.device)
         for group in opt.param_groups:
@@ -180,7 +197,8 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         loss_avg = step_loss if loss_avg is None else 0.98 * loss_avg + 0.02 * step_loss
         bar.update(1)
         bar.set_postfix(loss=f"{loss_avg:.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        reached, stopped_early = step + 1, _out_of_time(acc, started, time_limit_s)
+        if reached % cfg.checkpoint_every == 0 or reached == cfg.steps or stopped_early:
             if main:
                 _save_atomic({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
                               "ema": ema.state_dict(), "step": step + 1, "elapsed": time.time() - t0,
@@ -188,6 +206,9 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps({"step": step + 1, "loss": loss_avg, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
             acc.wait_for_everyone()
+        if stopped_early:
+            print(f"time limit of {time_limit_s:.0f} s reached at step {reached} of {cfg.steps}")
+            break
     bar.close()
     summary = {}
     if main:
@@ -196,7 +217,7 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         final.eval()
         _save_model(final, scheduler, out / "model")
         save_sample_grid(final, scheduler, out / "samples.png", seed=cfg.seed)
-        summary = {"steps": cfg.steps, "train_images": len(data), "final_loss": loss_avg,
+        summary = {"steps": reached, "stopped_by_time_limit": stopped_early, "train_images": len(data), "final_loss": loss_avg,
                    "wall_time_s": round(time.time() - t0, 1), "processes": acc.num_processes,
                    "config": dataclasses.asdict(cfg), "model": str(out / "model")}
         write_json(out / "pretrain.json", summary)

@@ -56,6 +56,17 @@ def test_resume_continues_exactly(labelled_folder, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_time_limit_stops_early_and_saves_what_steps_reached_gives(labelled_folder, tmp_path):
+    summary = pretrain(tmp_path / "timed", _cfg(labelled_folder, steps=50), time_limit_s=0)
+    assert summary["steps"] == 1 and summary["stopped_by_time_limit"]
+    assert json.loads((tmp_path / "timed" / "pretrain.json").read_text())["steps"] == 1
+    pretrain(tmp_path / "fixed", _cfg(labelled_folder, steps=1))
+    a, b = _weights(tmp_path / "timed"), _weights(tmp_path / "fixed")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert not pretrain(tmp_path / "fixed", resume=True, overrides={"steps": 2})["stopped_by_time_limit"]
+
+
 def test_existing_run_is_not_overwritten(labelled_folder, tmp_path):
     pretrain(tmp_path / "run", _cfg(labelled_folder, steps=1))
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
