@@ -148,6 +148,10 @@ def _add_sweep(sub) -> None:
     p.add_argument("--augment", type=int, default=d.augment,
                    help=f"refit the chosen cell's probe with N shifted copies of the fit images (default {d.augment}; 0: off)")
     p.add_argument("--shift", type=int, default=d.shift, help=f"their translation, up to ±N pixels (default {d.shift})")
+    p.add_argument("--shortlist", type=int, default=d.shortlist,
+                   help=f"rank the N best cells on validation by cross-validation over the whole train split "
+                        f"(default {d.shortlist}; 0: choose on validation alone)")
+    p.add_argument("--folds", type=int, default=d.folds, help=f"cross-validation folds (default {d.folds})")
     p.add_argument("--out", required=True)
 
 
@@ -157,7 +161,9 @@ def cmd_sweep(args) -> None:
     cfg = SweepConfig(model=args.model, data=args.data, ts=args.t, blocks=args.blocks, pools=args.pools,
                       batch_size=args.batch_size, ensemble=args.ensemble, seed=args.seed, bf16=args.bf16,
                       epochs=args.epochs, baselines=not args.no_baselines, features=args.features,
-                      augment=args.augment, shift=args.shift)
+                      augment=args.augment, shift=args.shift, shortlist=args.shortlist, folds=args.folds)
+    if cfg.shortlist < 0 or (cfg.shortlist and cfg.folds < 2):
+        raise DiffrepError(f"--shortlist must be 0 or more and --folds at least 2 (got {cfg.shortlist}, {cfg.folds})")
     run_sweep(cfg, args.out)
 
 

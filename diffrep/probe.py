@@ -68,6 +68,27 @@ def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test
     return _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y, weight_decays)
 
 
+def cross_validated_accuracy(train: dict[str, torch.Tensor], train_y: torch.Tensor, weight_decay: dict[str, float],
+                             folds: int = 5, epochs: int = 60, seed: int = 0) -> dict[str, float]:
+    """k-fold cross-validated accuracy of each cell's linear probe over all of `train` (each cell at its own
+    weight decay): every sample is scored once, by a probe that never saw it. Folds are a seeded
+    permutation; cells sharing a weight decay train together in one pass per fold."""
+    if not 2 <= folds <= len(train_y):
+        raise ValueError(f"cross-validation needs 2 to {len(train_y)} folds, not {folds}")
+    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
+    parts = order.chunk(folds)
+    correct = dict.fromkeys(train, 0.0)
+    for i, held in enumerate(parts):
+        fit = torch.cat([p for j, p in enumerate(parts) if j != i])
+        for wd in sorted(set(weight_decay.values())):
+            cells = {k: v for k, v in train.items() if weight_decay[k] == wd}
+            scores = train_probe_grid(cells, train_y, {k: v[held] for k, v in cells.items()}, train_y[held],
+                                      epochs=epochs, seed=seed, split=(fit, held), weight_decays=(wd,))
+            for k, r in scores.items():
+                correct[k] += r["val_accuracy"] * len(held)
+    return {k: c / len(train_y) for k, c in correct.items()}
+
+
 @torch.no_grad()
 def _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y, weight_decays) -> dict[str, dict]:
     """Per cell, the head whose L2 strength scores best on validation; with no validation indices

@@ -44,7 +44,13 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     assert set(result["baselines"]) >= {"pixels", "random_init"}
     assert all(0 <= c["accuracy"] <= 1 for c in result["cells"])
     assert (out / "heatmap.png").stat().st_size > 0
-    assert "best (chosen on validation)" in printed and "raw pixels" in printed
+    assert "best (chosen on the train split" in printed and "cross-validated" in printed and "raw pixels" in printed
+    short = result["shortlist"]  # the 10 best cells on validation, ranked by 5-fold cross-validation
+    chosen = {k: v for k, v in result["best"].items() if k != "augmented"}
+    assert len(short) == 10 and chosen == max(short, key=lambda c: c["cv_accuracy"])
+    assert [c["val_accuracy"] for c in short] == sorted((c["val_accuracy"] for c in result["cells"]), reverse=True)[:10]
+    assert result["baselines"]["random_init"] == result["baselines"]["random_init_best"]["accuracy"]
+    assert "cv_accuracy" in result["baselines"]["random_init_best"]
 
     assert main(args) == 0  # the second run reuses the cached features
     assert "reusing cached features" in capsys.readouterr().out
@@ -52,9 +58,10 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
 
     reuse = tmp_path / "sweep-reuse"
     assert main(["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--features", str(feats),
-                 "--pools", "1", "--epochs", "3", "--no-baselines", "--out", str(reuse)]) == 0
+                 "--pools", "1", "--epochs", "3", "--no-baselines", "--shortlist", "0", "--out", str(reuse)]) == 0
     result = json.loads((reuse / "sweep.json").read_text())
     assert result["ts"] == [25] and [c["block"] for c in result["cells"]] == ["mid_block", "up_blocks.0"]
+    assert "shortlist" not in result and "cv_accuracy" not in result["best"]  # chosen on validation alone
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffrep.probe import holdout_split, train_probe_grid
-from diffrep.sweep import SweepConfig, _summarise
+from diffrep.probe import cross_validated_accuracy, holdout_split, train_probe_grid
+from diffrep.sweep import SweepConfig, _summarise, cross_validated_choice
 
 
 def test_probe_grid_separates_signal_from_noise():
@@ -22,6 +22,36 @@ def test_probe_grid_separates_signal_from_noise():
     assert scores["signal"]["accuracy"] > 0.95
     assert scores["noise"]["accuracy"] < 0.45
     assert set(scores["signal"]) == {"accuracy", "val_accuracy", "weight_decay"}
+
+
+def _signal_and_noise(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return y, {"t=1/signal/pool=1": torch.randn(4, 16, generator=g)[y] * 3 + torch.randn(n, 16, generator=g),
+               "t=1/noise/pool=1": torch.randn(n, 16, generator=g)}
+
+
+def test_cross_validation_scores_every_sample_once_and_ranks_signal_first():
+    y, feats = _signal_and_noise()
+    cv = cross_validated_accuracy(feats, y, dict.fromkeys(feats, 1e-3), folds=3, epochs=150)
+    assert cv["t=1/signal/pool=1"] > 0.8 and cv["t=1/noise/pool=1"] < 0.45
+    # a multiple of 1/n: each sample was scored exactly once
+    assert all(abs(v * len(y) - round(v * len(y))) < 1e-3 for v in cv.values())
+    with pytest.raises(ValueError, match="folds"):
+        cross_validated_accuracy(feats, y, dict.fromkeys(feats, 1e-3), folds=1)
+
+
+def test_sweep_choice_overrules_a_lucky_validation_score():
+    """A noise cell that the held-out eighth happened to favour loses to the signal cell under
+    cross-validation over the whole train split."""
+    y, feats = _signal_and_noise()
+    cells = [{"t": 1, "block": "noise", "pool": 1, "val_accuracy": 0.99, "accuracy": 0.2, "weight_decay": 1e-3},
+             {"t": 1, "block": "signal", "pool": 1, "val_accuracy": 0.98, "accuracy": 0.9, "weight_decay": 1e-4}]
+    best, short = cross_validated_choice(SweepConfig(shortlist=2, folds=3, epochs=150), cells, feats, y)
+    assert best["block"] == "signal" and [c["block"] for c in short] == ["noise", "signal"]
+    assert short[0]["cv_accuracy"] < 0.45 < 0.8 < short[1]["cv_accuracy"]
+    best, _ = cross_validated_choice(SweepConfig(shortlist=1, folds=3, epochs=150), cells, feats, y)
+    assert best["block"] == "noise"  # a shortlist of one keeps validation's choice
 
 
 def test_holdout_split_is_a_partition():
