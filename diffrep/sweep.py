@@ -211,16 +211,20 @@ def _summarise(cfg: SweepConfig, scores: dict, n_train: int, n_test: int) -> dic
 
 
 def best_pool_grid(result: dict) -> torch.Tensor:
-    """t × block test accuracy, at each (t, block)'s pool size with the best validation accuracy."""
+    """t × block test accuracy, at each (t, block)'s pool size with the best validation accuracy; the
+    chosen cell's (t, block) shows the chosen cell itself."""
     grid = torch.zeros(len(result["ts"]), len(result["blocks"]))
+    best = result["best"]
     for i, t in enumerate(result["ts"]):
         for j, b in enumerate(result["blocks"]):
-            grid[i, j] = _best([c for c in result["cells"] if c["t"] == t and c["block"] == b])["accuracy"]
+            chosen = (t, b) == (best["t"], best["block"])
+            grid[i, j] = best["accuracy"] if chosen else \
+                _best([c for c in result["cells"] if c["t"] == t and c["block"] == b])["accuracy"]
     return grid
 
 
 def format_table(result: dict) -> str:
-    lines = ["test accuracy (%) per t × block, at the pool size chosen on validation",
+    lines = ["test accuracy (%) per t × block, at the pool size chosen on validation (the chosen cell's own there)",
              *grid_rows(100 * best_pool_grid(result).double(), result["ts"], result["blocks"], min_width=10)]
     best = result["best"]
     how = f"{100 * best['cv_accuracy']:.2f}% cross-validated" if "cv_accuracy" in best else \

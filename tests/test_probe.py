@@ -93,3 +93,12 @@ def test_final_refit_without_validation_needs_one_weight_decay():
     assert score["val_accuracy"] is None and score["accuracy"] > 0.9
     with pytest.raises(ValueError, match="weight decay"):
         train_probe_grid({"c": x[:60]}, y[:60], {"c": x[60:]}, y[60:], epochs=1, split=(everything, nothing))
+
+
+def test_heatmap_grid_shows_the_chosen_cell_at_its_own_pool():
+    from diffrep.sweep import best_pool_grid
+
+    cell = lambda t, block, pool, val, acc: {"t": t, "block": block, "pool": pool, "val_accuracy": val, "accuracy": acc}
+    cells = [cell(5, "a", 2, 0.9, 0.80), cell(5, "a", 4, 0.9, 0.85), cell(5, "b", 2, 0.7, 0.60), cell(5, "b", 4, 0.8, 0.65)]
+    grid = best_pool_grid({"ts": [5], "blocks": ["a", "b"], "cells": cells, "best": cells[1]})
+    assert grid.tolist() == [[pytest.approx(0.85), pytest.approx(0.65)]]  # chosen a@4 (a validation tie with a@2); b at its best pool
