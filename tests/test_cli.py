@@ -106,6 +106,17 @@ def test_pretrain_after_a_failed_bf16_run_still_works(labelled_folder, tmp_path,
                  "--out", str(tmp_path / "b")]) == 0
 
 
+def test_pretrain_time_limit_from_the_command_line(labelled_folder, tmp_path, capsys):
+    tiny = ["pretrain", "--data", str(labelled_folder), "--channels", "1", "--resolution", "16", "--widths", "8,16",
+            "--layers-per-block", "1", "--batch-size", "4", "--steps", "40", "--precision", "fp32"]
+    assert main([*tiny, "--time-limit", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--time-limit must be at least 0" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*tiny, "--time-limit", "0", "--out", str(tmp_path / "run")]) == 0
+    assert "time limit of 0 s reached at step 1 of 40" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "pretrain.json").read_text())
+    assert summary["steps"] == 1 and summary["stopped_by_time_limit"] and summary["config"]["steps"] == 40
+
+
 def test_fit_images_converts_and_says_so(capsys):
     from diffrep import DiffrepError
     from diffrep.collect import fit_images
