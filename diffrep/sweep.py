@@ -167,6 +167,9 @@ def cross_validated_choice(cfg: SweepConfig, cells: list[dict], train_feats: dic
     above cross-validation for the same cells; 4,000 scored digits rank them far more surely. The folds
     include digits the generative model was pre-trained on (without labels, as in any linear
     evaluation); the test split plays no part. Returns (chosen cell, shortlist with cv_accuracy)."""
+    if not 2 <= cfg.folds <= len(train_y):
+        raise DiffrepError(f"cross-validation needs 2 to {len(train_y)} folds for {len(train_y)} train images, "
+                           f"not {cfg.folds}; pass --folds N or --shortlist 0")
     short = sorted(cells, key=lambda c: -c["val_accuracy"])[:cfg.shortlist]
     keys = [prefix + feature_key(c["t"], c["block"], c["pool"]) for c in short]
     print(f"cross-validating the {len(short)} best {'random-weight ' if prefix else ''}cells on validation "
