@@ -102,7 +102,7 @@ def test_sigkill_loses_at_most_one_interval(labelled_folder, tmp_path):
 def test_two_ranks_on_gloo(labelled_folder, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
            "-m", "diffrep.cli", "pretrain", "--data", str(labelled_folder), "--channels", "1", "--resolution", "16",
            "--widths", "8,16", "--layers-per-block", "1", "--batch-size", "8", "--precision", "fp32",
            "--steps", "3", "--checkpoint-every", "2", "--out", str(run)]
