@@ -207,7 +207,8 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
                     f.write(json.dumps({"step": step + 1, "loss": loss_avg, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
             acc.wait_for_everyone()
         if stopped_early:
-            print(f"time limit of {time_limit_s:.0f} s reached at step {reached} of {cfg.steps}")
+            if main:
+                print(f"time limit of {time_limit_s:.0f} s reached at step {reached} of {cfg.steps}")
             break
     bar.close()
     summary = {}
