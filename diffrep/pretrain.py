@@ -201,10 +201,10 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         if reached % cfg.checkpoint_every == 0 or reached == cfg.steps or stopped_early:
             if main:
                 _save_atomic({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
-                              "ema": ema.state_dict(), "step": step + 1, "elapsed": time.time() - t0,
+                              "ema": ema.state_dict(), "step": reached, "elapsed": time.time() - t0,
                               "loss": loss_avg}, out / "checkpoint.pt")
                 with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step + 1, "loss": loss_avg, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
+                    f.write(json.dumps({"step": reached, "loss": loss_avg, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
             acc.wait_for_everyone()
         if stopped_early:
             if main:

@@ -87,6 +87,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict:
         if d.labels is None:
             raise DiffrepError(f"{cfg.data} has no labels (use class sub-folders); the sweep needs them")
         d.images = fit_images(d.images, backbone.image_channels, backbone.image_size, f"{s} images")
+    check_cross_validation(cfg, len(splits["train"].labels))
     feats, labels = {}, {s: d.labels for s, d in splits.items()}
     if cfg.features:
         for s in splits:
@@ -159,6 +160,16 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train: ImageSet, f
             "weight_decay": score["weight_decay"]}
 
 
+def check_cross_validation(cfg: SweepConfig, n_train: int) -> None:
+    """`shortlist` and `folds` against the train split's size; run_sweep calls this before any
+    features are computed, so a bad value fails at once."""
+    if cfg.shortlist < 0:
+        raise DiffrepError(f"--shortlist must be 0 or more, not {cfg.shortlist}")
+    if cfg.shortlist and not 2 <= cfg.folds <= n_train:
+        raise DiffrepError(f"cross-validation needs 2 to {n_train} folds for {n_train} train images, "
+                           f"not {cfg.folds}; pass --folds N or --shortlist 0")
+
+
 def cross_validated_choice(cfg: SweepConfig, cells: list[dict], train_feats: dict, train_y: torch.Tensor,
                            prefix: str = "") -> tuple[dict, list[dict]]:
     """The chosen cell: of the `cfg.shortlist` cells best on the held-out eighth, the one with the best
@@ -167,9 +178,7 @@ def cross_validated_choice(cfg: SweepConfig, cells: list[dict], train_feats: dic
     above cross-validation for the same cells; 4,000 scored digits rank them far more surely. The folds
     include digits the generative model was pre-trained on (without labels, as in any linear
     evaluation); the test split plays no part. Returns (chosen cell, shortlist with cv_accuracy)."""
-    if not 2 <= cfg.folds <= len(train_y):
-        raise DiffrepError(f"cross-validation needs 2 to {len(train_y)} folds for {len(train_y)} train images, "
-                           f"not {cfg.folds}; pass --folds N or --shortlist 0")
+    check_cross_validation(cfg, len(train_y))
     short = sorted(cells, key=lambda c: -c["val_accuracy"])[:cfg.shortlist]
     keys = [prefix + feature_key(c["t"], c["block"], c["pool"]) for c in short]
     print(f"cross-validating the {len(short)} best {'random-weight ' if prefix else ''}cells on validation "

@@ -75,6 +75,18 @@ def test_features_bad_input(unet_dir, labelled_folder, tmp_path, capsys, args, m
     assert not (tmp_path / "f").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--folds", "1"], "cross-validation needs 2 to 32 folds for 32 train images, not 1"),
+    (["--folds", "33"], "not 33; pass --folds N or --shortlist 0"),
+    (["--shortlist", "-1"], "--shortlist must be 0 or more"),
+])
+def test_sweep_bad_cross_validation_fails_before_any_work(unet_dir, labelled_folder, tmp_path, capsys, args, message):
+    code = main(["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), *args, "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()  # no features were computed or cached
+
+
 def test_sweep_with_corrupt_feature_file(unet_dir, labelled_folder, tmp_path, capsys):
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "train.safetensors").write_bytes(b"garbage")
