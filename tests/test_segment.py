@@ -302,3 +302,22 @@ def test_scenes_validation_split_is_never_labelled_and_folders_have_none(tmp_pat
         load_seg_data("scenes", "train", VAL_START + 1)
     with pytest.raises(DiffrepError, match="only for the bundled scenes"):
         load_seg_data(str(write_folder(tmp_path / "data", 3)), "val")
+
+
+def test_bundled_scenes_are_deterministic_with_bright_digits_on_a_dim_photograph():
+    """Several digits per scene, so that 20 labelled scenes show most classes; masks mark inked pixels."""
+    from diffrep.scenes import DIGITS_PER_SCENE, INK, scene
+
+    counts = []
+    for split in ("train", "test"):
+        for i in range(20):
+            image, mask = scene(split, i)
+            again, mask_again = scene(split, i)
+            assert np.array_equal(image, again) and np.array_equal(mask, mask_again)
+            assert set(np.unique(mask)) <= set(range(11)) and image.min() >= 0 and image.max() <= 1
+            # a labelled pixel is at least half ink, and ink is bright in every channel
+            assert image[:, mask > 0].min() >= 0.5 * INK[0]
+            assert image[:, mask > 0].mean() > image[:, mask == 0].mean() + 0.3
+            counts.append(len(np.unique(mask)) - 1)
+    assert max(counts) <= DIGITS_PER_SCENE[1] and np.mean(counts) >= 2   # classes per scene (a repeat counts once)
+    assert not np.array_equal(scene("train", 0)[0], scene("test", 0)[0])
