@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from diffrep.backbone import load_backbone
+from diffrep.data import match_channels
 from diffrep.featurizer import Featurizer
 from diffrep.jsonio import write_json
 from diffrep.probe import train_probe_grid
@@ -70,6 +71,7 @@ def main() -> None:
     start = time.time()
     images, masks = scenes("train", args.scenes, start=VAL_START)
     backbone = load_backbone(args.model)
+    images = match_channels(images, backbone.image_channels)   # grey for mnist-ddpm, as `diffrep segment` does
     feats, labels, scene = instance_features(Featurizer(backbone), images, masks, "")
     random_feats, _, _ = instance_features(Featurizer(random_init(backbone, 0)), images, masks, "random/")
     feats.update(random_feats)
