@@ -260,6 +260,9 @@ def train_segmenter(cfg: SegConfig, out: str | Path, data: SegData | None = None
     sources = _sources(cfg, featurizer, data.images.shape[1])
     print(f"DDPM-Seg on {len(data)} labelled images of {data.name}: blocks {cfg.blocks}, t {cfg.ts}, "
           f"{total_channels(sources['diffusion'])} channels per pixel")
+    if data.images.shape[1] != backbone.image_channels:   # DiffusionMaps converts; the raw-pixel baseline keeps the data's
+        print(f"note: the diffusion features see the {data.images.shape[1]}-channel images converted to "
+              f"{backbone.image_channels} channel(s) for the model")
     result = {"n_labelled": len(data), "heads": {}, "timing_s": {}}
     for name, source in sources.items():
         t0 = time.time()

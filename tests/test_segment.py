@@ -197,6 +197,17 @@ def test_cli_train_predict_eval_on_a_folder(rgb_unet_dir, seg_folder, tmp_path, 
     assert "reusing cached features" in capsys.readouterr().out
 
 
+def test_a_grey_backbone_segments_rgb_images_and_says_so(unet_dir, seg_folder, tmp_path, capsys):
+    """As `--model mnist-ddpm` on the bundled scenes: the diffusion features see grey images."""
+    run = tmp_path / "run"
+    assert main(["segment", "train", "--model", str(unet_dir), "--data", str(seg_folder), "--labelled", "4",
+                 "--out", str(run), "--t", "50", "--no-baselines", *FAST]) == 0
+    assert "converted to 1 channel(s) for the model" in capsys.readouterr().out
+    assert main(["segment", "predict", "--run", str(run), str(seg_folder / "test" / "images" / "s0.png"),
+                 "--out", str(tmp_path / "preds")]) == 0
+    assert read_mask(tmp_path / "preds" / "s0-labels.png").shape == (SIZE, SIZE)
+
+
 def test_select_chooses_cells_on_labelled_images_only(rgb_unet_dir, tmp_path):
     cfg = SegConfig(model=str(rgb_unet_dir), labelled=4, blocks=["mid_block", "up_blocks.0", "up_blocks.1"],
                     ts=[50, 250], k=1, max_epochs=1, pixels_per_image=150, batch_size=64, select=True, select_blocks=2,
