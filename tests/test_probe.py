@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffrep import DiffrepError
 from diffrep.probe import cross_validated_accuracy, holdout_split, train_probe_grid
 from diffrep.sweep import SweepConfig, _summarise, cross_validated_choice
 
