@@ -30,6 +30,9 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--shift", type=int, default=None, help="augment: random translation by up to N pixels")
+    p.add_argument("--crop", type=int, default=None, metavar="N",
+                   help="train on random N×N windows of the --resolution images (fully convolutional UNets: "
+                        "--no-mid-attention); the model then runs on whole images")
     p.add_argument("--no-hold-out", dest="hold_out", action="store_const", const=False, default=None,
                    help="train on every train-split image, including the sweep's validation eighth")
     p.add_argument("--checkpoint-every", type=int, default=None)
@@ -45,7 +48,7 @@ def cmd_pretrain(args) -> None:
     from .pretrain import pretrain
 
     keys = ["data", "objective", "arch", "resolution", "channels", "widths", "layers_per_block", "attention", "mid_attention",
-            "steps", "batch_size", "lr", "ema_decay", "shift", "hold_out", "checkpoint_every", "precision", "seed"]
+            "steps", "batch_size", "lr", "ema_decay", "shift", "crop", "hold_out", "checkpoint_every", "precision", "seed"]
     overrides = {k: getattr(args, k) for k in keys}
     if overrides["widths"] is not None:
         overrides["widths"] = tuple(overrides["widths"])

@@ -65,6 +65,14 @@ def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return grey if channels == 1 else grey.expand(*grey.shape[:-3], 3, *grey.shape[-2:])
 
 
+def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """A size×size window of each image at an offset drawn from `gen` (uniform over all offsets)."""
+    n, _, h, w = x.shape
+    dy = torch.randint(0, h - size + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, w - size + 1, (n,), generator=gen).tolist()
+    return torch.stack([x[i, :, dy[i]:dy[i] + size, dx[i]:dx[i] + size] for i in range(n)])
+
+
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each image by up to ±max_shift pixels (edge-replicated), offsets drawn from `gen`."""
     n, _, h, w = x.shape

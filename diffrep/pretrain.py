@@ -21,7 +21,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from .backbone import null_class, noise_form, run_denoiser
-from .data import load_split, random_shift
+from .data import load_split, random_crop, random_shift
 from .errors import DiffrepError
 from .jsonio import write_json
 from .losses import DDPMLoss, EDMLoss
@@ -45,17 +45,30 @@ class PretrainConfig:
     warmup: int = 200                # warm-up steps
     ema_decay: float = 0.999         # EMA of weights; the saved model is the EMA
     shift: int = 0                   # augmentation: random translation by up to this many pixels (0: none)
+    crop: int = 0                    # train on random crop×crop windows of the images (0: whole images); the
+                                     # model's sample size is then `crop` (for fully convolutional UNets)
     hold_out: bool = True            # leave out the probes' validation images (see probe.holdout_split)
     checkpoint_every: int = 250      # steps between checkpoints
     precision: str = "bf16"          # 'bf16' autocast or 'fp32'
     seed: int = 0
 
+    @property
+    def sample_size(self) -> int:
+        """The side of the images the network is trained on."""
+        return self.crop or self.resolution
+
     def check(self) -> None:
         for key, allowed in (("objective", ("ddpm", "edm")), ("arch", ("unet", "dit")), ("precision", ("bf16", "fp32"))):
             if getattr(self, key) not in allowed:
                 raise DiffrepError(f"{key} must be one of {allowed}, not {getattr(self, key)!r}")
-        if self.resolution % 2 ** (len(self.widths) - 1):
-            raise DiffrepError(f"resolution {self.resolution} is not divisible by {2 ** (len(self.widths) - 1)} ({len(self.widths)} UNet levels)")
+        if self.crop and not 0 < self.crop <= self.resolution:
+            raise DiffrepError(f"crop {self.crop} must lie between 1 and the resolution {self.resolution}")
+        if self.crop and (self.arch != "unet" or self.attention or self.mid_attention):
+            raise DiffrepError("crop trains on windows for a model that then runs on whole images, which needs a fully "
+                               "convolutional UNet: use --arch unet with --no-mid-attention and without --attention")
+        if self.sample_size % 2 ** (len(self.widths) - 1):
+            raise DiffrepError(f"{'crop' if self.crop else 'resolution'} {self.sample_size} is not divisible by "
+                               f"{2 ** (len(self.widths) - 1)} ({len(self.widths)} UNet levels)")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise DiffrepError("steps, batch_size and checkpoint_every must be positive")
 
@@ -63,7 +76,7 @@ class PretrainConfig:
 def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
     if cfg.arch == "dit":
         return DiTTransformer2DModel(
-            in_channels=cfg.channels, out_channels=cfg.channels, sample_size=cfg.resolution, patch_size=2,
+            in_channels=cfg.channels, out_channels=cfg.channels, sample_size=cfg.sample_size, patch_size=2,
             num_layers=6, num_attention_heads=4, attention_head_dim=32, num_embeds_ada_norm=1)
     levels = len(cfg.widths)
     down = ["DownBlock2D"] * levels
@@ -71,7 +84,7 @@ def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
     if cfg.attention:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
-        sample_size=cfg.resolution, in_channels=cfg.channels, out_channels=cfg.channels,
+        sample_size=cfg.sample_size, in_channels=cfg.channels, out_channels=cfg.channels,
         block_out_channels=tuple(cfg.widths), down_block_types=tuple(down), up_block_types=tuple(up),
         layers_per_block=cfg.layers_per_block, norm_num_groups=8,
         add_attention=cfg.mid_attention)
@@ -182,6 +195,8 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         x0 = data[idx[acc.process_index::acc.num_processes]]
         if cfg.shift:  # on the CPU copy: a per-image crop is many tiny kernels on a GPU
             x0 = random_shift(x0, cfg.shift, batch_gen)
+        if cfg.crop:
+            x0 = random_crop(x0, cfg.crop, batch_gen)
         x0 = x0.to(acc.device)
         noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + acc.process_index)
         c = None if cond is None else torch.full((len(x0),), cond, device=acc.device)

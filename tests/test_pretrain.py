@@ -145,3 +145,30 @@ def test_random_shift_translates_within_bounds():
     assert rows.sub(3).abs().max() <= 2 and cols.sub(3).abs().max() <= 2
     again = random_shift(x, 2, torch.Generator().manual_seed(0))
     torch.testing.assert_close(y, again)
+
+
+def test_random_crop_takes_windows_of_each_image():
+    from diffrep.data import random_crop
+
+    x = torch.arange(3 * 2 * 10 * 10, dtype=torch.float32).reshape(3, 2, 10, 10)
+    y = random_crop(x, 4, torch.Generator().manual_seed(0))
+    assert y.shape == (3, 2, 4, 4)
+    for img, win in zip(x, y):  # every value is unique, so the corner fixes the offset
+        dy, dx = divmod(int(win[0, 0, 0] - img[0, 0, 0]), 10)
+        torch.testing.assert_close(win, img[:, dy:dy + 4, dx:dx + 4])
+    torch.testing.assert_close(y, random_crop(x, 4, torch.Generator().manual_seed(0)))
+
+
+def test_crop_trains_on_windows_and_the_model_runs_on_whole_images(labelled_folder, tmp_path):
+    from diffrep.featurizer import Featurizer
+
+    pretrain(tmp_path / "crop", _cfg(labelled_folder, steps=2, crop=8, mid_attention=False))
+    bb = load_backbone(tmp_path / "crop")
+    assert bb.denoiser.config.sample_size == 8
+    feats = Featurizer(bb).extract(torch.rand(2, 1, 16, 16), t=10, blocks=["mid_block"], seed=0)
+    assert feats["mid_block"].shape[-2:] == (8, 8)  # a 16×16 image (twice the crop) at the mid block's stride 2
+    with pytest.raises(DiffrepError, match="fully convolutional"):
+        pretrain(tmp_path / "attn", _cfg(labelled_folder, crop=8))  # the mid block's attention is on by default
+    with pytest.raises(DiffrepError, match="between 1 and the resolution"):
+        pretrain(tmp_path / "big", _cfg(labelled_folder, crop=32, mid_attention=False))
+    assert not (tmp_path / "attn").exists() and not (tmp_path / "big").exists()
