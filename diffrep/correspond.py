@@ -179,7 +179,7 @@ def default_block(block_names: list[str], latent: bool = False) -> str:
     """DIFT taps SD's up_blocks[1], the second of four decoder blocks, at 1/16 of the image: the default
     for latent UNets with four or more levels. In the small pixel UNets here the decoder blocks are at
     1/2 to 1/1 of the image, where at small t the features mostly predict the added noise; the warps
-    sweeps of photos-ddpm (3 levels) and scenes-ddpm (4 levels) both put `mid_block` first, so pixel
+    sweeps of photos-ddpm (3 levels) and an earlier 4-level scenes-ddpm both put `mid_block` first, so pixel
     UNets default to it. DiT: the middle transformer block."""
     up = [n for n in block_names if n.startswith("up_blocks.") and n.count(".") == 1]
     if up:

@@ -150,7 +150,7 @@ def test_model_folder_round_trip_gives_same_features(unet_dir, tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name, channels, size", [("mnist-ddpm", 1, 32), ("scenes-ddpm", 3, 64), ("photos-ddpm", 3, 32)])
+@pytest.mark.parametrize("name, channels, size", [("mnist-ddpm", 1, 32), ("scenes-ddpm", 3, 32), ("photos-ddpm", 3, 32)])
 def test_bundled_model_loads_by_name(name, channels, size):
     bb = load_backbone(name)
     assert bb.image_channels == channels and bb.image_size == size and bb.noise.kind == "vp"
