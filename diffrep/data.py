@@ -65,20 +65,26 @@ def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return grey if channels == 1 else grey.expand(*grey.shape[:-3], 3, *grey.shape[-2:])
 
 
+def _windows(x: torch.Tensor, dy: list[int], dx: list[int], h: int, w: int) -> torch.Tensor:
+    """The h×w window of image i at offset (dy[i], dx[i]), for every image."""
+    return torch.stack([x[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(len(x))])
+
+
 def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     """A size×size window of each image at an offset drawn from `gen` (uniform over all offsets)."""
     n, _, h, w = x.shape
     dy = torch.randint(0, h - size + 1, (n,), generator=gen).tolist()
     dx = torch.randint(0, w - size + 1, (n,), generator=gen).tolist()
-    return torch.stack([x[i, :, dy[i]:dy[i] + size, dx[i]:dx[i] + size] for i in range(n)])
+    return _windows(x, dy, dx, size, size)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ±max_shift pixels (edge-replicated), offsets drawn from `gen`."""
+    """Translate each image by up to ±max_shift pixels (edge-replicated), offsets drawn from `gen`.
+    (Its own draw of both offsets at once, kept so that runs made before `random_crop` repeat exactly.)"""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
     dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=gen).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return _windows(padded, dy, dx, h, w)
 
 
 def _image_files(folder: Path) -> list[Path]:
