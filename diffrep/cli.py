@@ -149,8 +149,15 @@ def _add_sweep(sub) -> None:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--features", default=None, help="a `diffrep features` folder to reuse instead of extracting")
     p.add_argument("--augment", type=int, default=d.augment,
-                   help=f"refit the chosen cell's probe with N shifted copies of the fit images (default {d.augment}; 0: off)")
-    p.add_argument("--shift", type=int, default=d.shift, help=f"their translation, up to ±N pixels (default {d.shift})")
+                   help=f"refit the chosen cell's probe with N distorted copies of the train images (default {d.augment}; 0: off)")
+    dist = d.distortion
+    for name, what in (("rotate", "rotation, up to ± degrees"), ("scale", "scaling, up to ± this fraction"),
+                       ("shear", "shear, up to ± this slope"), ("shift", "translation, up to ± pixels"),
+                       ("elastic", "elastic displacement, up to this many pixels"),
+                       ("smooth", "the elastic field's smoothness, a Gaussian σ in pixels")):
+        p.add_argument(f"--{name}", type=float, default=getattr(dist, name),
+                       help=f"copies' {what} (default {getattr(dist, name):g}; 0: none)" if name != "smooth"
+                       else f"{what} (default {dist.smooth:g})")
     p.add_argument("--shortlist", type=int, default=d.shortlist,
                    help=f"rank the N best cells on validation by cross-validation over the whole train split "
                         f"(default {d.shortlist}; 0: choose on validation alone)")
@@ -159,12 +166,14 @@ def _add_sweep(sub) -> None:
 
 
 def cmd_sweep(args) -> None:
+    from .data import Distortion
     from .sweep import SweepConfig, run_sweep
 
     cfg = SweepConfig(model=args.model, data=args.data, ts=args.t, blocks=args.blocks, pools=args.pools,
                       batch_size=args.batch_size, ensemble=args.ensemble, seed=args.seed, bf16=args.bf16,
                       epochs=args.epochs, baselines=not args.no_baselines, features=args.features,
-                      augment=args.augment, shift=args.shift, shortlist=args.shortlist, folds=args.folds)
+                      augment=args.augment, shortlist=args.shortlist, folds=args.folds,
+                      distortion=Distortion(args.rotate, args.scale, args.shear, args.shift, args.elastic, args.smooth))
     run_sweep(cfg, args.out)
 
 

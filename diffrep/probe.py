@@ -37,13 +37,19 @@ def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test
     """Fit one linear head per (cell, weight decay) on `train` minus a held-out eighth (or on the
     (fit, validation) indices of `split`); returns per cell {"val_accuracy", "accuracy" (test),
     "weight_decay"} for the decay with the best validation accuracy."""
-    torch.manual_seed(seed)
     fit_idx, val_idx = split if split is not None else holdout_split(len(train_y))
     classes = int(max(train_y.max(), test_y.max())) + 1
     cells = list(train)
     norms = {c: _Standardise(train[c][fit_idx].float()) for c in cells}
     heads = nn.ModuleDict({f"{i}@{j}": nn.Linear(train[c].shape[1], classes)
                            for i, c in enumerate(cells) for j in range(len(weight_decays))})
+    for head in heads.values():
+        # from zero, as logistic regression usually starts: a cell's probe then depends on nothing but
+        # its own features and the shared batch order, not on which other cells train beside it or in
+        # what order (a random init made a sweep over cached features, whose keys come back sorted,
+        # differ from the sweep that wrote them by up to 0.7 points per cell)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
     groups = [{"params": [p for k, h in heads.items() if k.endswith(f"@{j}") for p in h.parameters()], "weight_decay": wd}
               for j, wd in enumerate(weight_decays)]
     opt = torch.optim.AdamW(groups, lr=lr)
@@ -68,25 +74,40 @@ def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test
     return _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y, weight_decays)
 
 
+def augmented_epochs(epochs: int, copies: int) -> int:
+    """Epochs for a probe fit on its images plus `copies` augmented copies of them: about the optimiser
+    steps of `epochs` on the images alone, but never fewer than 10 passes."""
+    return max(10, round(epochs / (copies + 1)))
+
+
 def cross_validated_accuracy(train: dict[str, torch.Tensor], train_y: torch.Tensor, weight_decay: dict[str, float],
-                             folds: int = 5, epochs: int = 60, seed: int = 0) -> dict[str, float]:
+                             folds: int = 5, epochs: int = 60, seed: int = 0,
+                             copies: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """k-fold cross-validated accuracy of each cell's linear probe over all of `train` (each cell at its own
     weight decay): every sample is scored once, by a probe that never saw it. Folds are a seeded
-    permutation; cells sharing a weight decay train together in one pass per fold."""
-    if not 2 <= folds <= len(train_y):
-        raise ValueError(f"cross-validation needs 2 to {len(train_y)} folds, not {folds}")
-    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
+    permutation; cells sharing a weight decay train together in one pass per fold. `copies`
+    ({cell: features of m augmented copies of `train`, one whole copy after another}) adds the copies
+    of each fold's fit samples to its fit set (never those of the held-out ones), for
+    `augmented_epochs(epochs, m)` epochs, as the sweep's final refit trains."""
+    n = len(train_y)
+    if not 2 <= folds <= n:
+        raise ValueError(f"cross-validation needs 2 to {n} folds, not {folds}")
+    m = 0 if copies is None else len(next(iter(copies.values()))) // n
+    if m:
+        train = {k: torch.cat([v, copies[k]]) for k, v in train.items()}
+        train_y, epochs = train_y.repeat(m + 1), augmented_epochs(epochs, m)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts = order.chunk(folds)
     correct = dict.fromkeys(train, 0.0)
     for i, held in enumerate(parts):
-        fit = torch.cat([p for j, p in enumerate(parts) if j != i])
+        fit = torch.cat([p + c * n for j, p in enumerate(parts) if j != i for c in range(m + 1)])
         for wd in sorted(set(weight_decay.values())):
             cells = {k: v for k, v in train.items() if weight_decay[k] == wd}
             scores = train_probe_grid(cells, train_y, {k: v[held] for k, v in cells.items()}, train_y[held],
                                       epochs=epochs, seed=seed, split=(fit, held), weight_decays=(wd,))
             for k, r in scores.items():
                 correct[k] += r["val_accuracy"] * len(held)
-    return {k: c / len(train_y) for k, c in correct.items()}
+    return {k: c / n for k, c in correct.items()}
 
 
 @torch.no_grad()

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from .backbone import Backbone, load_backbone
 from .collect import collect_features, fit_images
-from .data import ImageSet, load_split, random_shift
+from .data import Distortion, ImageSet, load_split, random_distort
 from .errors import DiffrepError
 from .featstore import feature_key, load_features, read_meta, save_features
 from .featurizer import Featurizer
 from .jsonio import write_json
 from .plotting import grid_rows, plot_grid
-from .probe import cross_validated_accuracy, train_probe_grid
+from .probe import augmented_epochs, cross_validated_accuracy, train_probe_grid
 
 
 @dataclass
@@ -37,8 +37,8 @@ class SweepConfig:
     epochs: int = 60                 # linear-probe epochs
     baselines: bool = True           # raw pixels and the random-weight network
     features: str | None = None      # a `diffrep features` folder to use instead of extracting
-    augment: int = 4                 # the chosen cell's probe is refit with this many shifted copies (0: none)
-    shift: int = 2                   # their random translation, up to ±shift pixels
+    augment: int = 16                # the chosen cell's probe is refit with this many distorted copies (0: none)
+    distortion: Distortion = field(default_factory=Distortion)  # how each copy is distorted
     shortlist: int = 10              # the best cells on validation that cross-validation then ranks (0: off)
     folds: int = 5                   # cross-validation folds over the whole train split
 
@@ -139,32 +139,48 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict:
 def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train: ImageSet, feats: dict, labels: dict,
                     best: dict) -> dict:
     """The chosen cell's final probe: refit on the whole train split (fit and validation images, as is
-    usual once the choices are made) plus `cfg.augment` randomly shifted copies of it (DDAE trains
-    its reported probes with augmentation), at the cell's chosen weight decay and for about the same
-    number of optimiser steps, then scored on test. Nothing here is chosen on the test split: the cell
-    and its weight decay come from validation, before this refit."""
+    usual once the choices are made) plus `cfg.augment` randomly distorted copies of it (DDAE trains
+    its reported probes with augmentation), at the cell's chosen weight decay, for about the grid's
+    number of optimiser steps (`probe.augmented_epochs`), then scored on test. Nothing here is chosen
+    on the test split: the cell and its weight decay come from cross-validation, the distortions and
+    the copy count from cross-validation on the train split (benchmarks/bench_probe_augment.py); the
+    test split is scored once, after this refit."""
     key = feature_key(best["t"], best["block"], best["pool"])
     n = len(labels["train"])
+    print(f"refitting the chosen cell's probe on all {n} train images plus {cfg.augment} distorted copies "
+          f"({describe_distortion(cfg.distortion)})")
+    extra = [feats["train"][key]]
     gen = torch.Generator().manual_seed(cfg.seed)
-    copies = ImageSet(torch.cat([random_shift(train.images, cfg.shift, gen) for _ in range(cfg.augment)]))
-    print(f"refitting the chosen cell's probe on all {n} train images plus {cfg.augment} shifted copies (±{cfg.shift} px)")
-    extra = collect_features(featurizer, copies, [best["t"]], [best["block"]], [best["pool"]], cfg.batch_size,
-                             cfg.ensemble, cfg.seed + 1, bf16=cfg.bf16, desc="augmented copies")[key]
-    x = torch.cat([feats["train"][key], extra])
+    # copies in chunks of about 2e8 pixel values, so large images do not all sit in memory at once
+    per_chunk = max(1, int(2e8 // train.images[0].numel() // n))
+    for first in range(0, cfg.augment, per_chunk):
+        count = min(per_chunk, cfg.augment - first)
+        copies = ImageSet(torch.cat([random_distort(train.images, cfg.distortion, gen) for _ in range(count)]))
+        extra.append(collect_features(featurizer, copies, [best["t"]], [best["block"]], [best["pool"]], cfg.batch_size,
+                                      cfg.ensemble, cfg.seed + 1 + first, bf16=cfg.bf16,
+                                      desc=f"distorted copies {first + 1}-{first + count}")[key])
+    x = torch.cat(extra)
     y = labels["train"].repeat(cfg.augment + 1)
     score = train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"],
                              split=(torch.arange(len(x)), torch.arange(0)),
-                             epochs=max(10, round(cfg.epochs / (cfg.augment + 1))), seed=cfg.seed,
+                             epochs=augmented_epochs(cfg.epochs, cfg.augment), seed=cfg.seed,
                              weight_decays=(best["weight_decay"],))[key]
-    return {"copies": cfg.augment, "shift": cfg.shift, "fit_images": n, "accuracy": score["accuracy"],
-            "weight_decay": score["weight_decay"]}
+    return {"copies": cfg.augment, "distortion": asdict(cfg.distortion), "fit_images": n,
+            "accuracy": score["accuracy"], "weight_decay": score["weight_decay"]}
+
+
+def describe_distortion(d: Distortion) -> str:
+    return (f"rotation ±{d.rotate:g}°, scale ±{100 * d.scale:g}%, shear ±{d.shear:g}, shift ±{d.shift:g} px, "
+            f"elastic ≤{d.elastic:g} px (σ {d.smooth:g} px)")
 
 
 def check_cross_validation(cfg: SweepConfig, n_train: int) -> None:
-    """`shortlist` and `folds` against the train split's size; run_sweep calls this before any
+    """`shortlist` and `folds` against the train split's size, and `augment`; run_sweep calls this before any
     features are computed, so a bad value fails at once."""
     if cfg.shortlist < 0:
         raise DiffrepError(f"--shortlist must be 0 or more, not {cfg.shortlist}")
+    if cfg.augment < 0:
+        raise DiffrepError(f"--augment must be 0 or more, not {cfg.augment}")
     if cfg.shortlist and not 2 <= cfg.folds <= n_train:
         raise DiffrepError(f"cross-validation needs 2 to {n_train} folds for {n_train} train images, "
                            f"not {cfg.folds}; pass --folds N or --shortlist 0")
@@ -205,8 +221,17 @@ def _best(cells: list[dict]) -> dict:
     return max(cells, key=lambda c: c["val_accuracy"])
 
 
+def _in_config_order(cfg: SweepConfig, cells: list[dict]) -> list[dict]:
+    """Cells in the order of cfg's t, block and pool lists, whatever order the features came in (a
+    cache reads them back sorted by key): ties between cells are then broken the same way every run."""
+    def position(values, v):
+        return values.index(v) if values and v in values else len(values or [])
+    return sorted(cells, key=lambda c: (position(cfg.ts, c["t"]), position(cfg.blocks, c["block"]),
+                                        position(cfg.pools, c["pool"])))
+
+
 def _summarise(cfg: SweepConfig, scores: dict, n_train: int, n_test: int) -> dict:
-    cells = [{**_parse(k), **v} for k, v in scores.items() if not k.startswith(("random/", "pixels"))]
+    cells = _in_config_order(cfg, [{**_parse(k), **v} for k, v in scores.items() if not k.startswith(("random/", "pixels"))])
     result = {"model": cfg.model, "data": cfg.data, "n_train": n_train, "n_test": n_test,
               "ts": cfg.ts, "blocks": cfg.blocks, "pools": cfg.pools,
               "selection": ("each probe's weight decay chosen on a held-out eighth of the train split; the best cell "
@@ -216,7 +241,7 @@ def _summarise(cfg: SweepConfig, scores: dict, n_train: int, n_test: int) -> dic
               "cells": cells, "best": _best(cells),
               "best_test_cell": max(cells, key=lambda c: c["accuracy"])}
     if cfg.baselines:
-        rand = [{**_parse(k[7:]), **v} for k, v in scores.items() if k.startswith("random/")]
+        rand = _in_config_order(cfg, [{**_parse(k[7:]), **v} for k, v in scores.items() if k.startswith("random/")])
         result["baselines"] = {"pixels": scores["pixels"]["accuracy"], "random_init": _best(rand)["accuracy"],
                                "random_init_best": _best(rand), "random_cells": rand}
     return result
@@ -245,8 +270,8 @@ def format_table(result: dict) -> str:
                  f"{100 * best['accuracy']:.2f}% test")
     if "augmented" in best:
         aug = best["augmented"]
-        lines.append(f"  its final probe, refit on all {aug['fit_images']} train images + {aug['copies']} shifted copies "
-                     f"(±{aug['shift']} px): {100 * aug['accuracy']:.2f}% test")
+        lines.append(f"  its final probe, refit on all {aug['fit_images']} train images + {aug['copies']} distorted copies "
+                     f"({describe_distortion(Distortion(**aug['distortion']))}): {100 * aug['accuracy']:.2f}% test")
     if "baselines" in result:
         bl = result["baselines"]
         lines.append(f"baselines: raw pixels {100 * bl['pixels']:.2f}%, random-weight network "
@@ -262,6 +287,6 @@ def plot_heatmap(result: dict, path: Path) -> None:
         bl = result["baselines"]
         title += f"\npixels {100 * bl['pixels']:.1f}%, random weights {100 * bl['random_init']:.1f}%; * = chosen cell"
     if "augmented" in best:
-        title += f" ({100 * best['augmented']['accuracy']:.1f}% with shift augmentation)"
+        title += f" ({100 * best['augmented']['accuracy']:.1f}% after the augmented refit)"
     star = (result["ts"].index(best["t"]), result["blocks"].index(best["block"]))
     plot_grid(100 * best_pool_grid(result), result["ts"], result["blocks"], star, title, "accuracy (%)", path)

@@ -29,18 +29,19 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     assert meta["ts"] == [25] and meta["blocks"] == ["mid_block", "up_blocks.0"] and len(train["labels"]) == 32
 
     out = tmp_path / "sweep"
-    args = ["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--t", "10,100", "--pools", "1,2",
+    args = ["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--t", "25,100", "--pools", "1,2",
             "--epochs", "3", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "sweep.json").read_text())
     blocks = ["conv_in", "down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
-    assert result["blocks"] == blocks and result["ts"] == [10, 100]
+    assert result["blocks"] == blocks and result["ts"] == [25, 100]
     assert len(result["cells"]) == 2 * len(blocks) * 2
     assert {"t", "block", "pool", "accuracy"} <= set(result["best"])
-    aug = result["best"]["augmented"]  # the chosen cell refit on all train images + shifted copies
-    assert aug["copies"] == 4 and aug["shift"] == 2 and aug["fit_images"] == result["n_train"] and 0 <= aug["accuracy"] <= 1
-    assert "augmented" not in result["cells"][0] and "shifted copies" in printed
+    aug = result["best"]["augmented"]  # the chosen cell refit on all train images + distorted copies
+    assert aug["copies"] == 16 and aug["distortion"]["rotate"] == 15 and aug["distortion"]["elastic"] == 2
+    assert aug["fit_images"] == result["n_train"] and 0 <= aug["accuracy"] <= 1
+    assert "augmented" not in result["cells"][0] and "16 distorted copies (rotation ±15°" in printed
     assert set(result["baselines"]) >= {"pixels", "random_init"}
     assert all(0 <= c["accuracy"] <= 1 for c in result["cells"])
     assert (out / "heatmap.png").stat().st_size > 0
@@ -52,9 +53,10 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     assert result["baselines"]["random_init"] == result["baselines"]["random_init_best"]["accuracy"]
     assert "cv_accuracy" in result["baselines"]["random_init_best"]
 
-    assert main(args) == 0  # the second run reuses the cached features
+    assert main(args) == 0  # the second run reuses the cached features, whose keys come back sorted (t=100 first)
     assert "reusing cached features" in capsys.readouterr().out
-    assert json.loads((out / "sweep.json").read_text())["cells"] == result["cells"]
+    again = json.loads((out / "sweep.json").read_text())
+    assert again["cells"] == result["cells"] and again["best"] == result["best"]
 
     reuse = tmp_path / "sweep-reuse"
     assert main(["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--features", str(feats),
@@ -79,8 +81,11 @@ def test_features_bad_input(unet_dir, labelled_folder, tmp_path, capsys, args, m
     (["--folds", "1"], "cross-validation needs 2 to 32 folds for 32 train images, not 1"),
     (["--folds", "33"], "not 33; pass --folds N or --shortlist 0"),
     (["--shortlist", "-1"], "--shortlist must be 0 or more"),
+    (["--augment", "-2"], "--augment must be 0 or more, not -2"),
+    (["--rotate", "-5"], "distortion needs every amount ≥ 0 and scale < 1, not rotate=-5.0"),
+    (["--scale", "1"], "scale < 1, not scale=1.0"),
 ])
-def test_sweep_bad_cross_validation_fails_before_any_work(unet_dir, labelled_folder, tmp_path, capsys, args, message):
+def test_sweep_bad_settings_fail_before_any_work(unet_dir, labelled_folder, tmp_path, capsys, args, message):
     code = main(["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), *args, "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err

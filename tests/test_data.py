@@ -19,3 +19,44 @@ def test_match_channels_for_one_image_or_a_batch():
     assert match_channels(rgb, 3) is rgb
     with pytest.raises(DiffrepError, match="4-channel images"):
         match_channels(rgb, 4)
+
+
+def test_random_distort_is_seeded_bounded_and_identity_at_zero():
+    from diffrep.data import Distortion, random_distort
+
+    x = torch.full((6, 1, 16, 16), -1.0)
+    x[:, :, 4:12, 6:10] = 1.0  # a bar on black, as a digit
+    distort = lambda d, seed=0: random_distort(x, d, torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(distort(Distortion(0, 0, 0, 0, 0)), x)  # nothing asked, nothing changed
+    y = distort(Distortion())
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    assert not torch.allclose(y, x) and not torch.allclose(y[0], y[1])  # each image its own draw
+    torch.testing.assert_close(y, distort(Distortion()))                # same seed, same copies
+    assert not torch.allclose(y, distort(Distortion(), seed=1))
+
+
+def test_random_distort_moves_by_the_asked_amounts():
+    from diffrep.data import Distortion, random_distort
+
+    x = torch.full((200, 1, 32, 32), -1.0)
+    x[:, :, 15:17, 15:17] = 1.0  # a dot at the centre, (15.5, 15.5)
+    def centres(d):
+        w = random_distort(x, d, torch.Generator().manual_seed(0))[:, 0] + 1
+        grid = torch.arange(32.0)
+        return (w.sum(2) * grid).sum(1) / w.sum((1, 2)), (w.sum(1) * grid).sum(1) / w.sum((1, 2))
+    rows, cols = centres(Distortion(0, 0, 0, shift=3, elastic=0))
+    assert (rows - 15.5).abs().max() <= 3.01 and (cols - 15.5).abs().max() <= 3.01
+    assert (rows - 15.5).abs().max() > 2 and (cols - 15.5).abs().max() > 2  # the whole range is used
+    rows, cols = centres(Distortion(rotate=30, scale=0.2, shear=0.3, shift=0, elastic=0))
+    torch.testing.assert_close(rows, torch.full_like(rows, 15.5), atol=0.05, rtol=0)  # the centre is the fixed point
+    rows, cols = centres(Distortion(0, 0, 0, shift=0, elastic=1.5))
+    assert (rows - 15.5).abs().max() <= 1.6 and (cols - 15.5).abs().max() <= 1.6 and (rows - 15.5).abs().max() > 0.3
+
+
+def test_distortion_refuses_bad_amounts():
+    from diffrep.data import Distortion
+
+    with pytest.raises(DiffrepError, match="shear=-0.1"):
+        Distortion(shear=-0.1)
+    with pytest.raises(DiffrepError, match="scale=1.5"):
+        Distortion(scale=1.5)

@@ -24,6 +24,35 @@ def test_probe_grid_separates_signal_from_noise():
     assert set(scores["signal"]) == {"accuracy", "val_accuracy", "weight_decay"}
 
 
+def test_a_cells_probe_does_not_depend_on_the_other_cells_or_their_order():
+    # a sweep over cached features (keys read back sorted) must equal the sweep that computed them
+    y, feats = _signal_and_noise(n=200)
+    feats["t=1/weak/pool=1"] = feats["t=1/signal/pool=1"] + 4 * torch.randn(200, 16, generator=torch.Generator().manual_seed(3))
+    run = lambda cells: train_probe_grid({k: feats[k][:150] for k in cells}, y[:150],
+                                         {k: feats[k][150:] for k in cells}, y[150:], epochs=5, batch_size=32)
+    together = run(list(feats))
+    assert run(sorted(feats, reverse=True)) == together
+    assert run(["t=1/weak/pool=1"])["t=1/weak/pool=1"] == together["t=1/weak/pool=1"]
+
+
+def test_cross_validation_with_augmented_copies_fits_on_them_and_never_on_held_out_copies():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (120,), generator=g)
+    centres = torch.randn(4, 16, generator=g) * 2
+    x = {"c": centres[y] + torch.randn(120, 16, generator=g)}
+    cv = lambda copies=None: cross_validated_accuracy(x, y, {"c": 1e-3}, folds=3, epochs=20, copies=copies)["c"]
+    plain = cv()
+    # copies that look like the next class but carry this one's label: fitting on them must hurt
+    mislabelled = cv({"c": centres[(y + 1) % 4].repeat(2, 1)})
+    assert plain > 0.85 and mislabelled < plain - 0.3
+    assert abs(mislabelled * 120 - round(mislabelled * 120)) < 1e-3  # the 120 originals scored, once each
+    # exact duplicates of pure-noise features: if a held-out sample's copies leaked into its fold's fit
+    # set, its 200-dim noise would be memorised and scored near 100%; without a leak it stays near chance
+    noise = {"c": torch.randn(120, 200, generator=g)}
+    leaked = cross_validated_accuracy(noise, y, {"c": 1e-3}, folds=3, epochs=20, copies={"c": noise["c"].repeat(2, 1)})
+    assert leaked["c"] < 0.5
+
+
 def _signal_and_noise(n=300, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 4, (n,), generator=g)
