@@ -175,8 +175,8 @@ def describe_distortion(d: Distortion) -> str:
 
 
 def check_cross_validation(cfg: SweepConfig, n_train: int) -> None:
-    """`shortlist` and `folds` against the train split's size, and `augment`; run_sweep calls this before any
-    features are computed, so a bad value fails at once."""
+    """`shortlist` and `folds` against the train split's size, and `augment`; run_sweep calls this
+    before any features are computed, so a bad value fails at once."""
     if cfg.shortlist < 0:
         raise DiffrepError(f"--shortlist must be 0 or more, not {cfg.shortlist}")
     if cfg.augment < 0:
