@@ -151,13 +151,14 @@ def _add_sweep(sub) -> None:
     p.add_argument("--augment", type=int, default=d.augment,
                    help=f"refit the chosen cell's probe with N distorted copies of the train images (default {d.augment}; 0: off)")
     dist = d.distortion
-    for name, what in (("rotate", "rotation, up to ± degrees"), ("scale", "scaling, up to ± this fraction"),
-                       ("shear", "shear, up to ± this slope"), ("shift", "translation, up to ± pixels"),
-                       ("elastic", "elastic displacement, up to this many pixels"),
+    for name, what in (("rotate", "copies' rotation, up to ± degrees (0: none)"),
+                       ("scale", "copies' scaling, up to ± this fraction (0: none)"),
+                       ("shear", "copies' shear, up to ± this slope (0: none)"),
+                       ("shift", "copies' translation, up to ± pixels (0: none)"),
+                       ("elastic", "copies' elastic displacement, up to this many pixels (0: none)"),
                        ("smooth", "the elastic field's smoothness, a Gaussian σ in pixels")):
         p.add_argument(f"--{name}", type=float, default=getattr(dist, name),
-                       help=f"copies' {what} (default {getattr(dist, name):g}; 0: none)" if name != "smooth"
-                       else f"{what} (default {dist.smooth:g})")
+                       help=f"{what}; default {getattr(dist, name):g}")
     p.add_argument("--shortlist", type=int, default=d.shortlist,
                    help=f"rank the N best cells on validation by cross-validation over the whole train split "
                         f"(default {d.shortlist}; 0: choose on validation alone)")

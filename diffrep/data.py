@@ -106,6 +106,10 @@ class Distortion:
         if bad or self.scale >= 1:
             raise DiffrepError(f"distortion needs every amount ≥ 0 and scale < 1, not {', '.join(bad) or f'scale={self.scale}'}")
 
+    def __str__(self) -> str:
+        return (f"rotation ±{self.rotate:g}°, scale ±{100 * self.scale:g}%, shear ±{self.shear:g}, "
+                f"shift ±{self.shift:g} px, elastic ≤{self.elastic:g} px (σ {self.smooth:g} px)")
+
 
 def random_distort(x: torch.Tensor, d: Distortion, gen: torch.Generator) -> torch.Tensor:
     """Each image of x (N×C×H×W in [-1, 1]) under its own random `d`, drawn from `gen`; bilinear

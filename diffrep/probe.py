@@ -93,6 +93,8 @@ def cross_validated_accuracy(train: dict[str, torch.Tensor], train_y: torch.Tens
     if not 2 <= folds <= n:
         raise ValueError(f"cross-validation needs 2 to {n} folds, not {folds}")
     m = 0 if copies is None else len(next(iter(copies.values()))) // n
+    if copies is not None and (set(copies) != set(train) or any(len(v) != m * n or m == 0 for v in copies.values())):
+        raise ValueError(f"copies must hold, for each of the {len(train)} cells, whole copies of its {n} samples")
     if m:
         train = {k: torch.cat([v, copies[k]]) for k, v in train.items()}
         train_y, epochs = train_y.repeat(m + 1), augmented_epochs(epochs, m)

@@ -148,18 +148,18 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train: ImageSet, f
     key = feature_key(best["t"], best["block"], best["pool"])
     n = len(labels["train"])
     print(f"refitting the chosen cell's probe on all {n} train images plus {cfg.augment} distorted copies "
-          f"({describe_distortion(cfg.distortion)})")
-    extra = [feats["train"][key]]
+          f"({cfg.distortion})")
+    parts = [feats["train"][key]]
     gen = torch.Generator().manual_seed(cfg.seed)
     # copies in chunks of about 2e8 pixel values, so large images do not all sit in memory at once
     per_chunk = max(1, int(2e8 // train.images[0].numel() // n))
     for first in range(0, cfg.augment, per_chunk):
         count = min(per_chunk, cfg.augment - first)
         copies = ImageSet(torch.cat([random_distort(train.images, cfg.distortion, gen) for _ in range(count)]))
-        extra.append(collect_features(featurizer, copies, [best["t"]], [best["block"]], [best["pool"]], cfg.batch_size,
+        parts.append(collect_features(featurizer, copies, [best["t"]], [best["block"]], [best["pool"]], cfg.batch_size,
                                       cfg.ensemble, cfg.seed + 1 + first, bf16=cfg.bf16,
                                       desc=f"distorted copies {first + 1}-{first + count}")[key])
-    x = torch.cat(extra)
+    x = torch.cat(parts)
     y = labels["train"].repeat(cfg.augment + 1)
     score = train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"],
                              split=(torch.arange(len(x)), torch.arange(0)),
@@ -167,11 +167,6 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train: ImageSet, f
                              weight_decays=(best["weight_decay"],))[key]
     return {"copies": cfg.augment, "distortion": asdict(cfg.distortion), "fit_images": n,
             "accuracy": score["accuracy"], "weight_decay": score["weight_decay"]}
-
-
-def describe_distortion(d: Distortion) -> str:
-    return (f"rotation ±{d.rotate:g}°, scale ±{100 * d.scale:g}%, shear ±{d.shear:g}, shift ±{d.shift:g} px, "
-            f"elastic ≤{d.elastic:g} px (σ {d.smooth:g} px)")
 
 
 def check_cross_validation(cfg: SweepConfig, n_train: int) -> None:
@@ -271,7 +266,7 @@ def format_table(result: dict) -> str:
     if "augmented" in best:
         aug = best["augmented"]
         lines.append(f"  its final probe, refit on all {aug['fit_images']} train images + {aug['copies']} distorted copies "
-                     f"({describe_distortion(Distortion(**aug['distortion']))}): {100 * aug['accuracy']:.2f}% test")
+                     f"({Distortion(**aug['distortion'])}): {100 * aug['accuracy']:.2f}% test")
     if "baselines" in result:
         bl = result["baselines"]
         lines.append(f"baselines: raw pixels {100 * bl['pixels']:.2f}%, random-weight network "

@@ -51,6 +51,8 @@ def test_cross_validation_with_augmented_copies_fits_on_them_and_never_on_held_o
     noise = {"c": torch.randn(120, 200, generator=g)}
     leaked = cross_validated_accuracy(noise, y, {"c": 1e-3}, folds=3, epochs=20, copies={"c": noise["c"].repeat(2, 1)})
     assert leaked["c"] < 0.5
+    with pytest.raises(ValueError, match="whole copies of its 120 samples"):
+        cross_validated_accuracy(x, y, {"c": 1e-3}, folds=3, copies={"c": x["c"][:100]})
 
 
 def _signal_and_noise(n=300, seed=0):
