@@ -1,7 +1,25 @@
-"""diffrep: pre-trained diffusion models as representation learners."""
+"""diffrep: pre-trained diffusion models as representation learners.
 
-from .backbone import Backbone, load_backbone
+    import diffrep
+    backbone = diffrep.load_backbone("mnist-ddpm")
+    feats = diffrep.Featurizer(backbone).extract(diffrep.data.load("mnist", "test").images[:64], t=50,
+                                                 blocks=["mid_block"])
+    diffrep.run_sweep(diffrep.SweepConfig(), "runs/sweep")        # DDAE
+    diffrep.train_segmenter(diffrep.SegConfig(), "runs/seg")      # DDPM-Seg
+    diffrep.run_match_eval(diffrep.MatchEvalConfig(), "runs/corr")  # DIFT
+"""
+
+from . import data
+from .classify.ddae import SweepConfig, run_sweep
+from .core import Backbone, BlockInfo, Featurizer, load_backbone
+from .correspond.dift import DiffusionDescriber, MatchEvalConfig, match, run_match_eval, run_match_sweep
 from .errors import DiffrepError
+from .features import Cell, DiffusionFeatures
+from .pretrain import PretrainConfig, pretrain
+from .segment.ddpm_seg import EvalConfig, SegConfig, Segmenter, evaluate, train_segmenter
 
-__all__ = ["Backbone", "DiffrepError", "load_backbone"]
+__all__ = ["Backbone", "BlockInfo", "Cell", "DiffrepError", "DiffusionDescriber", "DiffusionFeatures", "EvalConfig",
+           "Featurizer", "MatchEvalConfig", "PretrainConfig", "SegConfig", "Segmenter", "SweepConfig", "data",
+           "evaluate", "load_backbone", "match", "pretrain", "run_match_eval", "run_match_sweep", "run_sweep",
+           "train_segmenter"]
 __version__ = "0.1.0"

@@ -1,76 +1,53 @@
-"""The `diffrep` command: info, pretrain, features, sweep; segment (segment_cli.py); match, match-eval,
-match-sweep (match_cli.py)."""
+"""The `diffrep` command. Each method registers its own sub-commands (`register(commands)` in its
+module); this file holds the commands of the shared stages (info, features) and the dispatch.
+
+Every command's flags come from its config dataclass (`diffrep.options`), so each default is
+stated once; a `DiffrepError` is printed as one line, without a traceback, with exit status 2.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from . import match_cli, segment_cli
-from .cli_args import csv_of, noise_level
+from .classify import ddae
+from .core import Featurizer, load_backbone
+from .correspond.dift import cli as dift_cli
+from .data import fit_images, load
 from .errors import DiffrepError
-from .jsonio import write_json
+from .features import DiffusionFeatures, collect_features, save_features
+from .options import Parser, add_options, check, from_args, noise_level, option
+from .pretrain import cli as pretrain_cli
+from .runs import header, locked, output_file, write_json, write_results
+from .segment.ddpm_seg import cli as ddpm_seg_cli
+
+METHODS = (ddae, ddpm_seg_cli, dift_cli)   # each adds its commands; a new method adds itself here
 
 
-def _add_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="train a small diffusion model (DDPM or EDM); resumable")
-    p.add_argument("--data", default=None, help="'mnist' (train split only; default) or an image folder")
-    p.add_argument("--out", required=True, help="run folder: checkpoint, model/, samples.png, pretrain.json")
-    p.add_argument("--objective", choices=["ddpm", "edm"], default=None)
-    p.add_argument("--arch", choices=["unet", "dit"], default=None)
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--channels", type=int, default=None, help="1 (grey) or 3 (RGB); default 1 for mnist, 3 for folders")
-    p.add_argument("--widths", type=csv_of(int), default=None, help="UNet block widths, e.g. 32,64,128")
-    p.add_argument("--layers-per-block", type=int, default=None)
-    p.add_argument("--attention", action="store_true", default=None)
-    p.add_argument("--no-mid-attention", dest="mid_attention", action="store_const", const=False, default=None,
-                   help="leave out the mid block's self-attention layer (fully convolutional; cheaper)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--ema-decay", type=float, default=None)
-    p.add_argument("--shift", type=int, default=None, help="augment: random translation by up to N pixels")
-    p.add_argument("--crop", type=int, default=None, metavar="N",
-                   help="train on random N×N windows of the --resolution images (fully convolutional UNets: "
-                        "--no-mid-attention); the model then runs on whole images")
-    p.add_argument("--no-hold-out", dest="hold_out", action="store_const", const=False, default=None,
-                   help="train on every train-split image, including the sweep's validation eighth")
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
-                   help="stop after this many minutes of training and save the model; pretrain.json records the "
-                        "steps reached, and --steps <that number> repeats the run")
+class Commands:
+    """Sub-commands of a parser: `add(name, run, help)` returns the new command's parser."""
+
+    def __init__(self, sub, prefix: str = ""):
+        self.sub, self.prefix = sub, prefix
+
+    def add(self, name: str, run, help: str):
+        p = self.sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=run, command=self.prefix + name)
+        return p
+
+    def group(self, name: str, help: str) -> "Commands":
+        """A command with sub-commands of its own (`diffrep segment train`)."""
+        p = self.sub.add_parser(name, help=help, description=help)
+        return Commands(p.add_subparsers(dest=f"{name}_command", required=True, parser_class=Parser), f"{name} ")
 
 
-def cmd_pretrain(args) -> None:
-    from .pretrain import pretrain
-
-    keys = ["data", "objective", "arch", "resolution", "channels", "widths", "layers_per_block", "attention", "mid_attention",
-            "steps", "batch_size", "lr", "ema_decay", "shift", "crop", "hold_out", "checkpoint_every", "precision", "seed"]
-    overrides = {k: getattr(args, k) for k in keys}
-    if overrides["widths"] is not None:
-        overrides["widths"] = tuple(overrides["widths"])
-    if overrides["channels"] is None and overrides["data"] not in (None, "mnist") and not args.resume:
-        overrides["channels"] = 3
-    if args.time_limit is not None and args.time_limit < 0:
-        raise DiffrepError(f"--time-limit must be at least 0 minutes, not {args.time_limit}")
-    pretrain(args.out, resume=args.resume, overrides=overrides,
-             time_limit_s=None if args.time_limit is None else args.time_limit * 60)
-
-
-def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="list every tappable block of a model: name, channels, stride")
-    p.add_argument("--model", default="mnist-ddpm", help="bundled name, local diffusers folder or hub id")
-    p.add_argument("--top-level", action="store_true", help="only top-level blocks (down_blocks.i, mid_block, …)")
-    p.add_argument("--json", dest="json_out", default=None, help="also write the list to this JSON file")
-
+# ----------------------------------------------------------------------------- info
 
 def cmd_info(args) -> None:
-    from .backbone import load_backbone
-    from .featurizer import Featurizer
-
+    if args.json_out:
+        output_file(args.json_out, "--json", ".json")
     backbone = load_backbone(args.model)
     info = [b for b in Featurizer(backbone).feature_info() if b.top_level or not args.top_level]
     model = backbone.denoiser
@@ -86,115 +63,87 @@ def cmd_info(args) -> None:
                                     for b in info])
 
 
-def _add_features(sub) -> None:
-    p = sub.add_parser("features", help="extract features at (t, blocks) and write them as safetensors")
-    p.add_argument("--model", default="mnist-ddpm")
-    p.add_argument("--data", default="mnist", help="'mnist' or an image folder (class sub-folders give labels)")
-    p.add_argument("--blocks", type=csv_of(str), required=True, help="comma-separated block names (see `diffrep info`)")
-    p.add_argument("--t", type=csv_of(noise_level), required=True, help="comma-separated noise levels (timesteps; σ for EDM)")
-    p.add_argument("--splits", type=csv_of(str), default=["train", "test"])
-    p.add_argument("--pool", type=int, default=None, help="average-pool each map to P×P (default: keep full maps)")
-    p.add_argument("--ensemble", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shared-noise", action="store_true", help="one noise tensor for all images (DDPM-Seg)")
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--out", required=True, help="folder for <split>.safetensors")
+def _register_info(commands: Commands) -> None:
+    p = commands.add("info", cmd_info, help="list every tappable block of a model: name, channels, stride")
+    p.add_argument("--model", default="mnist-ddpm", help="bundled name, local diffusers folder or hub id")
+    p.add_argument("--top-level", action="store_true", help="only top-level blocks (down_blocks.i, mid_block, …)")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the list to this JSON file")
 
 
-def cmd_features(args) -> None:
-    from pathlib import Path
+# ----------------------------------------------------------------------------- features
 
-    from .backbone import load_backbone
-    from .collect import collect_features, fit_images
-    from .data import load_split
-    from .featstore import save_features
-    from .featurizer import Featurizer
+@dataclass
+class FeaturesConfig:
+    model: str = option("mnist-ddpm", "bundled name, local diffusers folder or hub id")
+    data: str = option("mnist", "'mnist', 'scenes', 'photos' or an image folder (class sub-folders give labels)")
+    blocks: list | None = option(None, "comma-separated block names (see `diffrep info`)", many=True, required=True)
+    ts: list | None = option(None, "comma-separated noise levels (timesteps; σ for EDM)", parse=noise_level, many=True,
+                             flag="--t", required=True)
+    splits: list = option(["train", "test"], "splits to extract", choices=("train", "val", "test"))
+    pool: int | None = option(None, "average-pool each map to P×P (default: keep full maps)", parse=int, min=1)
+    ensemble: int = option(1, "noise draws averaged per image", min=1)
+    seed: int = option(0, "seed of the noise (batch b draws from seed + b)")
+    shared_noise: bool = option(False, "one noise tensor for all images (DDPM-Seg)")
+    bf16: bool = option(False, "bfloat16 autocast")
+    batch_size: int = option(250, "images per forward", min=1)
 
-    backbone = load_backbone(args.model)
-    featurizer = Featurizer(backbone)
-    blocks = featurizer.check_blocks(args.blocks)
-    ts = [backbone.noise.check(t) for t in args.t]
-    for split in args.splits:
-        data = load_split(args.data, split, backbone.image_channels, backbone.image_size)
-        data.images = fit_images(data.images, backbone.image_channels, backbone.image_size, f"{split} images")
-        feats = collect_features(featurizer, data, ts, blocks, [args.pool] if args.pool else None, args.batch_size,
-                                 args.ensemble, args.seed, args.shared_noise, args.bf16, desc=f"{split} features")
-        if args.pool:  # keep maps 4-D so that readers pool or upsample them the same way
-            feats = {k.rsplit("/pool=", 1)[0]: v.view(len(v), -1, args.pool, args.pool) for k, v in feats.items()}
-        if data.labels is not None:
-            feats["labels"] = data.labels
-        meta = {"model": args.model, "data": args.data, "split": split, "ts": ts, "blocks": blocks, "pool": args.pool,
-                "ensemble": args.ensemble, "seed": args.seed, "shared_noise": args.shared_noise, "bf16": args.bf16,
-                "n": len(data), "classes": data.classes}
-        path = save_features(Path(args.out) / f"{split}.safetensors", feats, meta)
-        print(f"wrote {path} ({len(data)} images, {len(ts)} t × {len(blocks)} blocks)")
+    def __post_init__(self):
+        check(self)
 
 
-def _add_sweep(sub) -> None:
-    from .sweep import SweepConfig
-
-    d = SweepConfig()
-    p = sub.add_parser("sweep", help="linear probe for every (t, block, pool) cell, with baselines")
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--data", default=d.data, help="'mnist' or an image folder with class sub-folders")
-    p.add_argument("--t", type=csv_of(noise_level), default=d.ts, help=f"noise levels (default {','.join(map(str, d.ts))})")
-    p.add_argument("--blocks", type=csv_of(str), default=None, help="default: every top-level block")
-    p.add_argument("--pools", type=csv_of(int), default=d.pools)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--ensemble", type=int, default=d.ensemble)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--features", default=None, help="a `diffrep features` folder to reuse instead of extracting")
-    p.add_argument("--augment", type=int, default=d.augment,
-                   help=f"refit the chosen cell's probe with N distorted copies of the train images (default {d.augment}; 0: off)")
-    dist = d.distortion
-    for name, what in (("rotate", "copies' rotation, up to ± degrees (0: none)"),
-                       ("scale", "copies' scaling, up to ± this fraction (0: none)"),
-                       ("shear", "copies' shear, up to ± this slope (0: none)"),
-                       ("shift", "copies' translation, up to ± pixels (0: none)"),
-                       ("elastic", "copies' elastic displacement, up to this many pixels (0: none)"),
-                       ("smooth", "the elastic field's smoothness, a Gaussian σ in pixels")):
-        p.add_argument(f"--{name}", type=float, default=getattr(dist, name),
-                       help=f"{what}; default {getattr(dist, name):g}")
-    p.add_argument("--shortlist", type=int, default=d.shortlist,
-                   help=f"rank the N best cells on validation by cross-validation over the whole train split "
-                        f"(default {d.shortlist}; 0: choose on validation alone)")
-    p.add_argument("--folds", type=int, default=d.folds, help=f"cross-validation folds (default {d.folds})")
-    p.add_argument("--out", required=True)
+def extract_features(cfg: FeaturesConfig, out: str | Path) -> dict:
+    """<split>.safetensors per split (manifest inside), config.json and features.json in `out`."""
+    with locked(out) as out:
+        start = time.time()
+        backbone = load_backbone(cfg.model)
+        featurizer = Featurizer(backbone)
+        source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.bf16)
+        files = {}
+        for split in cfg.splits:
+            data = load(cfg.data, split, channels=backbone.image_channels, size=backbone.image_size)
+            images = fit_images(data.images, backbone.image_channels, backbone.image_size, f"{split} images")
+            feats = collect_features(source, images, [cfg.pool] if cfg.pool else None, cfg.batch_size,
+                                     desc=f"{split} features")
+            if cfg.pool:  # keep maps 4-D so that readers pool or upsample them the same way
+                feats = {k.pooled(None): v.view(len(v), -1, cfg.pool, cfg.pool) for k, v in feats.items()}
+            if data.labels is not None:
+                feats["labels"] = data.labels
+            meta = {"model": cfg.model, "data": cfg.data, "split": split, "ts": source.ts, "blocks": source.blocks,
+                    "pool": cfg.pool, "ensemble": cfg.ensemble, "seed": cfg.seed, "shared_noise": cfg.shared_noise,
+                    "bf16": cfg.bf16, "n": len(data), "classes": data.classes}
+            path = save_features(out / f"{split}.safetensors", feats, meta)
+            files[split] = {"file": path.name, "n": len(data)}
+            print(f"wrote {path} ({len(data)} images, {len(source.ts)} t × {len(source.blocks)} blocks)")
+        result = {**header("features", cfg.model, cfg.data, {"total": round(time.time() - start, 1)}),
+                  "ts": source.ts, "blocks": source.blocks, "pool": cfg.pool, "splits": files}
+        write_results(out, "features", result, cfg)
+        return result
 
 
-def cmd_sweep(args) -> None:
-    from .data import Distortion
-    from .sweep import SweepConfig, run_sweep
-
-    cfg = SweepConfig(model=args.model, data=args.data, ts=args.t, blocks=args.blocks, pools=args.pools,
-                      batch_size=args.batch_size, ensemble=args.ensemble, seed=args.seed, bf16=args.bf16,
-                      epochs=args.epochs, baselines=not args.no_baselines, features=args.features,
-                      augment=args.augment, shortlist=args.shortlist, folds=args.folds,
-                      distortion=Distortion(args.rotate, args.scale, args.shear, args.shift, args.elastic, args.smooth))
-    run_sweep(cfg, args.out)
+def _register_features(commands: Commands) -> None:
+    p = commands.add("features", lambda args: extract_features(from_args(FeaturesConfig, args), args.out),
+                     help="extract features at (t, blocks) and write them as safetensors")
+    add_options(p, FeaturesConfig)
+    p.add_argument("--out", required=True, help="folder for <split>.safetensors, features.json, config.json")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffrep", description="Diffusion models as representation learners")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_pretrain, _add_features, _add_sweep):
-        add(sub)
-    for module in (segment_cli, match_cli):  # each method's commands live beside the method
-        COMMANDS.update(module.add_commands(sub))
+# ----------------------------------------------------------------------------- dispatch
+
+def build_parser() -> Parser:
+    parser = Parser(prog="diffrep", description="Diffusion models as representation learners")
+    commands = Commands(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
+    _register_info(commands)
+    pretrain_cli.register(commands)
+    _register_features(commands)
+    for method in METHODS:
+        method.register(commands)
     return parser
-
-
-COMMANDS = {"info": cmd_info, "pretrain": cmd_pretrain, "features": cmd_features, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        args.handler(args)
     except DiffrepError as err:
         print(f"diffrep {args.command}: error: {err}", file=sys.stderr)
         return 2

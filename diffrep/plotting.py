@@ -5,17 +5,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import torch
+
+from .runs import atomic_path
+
+matplotlib.use("Agg")   # files only: works without a display
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (files only; works without a display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """matplotlib.pyplot on the Agg backend, imported when a picture is drawn (it is slow to import)."""
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Save a figure atomically (its format from the file suffix) and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    pyplot().close(fig)
+    return path
 
 
 def grid_rows(grid: torch.Tensor, ts: list, blocks: list[str], min_width: int) -> list[str]:
@@ -44,5 +55,4 @@ def plot_grid(grid: torch.Tensor, ts: list, blocks: list[str], star: tuple[int, 
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label=label)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

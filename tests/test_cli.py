@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffrep.cli import main
-from diffrep.featstore import load_features
+from diffrep.features import Cell, load_features
 
 
 def test_info_lists_blocks(unet_dir, tmp_path, capsys):
@@ -23,9 +23,9 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     feats = tmp_path / "feats"
     assert main(["features", "--model", str(unet_dir), "--data", str(labelled_folder), "--blocks",
                  "mid_block,up_blocks.0", "--t", "25", "--out", str(feats)]) == 0
-    assert "resized 40 image(s)" in capsys.readouterr().out
+    assert "padded 40 image(s)" in capsys.readouterr().out
     train, meta = load_features(feats / "train.safetensors")
-    assert train["t=25/mid_block"].shape == (32, 8, 16, 16) and train["t=25/up_blocks.0"].shape == (32, 8, 32, 32)
+    assert train[Cell(25, "mid_block")].shape == (32, 8, 16, 16) and train[Cell(25, "up_blocks.0")].shape == (32, 8, 32, 32)
     assert meta["ts"] == [25] and meta["blocks"] == ["mid_block", "up_blocks.0"] and len(train["labels"]) == 32
 
     out = tmp_path / "sweep"
@@ -53,7 +53,7 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     assert result["baselines"]["random_init"] == result["baselines"]["random_init_best"]["accuracy"]
     assert "cv_accuracy" in result["baselines"]["random_init_best"]
 
-    assert main(args) == 0  # the second run reuses the cached features, whose keys come back sorted (t=100 first)
+    assert main(args) == 0  # the second run reuses the cached features
     assert "reusing cached features" in capsys.readouterr().out
     again = json.loads((out / "sweep.json").read_text())
     assert again["cells"] == result["cells"] and again["best"] == result["best"]
@@ -78,12 +78,12 @@ def test_features_bad_input(unet_dir, labelled_folder, tmp_path, capsys, args, m
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--folds", "1"], "cross-validation needs 2 to 32 folds for 32 train images, not 1"),
+    (["--folds", "1"], "--folds must be at least 2, not 1"),
     (["--folds", "33"], "not 33; pass --folds N or --shortlist 0"),
-    (["--shortlist", "-1"], "--shortlist must be 0 or more"),
-    (["--augment", "-2"], "--augment must be 0 or more, not -2"),
-    (["--rotate", "-5"], "distortion needs every amount ≥ 0 and scale < 1, not rotate=-5.0"),
-    (["--scale", "1"], "scale < 1, not scale=1.0"),
+    (["--shortlist", "-1"], "--shortlist must be at least 0"),
+    (["--augment", "-2"], "--augment must be at least 0, not -2"),
+    (["--rotate", "-5"], "--rotate must be at least 0, not -5.0"),
+    (["--scale", "1"], "--scale must be below 1, not 1.0"),
 ])
 def test_sweep_bad_settings_fail_before_any_work(unet_dir, labelled_folder, tmp_path, capsys, args, message):
     code = main(["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), *args, "--out", str(tmp_path / "s")])
@@ -136,7 +136,7 @@ def test_pretrain_time_limit_from_the_command_line(labelled_folder, tmp_path, ca
 
 def test_fit_images_converts_and_says_so(capsys):
     from diffrep import DiffrepError
-    from diffrep.collect import fit_images
+    from diffrep.data import fit_images
 
     grey = torch.linspace(-1, 1, 28 * 28).view(1, 1, 28, 28)
     rgb = fit_images(grey, 3, 32)

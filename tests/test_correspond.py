@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffrep.cli import main
-from diffrep.correspond import (Matches, check_points, dense_flow, match, match_maps, nearest, pixel_grid, prepare,
-                                sample_at)
-from diffrep.errors import DiffrepError
-from diffrep.match_bench import Pair, correct_matches, pck, score, spair_pairs, warp_pair
-from diffrep.match_cli import parse_points
+from diffrep import DiffrepError, Featurizer, load_backbone
+from diffrep.correspond.dift import Matches, check_points, dense_flow, match, match_maps, nearest, pixel_grid, prepare
+from diffrep.data import Pair, spair_pairs, warp_pair
+from diffrep.features import sample_at
+from diffrep.metrics import correct_matches, pck, score_matches
+from diffrep.correspond.dift.cli import parse_points
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -43,7 +44,7 @@ def write_png(path: Path, image: torch.Tensor) -> Path:
 
 
 def photo_crop(y: int, x: int, h: int, w: int) -> torch.Tensor:
-    from diffrep.photos import photo
+    from diffrep.data.photos import photo
 
     return photo("astronaut")[:, y:y + h, x:x + w]
 
@@ -89,13 +90,13 @@ def test_pck_uses_target_bbox(spair_dir):
     assert [p.threshold_size for p in pairs] == [30.0, 28.0]  # max(box width 30, height 20); max(20, 28)
     cat = pairs[0]
     off = torch.tensor([[0.0, 1.5], [0.0, 3.0], [0.0, 4.5]])  # within 0.05·30 = 1.5, 0.1·30, 0.15·30
-    result = score([cat], [Matches(cat.target_points + off, torch.ones(3))])
+    result = score_matches([cat], [Matches(cat.target_points + off, torch.ones(3))])
     assert [result[a]["per_point"] for a in ("0.05", "0.1", "0.15")] == [33.33, 66.67, 100.0]
 
 
 def test_mutual_rejections_count_as_misses():
     pair = Pair("p", torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), torch.zeros(2, 2), torch.zeros(2, 2), 8.0)
-    result = score([pair], [Matches(torch.zeros(2, 2), torch.ones(2), torch.tensor([True, False]))])
+    result = score_matches([pair], [Matches(torch.zeros(2, 2), torch.ones(2), torch.tensor([True, False]))])
     assert result["0.1"]["per_point"] == 50.0 and result["mutual_fraction"] == 50.0
 
 
@@ -147,9 +148,9 @@ def test_chunked_similarity_equals_unchunked():
 
 
 def test_combined_blocks_descriptor(unet_dir):
-    from diffrep.correspond import DiffusionDescriber, load_featurizer
+    from diffrep.correspond.dift import DiffusionDescriber
 
-    featurizer = load_featurizer(str(unet_dir))
+    featurizer = Featurizer(load_backbone(str(unet_dir)))
     describer = DiffusionDescriber(featurizer, ["up_blocks.0+mid_block", "mid_block"], t=10, ensemble=1, scales=[1])
     assert describer.blocks == ["mid_block+up_blocks.0", "mid_block"] and describer.taps == ["mid_block", "up_blocks.0"]
     (maps,) = describer.describe([torch.zeros(1, 32, 32)])
@@ -161,9 +162,9 @@ def test_combined_blocks_descriptor(unet_dir):
 
 def test_multi_scale_descriptor(unet_dir, latent_unet_dir, dit_dir):
     """Scales join the features of the resized image: each scale unit length, on the finest grid."""
-    from diffrep.correspond import DiffusionDescriber, load_featurizer
+    from diffrep.correspond.dift import DiffusionDescriber
 
-    featurizer = load_featurizer(str(unet_dir))
+    featurizer = Featurizer(load_backbone(str(unet_dir)))
     image = torch.rand(3, 32, 32) * 2 - 1
     one = DiffusionDescriber(featurizer, "mid_block", t=10, ensemble=1, scales=[1]).describe([image])[0]["mid_block"]
     two = DiffusionDescriber(featurizer, "mid_block", t=10, ensemble=1, scales=[1, 0.5]).describe([image])[0]["mid_block"]
@@ -174,9 +175,9 @@ def test_multi_scale_descriptor(unet_dir, latent_unet_dir, dit_dir):
     torch.testing.assert_close(two[8:], F.interpolate(F.normalize(half["mid_block"], dim=0)[None], size=(16, 16),
                                                       mode="bilinear", align_corners=False)[0])
     assert DiffusionDescriber(featurizer).scales == (1.0, 0.5, 0.25, 0.125)   # pixel UNets
-    assert DiffusionDescriber(load_featurizer(str(latent_unet_dir))).scales == (1.0,)
+    assert DiffusionDescriber(Featurizer(load_backbone(str(latent_unet_dir)))).scales == (1.0,)
     with pytest.raises(DiffrepError, match="scales must lie"):
-        DiffusionDescriber(load_featurizer(str(dit_dir)), scales=[1, 0.5])
+        DiffusionDescriber(Featurizer(load_backbone(str(dit_dir))), scales=[1, 0.5])
     with pytest.raises(DiffrepError, match="scales must lie"):
         DiffusionDescriber(featurizer, scales=[0])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffrep.errors import DiffrepError
+from diffrep import DiffrepError
 
 
 def test_match_channels_for_one_image_or_a_batch():
@@ -56,7 +56,7 @@ def test_random_distort_moves_by_the_asked_amounts():
 def test_distortion_refuses_bad_amounts():
     from diffrep.data import Distortion
 
-    with pytest.raises(DiffrepError, match="shear=-0.1"):
+    with pytest.raises(DiffrepError, match="--shear must be at least 0, not -0.1"):
         Distortion(shear=-0.1)
-    with pytest.raises(DiffrepError, match="scale=1.5"):
+    with pytest.raises(DiffrepError, match="--scale must be below 1, not 1.5"):
         Distortion(scale=1.5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffrep import DiffrepError, load_backbone
-from diffrep.featurizer import Featurizer
+from diffrep.core import Featurizer
 
 from .conftest import random_images
 
@@ -59,7 +59,7 @@ def test_early_stop_equals_full_forward(featurizer):
 def test_early_stop_skips_the_rest_of_the_network():
     """A tap on mid_block must not run the decoder: count calls of the output layer and of up_blocks."""
     from .conftest import tiny_unet
-    from diffrep.backbone import Backbone, noise_form
+    from diffrep.core import Backbone, noise_form
     from diffusers import DDPMScheduler
 
     f = Featurizer(Backbone(tiny_unet().eval(), noise_form(DDPMScheduler())))

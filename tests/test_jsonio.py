@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from diffrep.jsonio import write_json
+from diffrep.runs import write_json
 
 
 def test_write_json_creates_folders_and_round_trips(tmp_path):

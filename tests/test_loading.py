@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diffrep import DiffrepError, load_backbone
-from diffrep.data import image_folder, load_split, mnist
-from diffrep.featstore import load_features, save_features
+from diffrep.data import image_folder, load, mnist
+from diffrep.features import load_features, save_features
 
 
 def test_pipeline_folders_load_with_their_parts(unet_dir, latent_unet_dir, dit_dir):
@@ -82,7 +82,7 @@ def test_image_folder_labels_from_subfolders(labelled_folder):
     data = image_folder(labelled_folder, channels=1, size=32)
     assert data.images.shape == (40, 1, 32, 32) and data.labels is not None
     assert data.classes == sorted(data.classes) and len(set(data.labels.tolist())) == len(data.classes)
-    train, test = load_split(str(labelled_folder), "train", 1, 32), load_split(str(labelled_folder), "test", 1, 32)
+    train, test = load(str(labelled_folder), "train", channels=1, size=32), load(str(labelled_folder), "test", channels=1, size=32)
     assert len(train) == 32 and len(test) == 8
 
 

@@ -160,7 +160,7 @@ def test_random_crop_takes_windows_of_each_image():
 
 
 def test_crop_trains_on_windows_and_the_model_runs_on_whole_images(labelled_folder, tmp_path):
-    from diffrep.featurizer import Featurizer
+    from diffrep.core import Featurizer
 
     pretrain(tmp_path / "crop", _cfg(labelled_folder, steps=2, crop=8, mid_attention=False))
     bb = load_backbone(tmp_path / "crop")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffrep.probe import cross_validated_accuracy, holdout_split, train_probe_grid
-from diffrep.sweep import SweepConfig, _summarise, cross_validated_choice
+from diffrep.data import holdout_split
+from diffrep.heads import cross_validated_accuracy, train_probe_grid
+from diffrep.classify.ddae import SweepConfig, cross_validated_choice, summarise
+from diffrep.features import Cell
 
 
 def test_probe_grid_separates_signal_from_noise():
@@ -25,14 +27,14 @@ def test_probe_grid_separates_signal_from_noise():
 
 
 def test_a_cells_probe_does_not_depend_on_the_other_cells_or_their_order():
-    # a sweep over cached features (keys read back sorted) must equal the sweep that computed them
+    # a sweep over cached features (keys read back in another order) must equal the sweep that computed them
     y, feats = _signal_and_noise(n=200)
-    feats["t=1/weak/pool=1"] = feats["t=1/signal/pool=1"] + 4 * torch.randn(200, 16, generator=torch.Generator().manual_seed(3))
+    feats[Cell(1, "weak", 1)] = feats[Cell(1, "signal", 1)] + 4 * torch.randn(200, 16, generator=torch.Generator().manual_seed(3))
     run = lambda cells: train_probe_grid({k: feats[k][:150] for k in cells}, y[:150],
                                          {k: feats[k][150:] for k in cells}, y[150:], epochs=5, batch_size=32)
     together = run(list(feats))
-    assert run(sorted(feats, reverse=True)) == together
-    assert run(["t=1/weak/pool=1"])["t=1/weak/pool=1"] == together["t=1/weak/pool=1"]
+    assert run(list(feats)[::-1]) == together
+    assert run([Cell(1, "weak", 1)])[Cell(1, "weak", 1)] == together[Cell(1, "weak", 1)]
 
 
 def test_cross_validation_with_augmented_copies_fits_on_them_and_never_on_held_out_copies():
@@ -58,14 +60,14 @@ def test_cross_validation_with_augmented_copies_fits_on_them_and_never_on_held_o
 def _signal_and_noise(n=300, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 4, (n,), generator=g)
-    return y, {"t=1/signal/pool=1": torch.randn(4, 16, generator=g)[y] * 3 + torch.randn(n, 16, generator=g),
-               "t=1/noise/pool=1": torch.randn(n, 16, generator=g)}
+    return y, {Cell(1, "signal", 1): torch.randn(4, 16, generator=g)[y] * 3 + torch.randn(n, 16, generator=g),
+               Cell(1, "noise", 1): torch.randn(n, 16, generator=g)}
 
 
 def test_cross_validation_scores_every_sample_once_and_ranks_signal_first():
     y, feats = _signal_and_noise()
     cv = cross_validated_accuracy(feats, y, dict.fromkeys(feats, 1e-3), folds=3, epochs=150)
-    assert cv["t=1/signal/pool=1"] > 0.8 and cv["t=1/noise/pool=1"] < 0.45
+    assert cv[Cell(1, "signal", 1)] > 0.8 and cv[Cell(1, "noise", 1)] < 0.45
     # a multiple of 1/n: each sample was scored exactly once
     assert all(abs(v * len(y) - round(v * len(y))) < 1e-3 for v in cv.values())
     with pytest.raises(ValueError, match="folds"):
@@ -91,9 +93,9 @@ def test_holdout_split_is_a_partition():
 
 
 def test_best_cell_is_chosen_on_validation_not_test():
-    scores = {"t=5/mid_block/pool=1": {"accuracy": 0.99, "val_accuracy": 0.80, "weight_decay": 1e-3},
-              "t=50/mid_block/pool=1": {"accuracy": 0.95, "val_accuracy": 0.90, "weight_decay": 1e-3}}
-    result = _summarise(SweepConfig(ts=[5, 50], blocks=["mid_block"], pools=[1], baselines=False), scores, 10, 10)
+    scores = {Cell(5, "mid_block", 1): {"accuracy": 0.99, "val_accuracy": 0.80, "weight_decay": 1e-3},
+              Cell(50, "mid_block", 1): {"accuracy": 0.95, "val_accuracy": 0.90, "weight_decay": 1e-3}}
+    result = summarise(SweepConfig(ts=[5, 50], blocks=["mid_block"], pools=[1], baselines=False), scores, 10, 10)
     assert (result["best"]["t"], result["best"]["accuracy"]) == (50, 0.95)
     assert result["best_test_cell"]["t"] == 5
 
@@ -127,7 +129,7 @@ def test_final_refit_without_validation_needs_one_weight_decay():
 
 
 def test_heatmap_grid_shows_the_chosen_cell_at_its_own_pool():
-    from diffrep.sweep import best_pool_grid
+    from diffrep.classify.ddae import best_pool_grid
 
     cell = lambda t, block, pool, val, acc: {"t": t, "block": block, "pool": pool, "val_accuracy": val, "accuracy": acc}
     cells = [cell(5, "a", 2, 0.9, 0.80), cell(5, "a", 4, 0.9, 0.85), cell(5, "b", 2, 0.7, 0.60), cell(5, "b", 4, 0.8, 0.65)]

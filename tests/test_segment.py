@@ -13,15 +13,16 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from diffrep.backbone import load_backbone
+from diffrep.core import load_backbone
 from diffrep.cli import main
-from diffrep.errors import DiffrepError
-from diffrep.segment import SegConfig, predict_image, train_segmenter
-from diffrep.segment_data import load_seg_data, read_mask
-from diffrep.featurizer import Featurizer
-from diffrep.segment_features import (PEAK, DiffusionMaps, RawPixelMaps, default_blocks, default_levels, features_at,
-                                      upsample_concat)
-from diffrep.segment_heads import PixelMLPs, ensemble_uncertainty, majority_vote
+from diffrep import DiffrepError
+from diffrep.segment.ddpm_seg import SegConfig, predict_image, train_segmenter
+from diffrep.data import load_seg_data, read_mask
+from diffrep.core import Featurizer
+from diffrep.data import ImageSet
+from diffrep.features import PEAK, Cell, DiffusionFeatures, RawPixels, features_at, upsample_concat
+from diffrep.segment.ddpm_seg import default_levels
+from diffrep.heads import PixelMLPs, ensemble_uncertainty, majority_vote
 
 SIZE = 32
 CLASSES = ["background", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -42,7 +43,7 @@ def rgb_unet_dir(tmp_path_factory):
 
 def write_folder(root, n: int, split: str = "train", ignore_pixels: bool = True):
     """n bundled scenes (32×32) as images/ + masks/ PNGs with a classes.json (ignore label 255)."""
-    from diffrep.scenes import scenes
+    from diffrep.data.scenes import scenes
 
     images, masks = scenes(split, n, size=SIZE)
     (root / "images").mkdir(parents=True)
@@ -69,14 +70,14 @@ def seg_folder(tmp_path_factory):
 
 def test_pixel_features_are_upsampled_maps_concatenated(rgb_unet_dir):
     featurizer = Featurizer(load_backbone(rgb_unet_dir))
-    assert default_blocks(featurizer) == ["mid_block", "up_blocks.0"]
+    assert featurizer.default_blocks("segment") == ["mid_block", "up_blocks.0"]
     assert default_levels(featurizer.backbone.noise) == [50, 150, 250]
-    source = DiffusionMaps(featurizer, ["mid_block", "up_blocks.1"], [50, 250])
+    source = DiffusionFeatures(featurizer, ["mid_block", "up_blocks.1"], [50, 250], shared_noise=True)
     images = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     maps = source.maps(images)
     assert {k: tuple(v.shape) for k, v in maps.items()} == {
-        "t=50/mid_block": (2, 8, 16, 16), "t=50/up_blocks.1": (2, 4, 32, 32),
-        "t=250/mid_block": (2, 8, 16, 16), "t=250/up_blocks.1": (2, 4, 32, 32)}
+        Cell(50, "mid_block"): (2, 8, 16, 16), Cell(50, "up_blocks.1"): (2, 4, 32, 32),
+        Cell(250, "mid_block"): (2, 8, 16, 16), Cell(250, "up_blocks.1"): (2, 4, 32, 32)}
     one = {k: v[1] for k, v in maps.items()}
     full = upsample_concat(one, (SIZE, SIZE))
     assert full.shape == (24, SIZE, SIZE) == (sum(source.channels.values()), SIZE, SIZE)
@@ -89,7 +90,7 @@ def test_pixel_features_are_upsampled_maps_concatenated(rgb_unet_dir):
 
 def test_raw_pixel_features_hold_neighbourhood_and_position():
     images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    maps = RawPixelMaps(radius=1).maps(images)["pixels"]
+    maps = RawPixels(radius=1).maps(images)["pixels"]
     assert maps.shape == (2, 3 * 9 + 2, 4, 4)
     assert torch.equal(maps[0, 4, 1, 2], images[0, 0, 1, 2])            # the centre of the 3×3 window
     assert maps[0, -2:, 0, 0].tolist() == [-1, -1] and maps[0, -2:, 3, 3].tolist() == [1, 1]
@@ -151,7 +152,7 @@ def test_training_and_prediction_never_hold_all_features(rgb_unet_dir, tmp_path,
     assert PEAK.peak["extracted batch"] <= all_in_ram / 2             # extraction: one batch of 2 of 4 images
     assert len(list((tmp_path / "run" / "cache" / "train-diffusion").glob("*.safetensors"))) == 4
 
-    from diffrep.segment import Segmenter
+    from diffrep.segment.ddpm_seg import Segmenter
 
     PEAK.peak.clear()
     seg = Segmenter(tmp_path / "run")
@@ -184,7 +185,7 @@ def test_cli_train_predict_eval_on_a_folder(rgb_unet_dir, seg_folder, tmp_path, 
     capsys.readouterr()
     assert main(["segment", "eval", "--run", str(run), "--data", str(seg_folder), "--pictures", "2"]) == 0
     printed = capsys.readouterr().out
-    result = json.loads((run / "eval.json").read_text())
+    result = json.loads((run / "segment-eval.json").read_text())
     assert {"miou", "per_class", "pixel_accuracy", "baselines", "peak_rss_mb", "train_peak_rss_mb"} <= set(result)
     assert set(result["baselines"]) == {"raw_pixels", "random_weights", "single_mlp"}
     assert list(result["per_class"]) == CLASSES and 0 <= result["miou"] <= 1 and result["n_test"] == 4
@@ -221,7 +222,7 @@ def test_select_chooses_cells_on_labelled_images_only(rgb_unet_dir, tmp_path):
 
     assert main(["segment", "eval", "--run", str(tmp_path / "run"), "--data", "scenes", "--split", "val", "--n", "2",
                  "--no-baselines", "--pictures", "1"]) == 0
-    scored = json.loads((tmp_path / "run" / "eval.json").read_text())
+    scored = json.loads((tmp_path / "run" / "segment-eval.json").read_text())
     assert scored["data"] == "scenes/val" and scored["n_test"] == 2
 
 
@@ -272,24 +273,22 @@ def test_too_few_labelled_images_is_an_error_with_exit_code_2(tmp_path, rgb_unet
 
 
 def test_colour_copies_permute_channels_and_keep_masks():
-    from diffrep.segment import with_colour_copies
-    from diffrep.segment_data import SegData
+    from diffrep.segment.ddpm_seg import with_colour_copies
 
     images = torch.stack([torch.full((4, 4), v) for v in (0.1, 0.2, 0.3)])[None]   # 1×3×4×4, channel c = 0.1(c+1)
     masks = torch.arange(16).view(1, 4, 4)
-    data = with_colour_copies(SegData(images, masks, ["a"] * 16, None, "x"), 5)
+    data = with_colour_copies(ImageSet(images, classes=["a"] * 16, name="x", masks=masks), 5)
     assert data.images.shape == (6, 3, 4, 4) and torch.equal(data.masks, masks.repeat(6, 1, 1))
     orders = {tuple(round(v, 1) for v in im[:, 0, 0].tolist()) for im in data.images}
     assert len(orders) == 6   # the original and all five other channel orders
     with pytest.raises(DiffrepError, match="1 to 5 copies"):
-        with_colour_copies(SegData(images, masks, ["a"] * 16, None, "x"), 6)
+        with_colour_copies(ImageSet(images, classes=["a"] * 16, name="x", masks=masks), 6)
 
 
 def test_held_out_images_are_whole_and_never_trained_on():
-    from diffrep.segment import held_out_sets, with_colour_copies
-    from diffrep.segment_data import SegData
+    from diffrep.segment.ddpm_seg import held_out_sets, with_colour_copies
 
-    data = with_colour_copies(SegData(torch.zeros(4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long), ["a"], None, "x"), 1)
+    data = with_colour_copies(ImageSet(torch.zeros(4, 3, 8, 8), classes=["a"], name="x", masks=torch.zeros(4, 8, 8, dtype=torch.long)), 1)
     held = held_out_sets(data, list(range(8)), SegConfig(held_out_images=1, colour_copies=1))
     assert [bool(held[i].all()) for i in range(8)] == [False, False, False, True] * 2   # the last one and its copy
     assert not any(held[i].any() for i in (0, 1, 2, 4, 5, 6))
@@ -301,8 +300,8 @@ def test_held_out_images_are_whole_and_never_trained_on():
 
 def test_scenes_validation_split_is_never_labelled_and_folders_have_none(tmp_path):
     """Settings are chosen on 'val' scenes: train-split scenes past every possible labelled one."""
-    from diffrep.scenes import scenes
-    from diffrep.segment_data import VAL_START
+    from diffrep.data.scenes import scenes
+    from diffrep.data.masks import VAL_START
 
     val = load_seg_data("scenes", "val", 3)
     images, masks = scenes("train", 3, start=VAL_START)
@@ -311,13 +310,13 @@ def test_scenes_validation_split_is_never_labelled_and_folders_have_none(tmp_pat
     assert not torch.equal(labelled.images, val.images)
     with pytest.raises(DiffrepError, match="at most 1000 labelled scenes"):
         load_seg_data("scenes", "train", VAL_START + 1)
-    with pytest.raises(DiffrepError, match="only for the bundled scenes"):
+    with pytest.raises(DiffrepError, match="has no val/ folder"):
         load_seg_data(str(write_folder(tmp_path / "data", 3)), "val")
 
 
 def test_bundled_scenes_are_deterministic_with_bright_digits_on_a_dim_photograph():
     """Several digits per scene, so that 20 labelled scenes show most classes; masks mark inked pixels."""
-    from diffrep.scenes import DIGITS_PER_SCENE, INK, scene
+    from diffrep.data.scenes import DIGITS_PER_SCENE, INK, scene
 
     counts = []
     for split in ("train", "test"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffrep.sweep import SweepConfig, run_sweep
+from diffrep.classify.ddae import SweepConfig, run_sweep
 
 
 @pytest.mark.slow

@@ -1,0 +1,284 @@
+"""Backbones: a diffusers denoiser plus what it takes to feed it an image at noise level t.
+
+A `Backbone` holds the denoiser (`UNet2DModel`, `UNet2DConditionModel` or `DiTTransformer2DModel`),
+its noise form (VP/DDPM from the scheduler's ᾱ_t, or EDM's σ), and for latent models the VAE and,
+when the folder has one, the text encoder. `load_backbone` takes a bundled name, a local diffusers
+folder or a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DiTTransformer2DModel,
+    EDMEulerScheduler,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
+
+from huggingface_hub import snapshot_download
+
+from ..errors import DiffrepError
+
+WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
+BUNDLED = {name: WEIGHTS_DIR / name for name in ("mnist-ddpm", "scenes-ddpm", "photos-ddpm")}
+DENOISERS = {cls.__name__: cls for cls in (UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel)}
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+# ----------------------------------------------------------------------------- noise forms
+
+class VPNoise:
+    """x_t = √ᾱ_t·x_0 + √(1-ᾱ_t)·ε, with ᾱ from the scheduler; t is an integer timestep."""
+
+    kind = "vp"
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.num_steps = len(self.alphas_cumprod)
+        self.lightest = 0   # the least noise there is: t = 0
+
+    def check(self, t) -> int:
+        if float(t) != int(float(t)) or not 0 <= int(float(t)) < self.num_steps:
+            raise DiffrepError(f"t={t} is outside the schedule: use an integer timestep in [0, {self.num_steps - 1}]")
+        return int(float(t))
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+        ab = self.alphas_cumprod[t].to(x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def model_input(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return x_t, torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
+
+
+class EDMNoise:
+    """x_σ = x_0 + σ·ε, fed as c_in(σ)·x_σ with c_noise(σ) = ¼ ln σ (Karras et al. 2022); t is σ."""
+
+    kind = "edm"
+
+    def __init__(self, scheduler: EDMEulerScheduler):
+        self.scheduler = scheduler
+        self.sigma_min, self.sigma_max = scheduler.config.sigma_min, scheduler.config.sigma_max
+        self.lightest = self.sigma_min
+
+    def check(self, t) -> float:
+        sigma = float(t)
+        if not self.sigma_min <= sigma <= self.sigma_max:
+            raise DiffrepError(f"σ={t} is outside the schedule: use σ in [{self.sigma_min}, {self.sigma_max}]")
+        return sigma
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
+        return x0 + sigma * eps
+
+    def model_input(self, x_t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.full((len(x_t),), sigma, device=x_t.device, dtype=torch.float32)
+        return self.scheduler.precondition_inputs(x_t, s.view(-1, 1, 1, 1)), self.scheduler.precondition_noise(s)
+
+
+def noise_form(scheduler):
+    return EDMNoise(scheduler) if isinstance(scheduler, EDMEulerScheduler) else VPNoise(scheduler)
+
+
+def run_denoiser(model: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, cond=None) -> torch.Tensor:
+    """One denoiser call, whatever its class: conditional UNets take `encoder_hidden_states`, DiT takes
+    `class_labels`; `cond` is that extra input (None for plain UNets)."""
+    if isinstance(model, UNet2DConditionModel):
+        return model(x, timestep, encoder_hidden_states=cond).sample
+    if isinstance(model, DiTTransformer2DModel):
+        return model(x, timestep=timestep, class_labels=cond).sample
+    return model(x, timestep).sample
+
+
+def null_class(model: DiTTransformer2DModel) -> int:
+    """DiT's unconditional ("null") label is the last row of its label table: index num_classes."""
+    return model.config.num_embeds_ada_norm
+
+
+# ----------------------------------------------------------------------------- backbone
+
+@dataclass
+class Backbone:
+    denoiser: torch.nn.Module
+    noise: VPNoise | EDMNoise
+    vae: AutoencoderKL | None = None
+    text_encoder: torch.nn.Module | None = None
+    tokenizer: object | None = None
+    source: str = ""
+    _empty_prompt: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images a user passes (RGB for latent models, the denoiser's own otherwise)."""
+        return self.vae.config.in_channels if self.is_latent else self.denoiser.config.in_channels
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.is_latent else 1
+
+    @property
+    def image_size(self) -> int:
+        size = self.denoiser.config.sample_size
+        return (size[0] if isinstance(size, (list, tuple)) else size) * self.vae_factor
+
+    def to(self, device) -> "Backbone":
+        for m in (self.denoiser, self.vae, self.text_encoder):
+            if m is not None:
+                m.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] to the denoiser's input space: VAE latent mean × scaling factor, or identity."""
+        if not self.is_latent:
+            return images
+        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
+        return (latents * self.vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def condition(self, batch: int, prompt: str | None = None):
+        """The extra denoiser input for `batch` images: a prompt embedding (conditional UNets; the empty
+        prompt by default, zeros when the folder has no text encoder), DiT's null class, or None."""
+        if isinstance(self.denoiser, DiTTransformer2DModel):
+            return torch.full((batch,), null_class(self.denoiser), dtype=torch.long, device=self.device)
+        if not isinstance(self.denoiser, UNet2DConditionModel):
+            return None
+        return self._prompt_embedding(prompt or "").expand(batch, -1, -1)
+
+    def _prompt_embedding(self, prompt: str) -> torch.Tensor:
+        if self.text_encoder is None:
+            if prompt:
+                raise DiffrepError(f"{self.source} has no text_encoder/ and tokenizer/; cannot encode a prompt")
+            dim = self.denoiser.config.cross_attention_dim
+            return torch.zeros(1, 1, dim, device=self.device)
+        if not prompt and self._empty_prompt is not None:
+            return self._empty_prompt
+        tokens = self.tokenizer(prompt, padding="max_length", truncation=True,
+                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        emb = self.text_encoder(tokens.input_ids.to(self.device))[0]
+        if not prompt:
+            self._empty_prompt = emb
+        return emb
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _class_name(config_file: Path) -> str:
+    try:
+        return json.loads(config_file.read_text()).get("_class_name", "")
+    except (OSError, json.JSONDecodeError) as err:
+        raise DiffrepError(f"cannot read {config_file}: {err}") from err
+
+
+def _load_denoiser(folder: Path) -> torch.nn.Module:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise DiffrepError(f"{folder} has no config.json: not a diffusers model folder")
+    if not any((folder / w).is_file() for w in WEIGHT_FILES):
+        raise DiffrepError(f"{folder} has config.json but no weights (expected one of {', '.join(WEIGHT_FILES)})")
+    name = _class_name(config)
+    if name not in DENOISERS:
+        raise DiffrepError(f"{folder} holds a {name or 'unknown model'}; supported denoisers: {', '.join(DENOISERS)}")
+    try:
+        return DENOISERS[name].from_pretrained(folder)
+    except Exception as err:  # diffusers raises many types for a damaged folder
+        raise DiffrepError(f"cannot load {name} from {folder}: {err}") from err
+
+
+def _load_scheduler(folder: Path | None):
+    """The scheduler in `folder` (EDM if its class says so); DDPM's default linear schedule when absent."""
+    if folder is None or not (folder / "scheduler_config.json").is_file():
+        return DDPMScheduler()
+    name = _class_name(folder / "scheduler_config.json")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise DiffrepError(f"unknown scheduler class {name!r} in {folder}")
+    scheduler = cls.from_pretrained(folder)
+    if not isinstance(scheduler, EDMEulerScheduler) and not hasattr(scheduler, "alphas_cumprod"):
+        raise DiffrepError(f"scheduler {name} in {folder} has neither ᾱ_t (VP) nor EDM σ; cannot noise images")
+    return scheduler
+
+
+def _load_text(folder: Path):
+    if not (folder / "text_encoder").is_dir():
+        return None, None
+    if not (folder / "tokenizer").is_dir():
+        raise DiffrepError(f"{folder} has text_encoder/ but no tokenizer/")
+    from transformers import AutoTokenizer, CLIPTextModel   # optional (diffrep[text]); slow to import
+
+    return CLIPTextModel.from_pretrained(folder / "text_encoder"), AutoTokenizer.from_pretrained(folder / "tokenizer")
+
+
+def _load_folder(folder: Path) -> Backbone:
+    sub = next((folder / s for s in ("unet", "transformer") if (folder / s).is_dir()), None)
+    if sub is None and (folder / "model").is_dir():  # a `diffrep pretrain` run folder
+        return _load_folder(folder / "model")
+    if sub is None:
+        # a lone model folder: its scheduler sits beside it or defaults to DDPM's
+        denoiser = _load_denoiser(folder)
+        return Backbone(denoiser, noise_form(_load_scheduler(folder)), source=str(folder))
+    denoiser = _load_denoiser(sub)
+    sched_dir = folder / "scheduler"
+    noise = noise_form(_load_scheduler(sched_dir if sched_dir.is_dir() else None))
+    vae = None
+    if (folder / "vae").is_dir():
+        vae = AutoencoderKL.from_pretrained(folder / "vae")
+    elif denoiser.config.in_channels == 4 and isinstance(denoiser, (UNet2DConditionModel, DiTTransformer2DModel)):
+        raise DiffrepError(f"{folder} holds a latent denoiser (4 input channels) but no vae/ folder")
+    text_encoder, tokenizer = _load_text(folder)
+    return Backbone(denoiser, noise, vae, text_encoder, tokenizer, source=str(folder))
+
+
+def random_init(backbone: Backbone, seed: int) -> Backbone:
+    """The same architecture with freshly initialised weights (VAE and text encoder kept): the
+    random-weight baseline of every method."""
+    torch.manual_seed(seed)
+    denoiser = type(backbone.denoiser).from_config(backbone.denoiser.config).eval().requires_grad_(False)
+    return Backbone(denoiser.to(backbone.device), backbone.noise, backbone.vae, backbone.text_encoder,
+                    backbone.tokenizer, source=f"{backbone.source} (random init)")
+
+
+def load_backbone(spec: str | Path, device: str | torch.device = "cpu") -> Backbone:
+    """A backbone from a bundled name (`mnist-ddpm`), a local diffusers folder (a lone model folder or a
+    pipeline folder with unet/ or transformer/, scheduler/, vae/ …) or a HuggingFace hub id."""
+    if str(spec) in BUNDLED:
+        path = BUNDLED[str(spec)]
+        if not path.is_dir():
+            raise DiffrepError(f"bundled model {spec} is missing from {path}; reinstall diffrep")
+    else:
+        path = Path(spec)
+    if not path.exists():
+        path = _download(str(spec))
+    backbone = _load_folder(path)
+    backbone.source = str(spec)
+    for module in (backbone.denoiser, backbone.vae, backbone.text_encoder):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return backbone.to(device)
+
+
+def _download(spec: str) -> Path:
+    """Fetch a hub repository (needs the network; offline it fails with a message saying so)."""
+    if spec.count("/") != 1 or spec.startswith((".", "/")):
+        raise DiffrepError(f"{spec!r} is neither a bundled model ({', '.join(BUNDLED)}), a local folder, nor a hub id 'org/name'")
+    try:
+        return Path(snapshot_download(spec, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+    except Exception as err:
+        raise DiffrepError(
+            f"could not fetch {spec!r} from the HuggingFace hub ({type(err).__name__}); this machine may be offline."
+            " Download it elsewhere and pass the local folder instead") from err

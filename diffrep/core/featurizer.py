@@ -1,0 +1,173 @@
+"""The featurizer: taps on named blocks of a diffusers denoiser at noise level t.
+
+Block names are the modules' paths in the diffusers model (`down_blocks.1`, `mid_block`,
+`up_blocks.0.resnets.1`, `transformer_blocks.3`). Features are read with forward hooks (no copied
+forward pass); once the last requested block (in execution order) has run, a hook raises
+`_StopForward` and the rest of the network is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiTTransformer2DModel
+
+from ..errors import DiffrepError
+from .backbone import Backbone, run_denoiser
+from .blocks import default_blocks
+
+SUB_BLOCKS = ("resnets", "attentions", "downsamplers", "upsamplers")
+UNET_TOP = ("conv_in", "down_blocks", "mid_block", "up_blocks", "conv_out")
+DIT_TOP = ("pos_embed", "transformer_blocks")
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    name: str       # module path in the diffusers model
+    channels: int   # feature channels
+    stride: int     # image pixels per feature cell (includes the VAE's downsampling)
+    top_level: bool # a direct child block (down_blocks.i, mid_block, …) rather than a sub-module
+
+
+class _StopForward(Exception):
+    """Raised by a hook after the last requested block: ends the forward pass early."""
+
+
+def _unwrap(output):
+    """Hook outputs differ by module: down blocks give (hidden, skips), transformers (tensor,) or an
+    output object with `.sample`; the feature is the first tensor."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return getattr(output, "sample", output)
+
+
+class Featurizer:
+    """Features from a backbone at (t, blocks): `extract(images, t, blocks)` -> {name: N×C×h×w}."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        self.model = backbone.denoiser
+        self.is_dit = isinstance(self.model, DiTTransformer2DModel)
+        self._info: list[BlockInfo] | None = None
+
+    # ------------------------------------------------------------------ block catalogue
+    def _candidates(self) -> dict[str, torch.nn.Module]:
+        """Top-level blocks and their resnets/attentions/samplers, by module path."""
+        found = {}
+        for top in DIT_TOP if self.is_dit else UNET_TOP:
+            module = getattr(self.model, top, None)
+            if module is None:
+                continue
+            children = list(module.named_children()) if isinstance(module, torch.nn.ModuleList) else [("", module)]
+            for idx, block in children:
+                name = f"{top}.{idx}" if idx else top
+                found[name] = block
+                for sub in SUB_BLOCKS:
+                    for j, part in enumerate(getattr(block, sub, None) or []):
+                        if part is not None:  # a mid block built with add_attention=False holds None there
+                            found[f"{name}.{sub}.{j}"] = part
+        return found
+
+    def feature_info(self) -> list[BlockInfo]:
+        """Every tappable block, in execution order, with channels and stride. Computed once from one
+        dummy forward at the model's sample size (the user runs no data)."""
+        if self._info is None:
+            size = self.backbone.image_size
+            probe = torch.zeros(1, self.backbone.image_channels, size, size, device=self.backbone.device)
+            shapes = self._run(self.backbone.encode(probe), self.backbone.noise.lightest, list(self._candidates()),
+                               stop_early=False, shapes_only=True)
+            self._info = [BlockInfo(n, s[1], size // s[-1], n.count(".") <= 1) for n, s in shapes.items()]
+        return self._info
+
+    def block_names(self, top_level_only: bool = False) -> list[str]:
+        return [b.name for b in self.feature_info() if b.top_level or not top_level_only]
+
+    def default_blocks(self, use: str = "probe") -> list[str]:
+        """The blocks `use` taps when none are named (the rules: `diffrep.core.blocks`)."""
+        return default_blocks(self, use)
+
+    def check_blocks(self, blocks: list[str]) -> list[str]:
+        valid = self.block_names()
+        unknown = [b for b in blocks if b not in valid]
+        if unknown:
+            raise DiffrepError(f"unknown block(s) {', '.join(unknown)}; valid names: {', '.join(valid)}")
+        if not blocks:
+            raise DiffrepError("no blocks requested")
+        order = {n: i for i, n in enumerate(valid)}
+        return sorted(dict.fromkeys(blocks), key=order.__getitem__)
+
+    # ------------------------------------------------------------------ extraction
+    def check_images(self, images: torch.Tensor) -> None:
+        want_c, size = self.backbone.image_channels, self.backbone.image_size
+        if images.ndim != 4 or images.shape[1] != want_c:
+            raise DiffrepError(f"the model takes N×{want_c}×H×W images; got shape {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        stride = max(b.stride for b in self.feature_info())
+        if self.is_dit and (h, w) != (size, size):
+            raise DiffrepError(f"DiT takes {size}×{size} images only; got {h}×{w}: resize them first")
+        if h % stride or w % stride:
+            raise DiffrepError(f"image size {h}×{w} is not divisible by the model's total stride {stride}; "
+                               f"resize to a multiple (e.g. {size}×{size})")
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1, seed: int | None = 0,
+                shared_noise: bool = False, bf16: bool = False, prompt: str | None = None,
+                stop_early: bool = True) -> dict[str, torch.Tensor]:
+        """Features {block: N×C×h×w float32 on CPU} of `images` (N×C×H×W in [-1, 1]) noised to level t.
+
+        ensemble: k noise draws, run as one batch and averaged.  seed: fixes the draws (None: fresh).
+        shared_noise: one noise tensor for every image (DDPM-Seg) instead of one per image.
+        bf16: bfloat16 autocast.  prompt: text condition for conditional UNets (default: empty prompt).
+        stop_early: end the forward after the last requested block (False runs the whole network).
+        """
+        self.check_images(images)
+        latents = self.backbone.encode(images.to(self.backbone.device))
+        return self.extract_latents(latents, t, blocks, ensemble, seed, shared_noise, bf16, prompt, stop_early)
+
+    @torch.no_grad()
+    def extract_latents(self, latents: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1,
+                        seed: int | None = 0, shared_noise: bool = False, bf16: bool = False,
+                        prompt: str | None = None, stop_early: bool = True) -> dict[str, torch.Tensor]:
+        """As `extract`, on inputs already passed through `backbone.encode` (reuse them across t)."""
+        blocks = self.check_blocks([blocks] if isinstance(blocks, str) else list(blocks))
+        t = self.backbone.noise.check(t)
+        if ensemble < 1:
+            raise DiffrepError(f"ensemble must be ≥ 1, got {ensemble}")
+        n = len(latents)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        shape = (ensemble, 1 if shared_noise else n, *latents.shape[1:])
+        eps = torch.randn(shape, generator=gen).to(latents).expand(ensemble, n, *latents.shape[1:])
+        x_t = self.backbone.noise.add_noise(latents.unsqueeze(0), eps, t).reshape(ensemble * n, *latents.shape[1:])
+        with torch.autocast(self.backbone.device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = self._run(x_t, t, blocks, stop_early=stop_early, prompt=prompt)
+        return {name: f.float().view(ensemble, n, *f.shape[1:]).mean(0).cpu() for name, f in feats.items()}
+
+    def _run(self, x_t, t, blocks, stop_early=True, shapes_only=False, prompt=None) -> dict:
+        """One denoiser forward with hooks on `blocks`; stops after the last of them when `stop_early`."""
+        modules = self._candidates()
+        out: dict = {}
+        tokens_hw = (x_t.shape[-2] // self.model.config.patch_size,) * 2 if self.is_dit else None
+
+        def hook_for(name):
+            def hook(_module, _inputs, output):
+                feat = _unwrap(output)
+                if self.is_dit and feat.ndim == 3:  # DiT tokens B×N×D -> B×D×h×w
+                    feat = feat.transpose(1, 2).reshape(feat.shape[0], feat.shape[2], *tokens_hw)
+                if feat.ndim == 4:
+                    out[name] = tuple(feat.shape) if shapes_only else feat
+                if stop_early and len(out) == len(blocks):
+                    raise _StopForward
+            return hook
+
+        with contextlib.ExitStack() as stack:
+            for name in blocks:
+                stack.callback(modules[name].register_forward_hook(hook_for(name)).remove)
+            model_in, timestep = self.backbone.noise.model_input(x_t, t)
+            cond = self.backbone.condition(len(x_t), prompt)
+            try:
+                run_denoiser(self.model, model_in, timestep, cond)
+            except _StopForward:
+                pass
+        return out

@@ -1,0 +1,10 @@
+"""DIFT: dense correspondence by cosine nearest neighbour of diffusion features (describers, the
+chunked matcher, the warps / SPair-71k evaluation and t × block sweep, pictures)."""
+
+from .describe import Describer, DiffusionDescriber, category_prompt, concat_maps, daisy_describer, pixel_describer
+from .evaluate import DescriptorConfig, MatchEvalConfig, predict, run_match_eval, run_match_sweep
+from .matching import Matches, Prepared, check_points, dense_flow, match, match_maps, nearest, pixel_grid, prepare
+
+__all__ = ["DescriptorConfig", "Describer", "DiffusionDescriber", "MatchEvalConfig", "Matches", "Prepared",
+           "category_prompt", "check_points", "concat_maps", "daisy_describer", "dense_flow", "match", "match_maps",
+           "nearest", "pixel_describer", "pixel_grid", "predict", "prepare", "run_match_eval", "run_match_sweep"]

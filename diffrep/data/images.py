@@ -1,0 +1,140 @@
+"""Images as tensors in [-1, 1]: the one data-set type (`ImageSet`), the one way of listing image
+files, reading, channel conversion, fitting images to a model, and class-folder data sets.
+
+Decisions:
+- An `ImageSet` holds images (N×C×H×W float32) and, as the task has them, integer labels and class
+  names (classification) or N×H×W masks and an ignore label (segmentation).
+- Image files are found by `list_images` (by suffix, sorted; recursive or one folder deep).
+- Fitting an image to a model's size: an image a little smaller (at least ¾ of the side) is padded,
+  centred, with its edge values, so that the model sees it at its own scale, as the bundled MNIST
+  digits (28×28, padded to 32×32 with their black background); any other size is resized (bicubic
+  for files, bilinear with antialiasing for tensors). A note says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DiffrepError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+PAD_AT_LEAST = 0.75   # images at least this fraction of the model's side are padded rather than resized
+
+
+@dataclass
+class ImageSet:
+    """Images (N×C×H×W, float32 in [-1, 1]) with what the task labels them with."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None      # N class indices (classification)
+    classes: list[str] | None = None        # class names
+    name: str = ""
+    masks: torch.Tensor | None = None       # N×H×W class indices (segmentation)
+    ignore_index: int | None = None         # a mask label that is not a class (segmentation)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index) -> "ImageSet":
+        """The images at `index` (a slice or indices), with their labels or masks."""
+        pick = (lambda x: None if x is None else x[index])
+        return ImageSet(self.images[index], pick(self.labels), self.classes, self.name, pick(self.masks),
+                        self.ignore_index)
+
+
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files under `folder` (or directly in it), sorted by path."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey ↔ RGB for images of shape …×C×H×W (one image or a batch): grey is the channel mean,
+    RGB repeats grey. Sizes are kept; models with other channel counts are refused."""
+    if images.shape[-3] == channels:
+        return images
+    if channels not in (1, 3):
+        raise DiffrepError(f"the model takes {channels}-channel images; cannot convert "
+                           f"{images.shape[-3]}-channel images to that")
+    grey = images.mean(-3, keepdim=True)
+    return grey if channels == 1 else grey.expand(*grey.shape[:-3], 3, *grey.shape[-2:])
+
+
+def _pads(h: int, w: int, size: int) -> tuple[int, int, int, int] | None:
+    """(left, right, top, bottom) padding that centres an h×w image in size×size, when it should be padded."""
+    if not (PAD_AT_LEAST * size <= h <= size and PAD_AT_LEAST * size <= w <= size):
+        return None
+    return (size - w) // 2, size - w - (size - w) // 2, (size - h) // 2, size - h - (size - h) // 2
+
+
+def read_image(path: Path, channels: int, size: int | None) -> tuple[torch.Tensor, str | None]:
+    """One image file as C×H×W in [-1, 1], converted to `channels` (1 or 3) and fitted to size×size
+    (see the module's decisions); and how its size changed ('padded', 'resized' or None)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            changed = size is not None and im.size != (size, size)
+            pads = _pads(im.size[1], im.size[0], size) if changed else None
+            if changed and pads is None:
+                im = im.resize((size, size), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    except (UnidentifiedImageError, OSError) as err:
+        raise DiffrepError(f"cannot read image {path}: {err}") from None
+    t = torch.from_numpy(arr)
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    if pads is not None:
+        t = F.pad(t[None], pads, mode="replicate")[0]
+    return t, (None if not changed else "padded" if pads is not None else "resized")
+
+
+def fit_images(images: torch.Tensor, channels: int, size: int, what: str = "images") -> torch.Tensor:
+    """Convert a data set to what a model takes, saying so: grey↔RGB, then padded or resized to
+    size×size. (The Python `Featurizer.extract` refuses instead; this is the command line's convenience.)"""
+    if images.shape[1] != channels:
+        print(f"note: converting {what} from {images.shape[1]} to {channels} channel(s) for the model")
+        images = match_channels(images, channels)
+    h, w = images.shape[-2:]
+    if (h, w) != (size, size):
+        pads = _pads(h, w, size)
+        how = "padding" if pads is not None else "resizing"
+        print(f"note: {how} {what} from {h}×{w} to {size}×{size} for the model")
+        images = F.pad(images, pads, mode="replicate") if pads is not None else \
+            F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return images.contiguous()
+
+
+def pad_to_multiple(image: torch.Tensor, stride: int) -> torch.Tensor:
+    """C×H×W padded at the bottom and right (edge values) to a multiple of `stride`: no pixel moves."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = -h % stride, -w % stride
+    if pad_h or pad_w:
+        image = F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+    return image
+
+
+def image_folder(folder: str | Path, channels: int = 3, size: int | None = None) -> ImageSet:
+    """All images under `folder`. Sub-folders, if every image lies in one, are classes (ImageFolder layout)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DiffrepError(f"image folder {root} does not exist or is not a folder")
+    files = list_images(root)
+    if not files:
+        raise DiffrepError(f"image folder {root} holds no images (looked for {sorted(IMAGE_SUFFIXES)})")
+    images, changed = zip(*(read_image(p, channels, size) for p in files))
+    for how in ("padded", "resized"):
+        if how in changed:
+            print(f"note: {how} {changed.count(how)} image(s) in {root} to {size}×{size} for the model")
+    shapes = {tuple(im.shape) for im in images}
+    if len(shapes) > 1:
+        raise DiffrepError(f"images in {root} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
+    labels, classes = None, None
+    if all(p.parent != root for p in files):
+        classes = sorted({p.relative_to(root).parts[0] for p in files})
+        labels = torch.tensor([classes.index(p.relative_to(root).parts[0]) for p in files])
+    return ImageSet(torch.stack(images), labels, classes, str(root))

@@ -1,0 +1,285 @@
+"""Generative pre-training (DDAE): train a small diffusers denoiser with the DDPM or EDM objective.
+
+Single process by default; `torchrun --nproc_per_node N -m diffrep.cli pretrain …` runs N ranks through
+accelerate (gloo on CPU). Every step draws its batch and noise from generators seeded by (seed, step,
+rank), so a resumed run continues exactly where its last checkpoint stood. Checkpoints are one file
+written to a temporary name and renamed (atomic), so a SIGKILL loses at most one interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, EDMEulerScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from ..core.backbone import null_class, noise_form, run_denoiser
+from ..data import holdout_split, load, pretrain_split, random_crop, random_shift
+from ..errors import DiffrepError
+from ..options import check, option
+from ..plotting import pyplot
+from ..runs import atomic_path, header, locked, read_json, save_torch, write_json
+from .losses import DDPMLoss, EDMLoss
+
+
+@dataclass
+class PretrainConfig:
+    data: str = option("mnist", "'mnist' (its train split only), 'scenes', 'photos' or an image folder")
+    objective: str = option("ddpm", "'ddpm' (ε-prediction, linear β) or 'edm' (Karras σ, preconditioned)",
+                            choices=("ddpm", "edm"))
+    arch: str = option("unet", "'unet' (UNet2DModel) or 'dit' (DiTTransformer2DModel on pixels)", choices=("unet", "dit"))
+    resolution: int = option(32, "training images are resized to this square size", min=1)
+    channels: int = option(1, "image channels: 1 (grey) or 3 (RGB); default 1 for mnist, 3 otherwise", choices=(1, 3))
+    widths: tuple = option((32, 64, 64), "UNet block widths, one 2× downsampling between blocks", min=1)
+    layers_per_block: int = option(2, "ResNet layers per UNet block", min=1)
+    attention: bool = option(False, "attention blocks at the lowest level too (≈2× slower on CPU)")
+    mid_attention: bool = option(True, "leave out the mid block's self-attention layer (fully convolutional; cheaper)",
+                                 flag="--no-mid-attention")
+    steps: int = option(2500, "optimiser steps", min=1)
+    batch_size: int = option(128, "global batch, split across ranks", min=1)
+    lr: float = option(5e-4, "AdamW learning rate, linear warm-up then constant", above=0)
+    warmup: int = option(200, "warm-up steps", min=1, cli=False)
+    ema_decay: float = option(0.999, "EMA decay of the weights; the saved model is the EMA", min=0, below=1)
+    shift: int = option(0, "augment: random translation by up to N pixels (0: none)", min=0)
+    crop: int = option(0, "train on random N×N windows of the --resolution images (fully convolutional UNets: "
+                          "--no-mid-attention); the model then runs on whole images", min=0, metavar="N")
+    hold_out: bool = option(True, "train on every train-split image, including the sweep's validation eighth",
+                            flag="--no-hold-out")
+    checkpoint_every: int = option(250, "steps between checkpoints", min=1)
+    precision: str = option("bf16", "'bf16' autocast or 'fp32'", choices=("bf16", "fp32"))
+    seed: int = option(0, "seed of the initialisation, batches and noise")
+
+    def __post_init__(self):
+        self.widths = tuple(self.widths)
+        check(self)
+
+    @property
+    def sample_size(self) -> int:
+        """The side of the images the network is trained on."""
+        return self.crop or self.resolution
+
+    def check(self) -> None:
+        """What one field's range cannot say: how the fields fit together."""
+        if self.crop and not 0 < self.crop <= self.resolution:
+            raise DiffrepError(f"crop {self.crop} must lie between 1 and the resolution {self.resolution}")
+        if self.crop and (self.arch != "unet" or self.attention or self.mid_attention):
+            raise DiffrepError("crop trains on windows for a model that then runs on whole images, which needs a fully "
+                               "convolutional UNet: use --arch unet with --no-mid-attention and without --attention")
+        if self.sample_size % 2 ** (len(self.widths) - 1):
+            raise DiffrepError(f"{'crop' if self.crop else 'resolution'} {self.sample_size} is not divisible by "
+                               f"{2 ** (len(self.widths) - 1)} ({len(self.widths)} UNet levels)")
+
+
+def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
+    if cfg.arch == "dit":
+        return DiTTransformer2DModel(
+            in_channels=cfg.channels, out_channels=cfg.channels, sample_size=cfg.sample_size, patch_size=2,
+            num_layers=6, num_attention_heads=4, attention_head_dim=32, num_embeds_ada_norm=1)
+    levels = len(cfg.widths)
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if cfg.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=cfg.sample_size, in_channels=cfg.channels, out_channels=cfg.channels,
+        block_out_channels=tuple(cfg.widths), down_block_types=tuple(down), up_block_types=tuple(up),
+        layers_per_block=cfg.layers_per_block, norm_num_groups=8,
+        add_attention=cfg.mid_attention)
+
+
+def build_scheduler(cfg: PretrainConfig):
+    return EDMEulerScheduler() if cfg.objective == "edm" else DDPMScheduler(num_train_timesteps=1000)
+
+
+def _run_config(out: Path, cfg: PretrainConfig, resume: bool, overrides: dict) -> tuple[PretrainConfig, dict | None]:
+    """The run's config and last checkpoint: a fresh run refuses to overwrite one; a resumed run keeps
+    its saved config (only `steps` and `checkpoint_every` may change)."""
+    ckpt, saved = out / "checkpoint.pt", out / "config.json"
+    if not resume:
+        if ckpt.exists() or (out / "model").exists():
+            raise DiffrepError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return cfg, None
+    if not ckpt.exists():
+        print(f"no checkpoint in {out}; starting a new run")
+        return cfg, None
+    old = read_json(saved, "the run's config")
+    if not isinstance(old, dict) or not isinstance(old.get("widths"), list):
+        raise DiffrepError(f"the run's config {saved} is damaged (not a pretrain config); delete the run folder and "
+                           "start again")
+    old["widths"] = tuple(old["widths"])
+    for key, value in overrides.items():
+        if key not in ("steps", "checkpoint_every") and value is not None and old.get(key) != value:
+            raise DiffrepError(f"{out} was started with {key}={old.get(key)!r}; cannot change it to {value!r} on resume")
+    old.update({k: v for k, v in overrides.items() if k in ("steps", "checkpoint_every") and v is not None})
+    try:
+        state = torch.load(ckpt, weights_only=True)
+    except Exception as err:   # torch raises several types for a truncated or foreign file
+        raise DiffrepError(f"checkpoint {ckpt} is damaged ({type(err).__name__}); delete it to start the run "
+                           "again, or restore it") from None
+    try:
+        return PretrainConfig(**old), state
+    except TypeError as err:
+        raise DiffrepError(f"the run's config {saved} is damaged ({err}); delete the run folder and start again") from None
+
+
+def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = False, overrides: dict | None = None,
+             time_limit_s: float | None = None) -> dict:
+    """Train, checkpoint, and write `out/model` (a diffusers pipeline folder with the EMA weights),
+    `out/samples.png` and `out/pretrain.json`. Returns the summary written to pretrain.json.
+
+    `time_limit_s` ends training early, after the first step that passes that many seconds of this
+    call's training, and saves the model as if `steps` had been that step: the learning rate is constant
+    after warm-up and every batch is seeded by its step, so `--steps <steps reached>` repeats the run.
+    The checkpoint keeps the target, so `--resume` carries on towards it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DiffrepError(f"--out {out} is a file, not a folder; choose a folder")
+    cfg = cfg or PretrainConfig(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg, state = _run_config(out, cfg, resume, overrides or {})
+    cfg.check()
+    data = load(cfg.data, pretrain_split(cfg.data), channels=cfg.channels, size=cfg.resolution).images
+    if cfg.hold_out:  # the sweep picks its best cell on these images, so the model must not have seen them
+        data = data[holdout_split(len(data))[0]]
+    if data.shape[-1] != cfg.resolution:
+        data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    try:
+        if not acc.is_main_process:
+            return _train(acc, out, cfg, state, data, time_limit_s)
+        with locked(out):
+            return _train(acc, out, cfg, state, data, time_limit_s)
+    finally:  # accelerate keeps its settings process-wide; forget them so that pretrain() can run again here
+        AcceleratorState._reset_state()
+
+
+def _out_of_time(acc, started: float, limit_s: float | None) -> bool:
+    """Whether any rank has passed the time limit (all ranks must stop at the same step)."""
+    if limit_s is None:
+        return False
+    late = torch.tensor(float(time.time() - started > limit_s), device=acc.device)
+    return acc.reduce(late, "sum").item() > 0
+
+
+def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.Tensor, time_limit_s: float | None) -> dict:
+    main = acc.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", dataclasses.asdict(cfg))
+
+    torch.manual_seed(cfg.seed)
+    model, scheduler = build_denoiser(cfg), build_scheduler(cfg)
+    noise = noise_form(scheduler)
+    loss_fn = EDMLoss(noise) if cfg.objective == "edm" else DDPMLoss(noise)
+    cond = null_class(model) if isinstance(model, DiTTransformer2DModel) else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
+    start, elapsed, loss_avg = 0, 0.0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        start, elapsed, loss_avg = state["step"], state["elapsed"], state["loss"]
+    model, opt = acc.prepare(model, opt)
+    ema.to(acc.device)  # the EMA's shadow copy lives where the model does
+    local_batch = cfg.batch_size // acc.num_processes
+    if main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"pre-training {type(acc.unwrap_model(model)).__name__} ({n_params / 1e6:.2f}M params, {cfg.objective}) "
+              f"on {len(data)} images, {acc.num_processes} process(es), steps {start}->{cfg.steps}")
+    bar = tqdm(total=cfg.steps, initial=start, disable=not main, desc="pretrain", dynamic_ncols=True)
+    t0 = time.time() - elapsed
+    started, reached, stopped_early = time.time(), start, False
+    model.train()
+    for step in range(start, cfg.steps):
+        batch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(data), (local_batch * acc.num_processes,), generator=batch_gen)
+        x0 = data[idx[acc.process_index::acc.num_processes]]
+        if cfg.shift:  # on the CPU copy: a per-image crop is many tiny kernels on a GPU
+            x0 = random_shift(x0, cfg.shift, batch_gen)
+        if cfg.crop:
+            x0 = random_crop(x0, cfg.crop, batch_gen)
+        x0 = x0.to(acc.device)
+        noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + acc.process_index)
+        c = None if cond is None else torch.full((len(x0),), cond, device=acc.device)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        loss = loss_fn(model, x0, noise_gen, c)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(acc.unwrap_model(model).parameters())
+        step_loss = acc.reduce(loss.detach(), "mean").item()
+        loss_avg = step_loss if loss_avg is None else 0.98 * loss_avg + 0.02 * step_loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_avg:.4f}")
+        reached, stopped_early = step + 1, _out_of_time(acc, started, time_limit_s)
+        if reached % cfg.checkpoint_every == 0 or reached == cfg.steps or stopped_early:
+            if main:
+                save_torch({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
+                              "ema": ema.state_dict(), "step": reached, "elapsed": time.time() - t0,
+                              "loss": loss_avg}, out / "checkpoint.pt")
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": reached, "loss": loss_avg, "elapsed_s": round(time.time() - t0, 1)}) + "\n")
+            acc.wait_for_everyone()
+        if stopped_early:
+            if main:
+                print(f"time limit of {time_limit_s:.0f} s reached at step {reached} of {cfg.steps}")
+            break
+    bar.close()
+    summary = {}
+    if main:
+        final = acc.unwrap_model(model)
+        ema.copy_to(final.parameters())
+        final.eval()
+        _save_model(final, scheduler, out / "model")
+        save_sample_grid(final, scheduler, out / "samples.png", seed=cfg.seed)
+        summary = {**header("pretrain", out / "model", cfg.data, {"total": round(time.time() - t0, 1)}),
+                   "steps": reached, "stopped_by_time_limit": stopped_early, "train_images": len(data),
+                   "final_loss": loss_avg, "processes": acc.num_processes, "config": dataclasses.asdict(cfg)}
+        write_json(out / "pretrain.json", summary)
+        print(f"saved {out / 'model'} (final loss {loss_avg:.4f}, {summary['timing_s']['total']:.0f} s); "
+              f"samples in {out / 'samples.png'}")
+    acc.wait_for_everyone()
+    acc.end_training()
+    return summary
+
+
+def _save_model(model, scheduler, folder: Path) -> None:
+    """A diffusers pipeline folder (unet/, scheduler/, model_index.json), written beside and renamed."""
+    with atomic_path(folder) as tmp:
+        DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp)
+
+
+@torch.no_grad()
+def sample(model, scheduler, n: int = 64, steps: int = 50, seed: int = 0) -> torch.Tensor:
+    """n samples in [-1, 1] by DDIM (VP models) or EDM Euler (EDM models) in `steps` steps."""
+    sched = (EDMEulerScheduler if isinstance(scheduler, EDMEulerScheduler) else DDIMScheduler).from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    cfg = model.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    device = next(model.parameters()).device
+    x = torch.randn(n, cfg.in_channels, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+    x = x * sched.init_noise_sigma
+    cond = torch.full((n,), null_class(model), device=device) if isinstance(model, DiTTransformer2DModel) else None
+    for t in sched.timesteps:
+        out = run_denoiser(model, sched.scale_model_input(x, t), t.expand(n).to(device), cond)
+        x = sched.step(out, t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+def save_sample_grid(model, scheduler, path: Path, n: int = 64, seed: int = 0) -> None:
+    x = (sample(model, scheduler, n, seed=seed).float().cpu() + 1) / 2
+    rows = int(n ** 0.5)
+    c, h, w = x.shape[1:]
+    grid = x[: rows * rows].view(rows, rows, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, rows * w, c)
+    with atomic_path(path) as tmp:
+        pyplot().imsave(tmp, grid.squeeze(-1).numpy(), cmap="gray" if c == 1 else None, format="png")

@@ -1,0 +1,29 @@
+"""`diffrep segment train | predict | eval` (DDPM-Seg); flags from SegConfig and EvalConfig."""
+
+from __future__ import annotations
+
+from ...options import add_options, from_args
+from .config import SegConfig
+from .predict import EvalConfig, evaluate, predict_files
+from .train import train_segmenter
+
+
+def register(commands) -> None:
+    seg = commands.group("segment", help="DDPM-Seg: few-label semantic segmentation from pixel features")
+    p = seg.add("train", lambda args: train_segmenter(from_args(SegConfig, args), args.out),
+                help="train the per-pixel MLP ensemble (and the baselines) on a few labelled images")
+    add_options(p, SegConfig)
+    p.add_argument("--out", required=True,
+                   help="run folder: config.json, heads-*.safetensors, segment-train.json, cache/")
+
+    p = seg.add("predict", lambda args: predict_files(args.run, args.images, args.out),
+                help="label PNGs, overlays and uncertainty maps for image files")
+    p.add_argument("--run", required=True, help="a `diffrep segment train` run folder")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="folder for <stem>-labels.png, -overlay.png, -uncertainty.png")
+
+    p = seg.add("eval", lambda args: evaluate(args.run, from_args(EvalConfig, args), args.out),
+                help="mIoU, per-class IoU and pixel accuracy of a run and its baselines")
+    p.add_argument("--run", required=True, help="a `diffrep segment train` run folder")
+    add_options(p, EvalConfig)
+    p.add_argument("--out", default=None, help="folder for segment-eval.json and pictures (default: the run folder)")

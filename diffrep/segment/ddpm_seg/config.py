@@ -1,0 +1,61 @@
+"""DDPM-Seg's settings, each with its default, range and help stated once (the command line is built
+from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffusers import DDPMScheduler
+
+from ...options import check, noise_level, option
+
+DDPM_SEG_TS = (50, 150, 250)   # DDPM-Seg's timesteps (of 1000)
+
+
+@dataclass
+class SegConfig:
+    model: str = option("scenes-ddpm", "bundled name, local diffusers folder or hub id")
+    data: str = option("scenes", "'scenes' (bundled) or a folder with images/ + masks/")
+    labelled: int | None = option(None, "labelled images to train on, the first N (default: 20 of the bundled scenes; "
+                                        "all of a folder's)", parse=int, min=1)
+    blocks: list | None = option(None, "blocks (default: mid_block + up blocks but the last)", many=True)
+    ts: list | None = option(None, "noise levels (default 50,150,250; σ for EDM)", parse=noise_level, many=True,
+                             flag="--t")
+    k: int = option(10, "MLPs in the ensemble", min=1)
+    ensemble: int = option(1, "noise draws averaged per feature (DDPM-Seg: 1)", min=1)
+    seed: int = option(0, "seed of the fixed noise and of the heads' initialisation")
+    shared_noise: bool = option(True, "one noise per image instead of one shared fixed noise", flag="--fresh-noise")
+    bf16: bool = option(False, "bfloat16 autocast for the denoiser")
+    pixels_per_image: int = option(1000, "pixels drawn afresh from each labelled image every epoch", min=1)
+    balanced: bool = option(True, "sample pixels uniformly (default: class-balanced)", flag="--uniform")
+    pool_mb: float = option(512.0, "cap on the in-RAM pool of sampled pixel features (MB)", above=0)
+    batch_size: int = option(64, "pixels per step (DDPM-Seg: 64)", min=1)
+    lr: float = option(1e-3, "Adam learning rate", above=0)
+    max_epochs: int = option(10, "epochs; each is a fresh draw of pixels", min=1)
+    patience: int = option(3, "epochs without a better held-out loss before a head stops", min=1)
+    min_class_pixels: int = option(20, "a class with fewer pixels in an image is not trained on there", min=1, cli=False)
+    extract_batch: int = option(8, "images per denoiser forward", min=1)
+    select: bool = option(False, "choose blocks and t by cross-validation on the labelled images (--blocks/--t: the "
+                                 "candidates)")
+    select_blocks: int = option(3, "blocks kept by --select", min=1, cli=False)
+    select_ts: int = option(2, "noise levels kept by --select", min=1, cli=False)
+    baselines: bool = option(True, "skip raw pixels, random weights, single MLP")
+    neighbourhood: int = option(2, "raw-pixel baseline: RGB of a (2r+1)² window", min=0, cli=False)
+    colour_copies: int = option(0, "add N (≤5) copies of each labelled image with permuted RGB channels, so no colour "
+                                   "marks a class", min=0, max=5)
+    held_out_images: int = option(0, "stop early on the last N labelled images (not trained on) instead of a tenth "
+                                     "of every image's pixels", min=0)
+    selection: dict = option({}, cli=False)   # what --select found (written to config.json)
+
+    def __post_init__(self):
+        check(self)
+
+
+def default_levels(noise) -> list:
+    """t ∈ {50, 150, 250} for VP models with a 1000-step schedule (scaled for other lengths); for EDM
+    models the σ with the same signal-to-noise ratio under DDPM's linear schedule."""
+    if noise.kind == "vp":
+        return sorted({min(noise.num_steps - 1, round(t * noise.num_steps / 1000)) for t in DDPM_SEG_TS})
+    ab = DDPMScheduler().alphas_cumprod
+    sigmas = [float(((1 - ab[t]) / ab[t]).sqrt()) for t in DDPM_SEG_TS]
+    return [round(min(max(s, noise.sigma_min), noise.sigma_max), 4) for s in sigmas]
