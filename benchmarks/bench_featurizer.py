@@ -29,11 +29,9 @@ import diffusers
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
-from diffrep.backbone import Backbone, load_backbone, noise_form
-from diffrep.errors import DiffrepError
-from diffrep.featurizer import Featurizer
-from diffrep.losses import DDPMLoss
-from diffrep.pretrain import PretrainConfig, build_denoiser, build_scheduler
+from diffrep import DiffrepError
+from diffrep.core import Backbone, Featurizer, load_backbone, noise_form
+from diffrep.pretrain import DDPMLoss, PretrainConfig, build_denoiser, build_scheduler
 
 BLOCKS = ("down_blocks.1", "mid_block", "up_blocks.0")  # encoder, bottleneck, first decoder block
 T = 50  # light noise, the useful range for features (DESIGN.md §6)

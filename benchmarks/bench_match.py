@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from bench_featurizer import best_time  # the same timing rule: fastest of n calls after a warm-up
-from diffrep.correspond import DiffusionDescriber, dense_flow, load_featurizer, match, prepare
-from diffrep.photos import photo
+from diffrep.core import Featurizer, load_backbone
+from diffrep.correspond.dift import DiffusionDescriber, dense_flow, match, prepare
+from diffrep.data.photos import photo
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     target = photo("motorcycle_right")[:, 100:356, 190:446]
     points = torch.stack(torch.meshgrid(torch.arange(4) * 64 + 32.0, torch.arange(4) * 64 + 32.0, indexing="xy"), -1)
     points = points.reshape(-1, 2)
-    featurizer = load_featurizer(args.model)
+    featurizer = Featurizer(load_backbone(args.model))
     rows = []
     for ensemble in (1, 4):
         for bf16 in (False, True):

@@ -5,7 +5,7 @@ only: this is how the sweep's `--augment` default and distortions were chosen.
 
 For each cell (default t = 25 on `mid_block` and `up_blocks.0`, 4×4 pool: the sweep's best region),
 5-fold cross-validation over the 4,000 bundled MNIST train digits: each fold's linear probe is fit on
-its digits plus m distorted copies of them (never copies of the held-out digits, `probe.
+its digits plus m distorted copies of them (never copies of the held-out digits, `heads.
 cross_validated_accuracy(copies=...)`) and scores the held-out fifth, for shift-only copies (±2 px,
 the sweep's earlier default) and the full distortion (`data.Distortion()`: rotation, scale, shear,
 shift, elastic). The test split is not loaded. Features fp32, as the sweep's. Results:
@@ -21,13 +21,12 @@ from pathlib import Path
 
 import torch
 
-from diffrep.backbone import load_backbone
-from diffrep.cli_args import csv_of
-from diffrep.collect import collect_features
-from diffrep.data import Distortion, ImageSet, mnist, random_distort
-from diffrep.featurizer import Featurizer
-from diffrep.jsonio import write_json
-from diffrep.probe import cross_validated_accuracy
+from diffrep.core import Featurizer, load_backbone
+from diffrep.data import Distortion, mnist, random_distort
+from diffrep.features import DiffusionFeatures, collect_features
+from diffrep.heads import cross_validated_accuracy
+from diffrep.options import csv_of
+from diffrep.runs import write_json
 
 KINDS = {"shift only": Distortion(rotate=0, scale=0, shear=0, shift=2, elastic=0), "full distortion": Distortion()}
 
@@ -48,7 +47,9 @@ def main() -> None:
     train = mnist("train")
     featurizer = Featurizer(load_backbone(args.model))
     def features(images, seed, desc):
-        return collect_features(featurizer, ImageSet(images), [args.t], args.blocks, [args.pool], seed=seed, desc=desc)
+        source = DiffusionFeatures(featurizer, args.blocks, [args.t], seed=seed)
+        # keyed by the cells' file names ("t=25/mid_block/pool=4"), as the results file has always named them
+        return {cell.key(): v for cell, v in collect_features(source, images, [args.pool], desc=desc).items()}
     plain = features(train.images, 0, "train digits")
     decay = dict.fromkeys(plain, args.weight_decay)
     n, most = len(train.labels), max(args.copies)

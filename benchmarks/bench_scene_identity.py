@@ -4,8 +4,8 @@ the DDPM-Seg gap (every method finds the digits; telling them apart is what is m
     python benchmarks/bench_scene_identity.py [--model scenes-ddpm] [--scenes 600]
 
 For every digit instance in `--scenes` validation scenes (the scenes train split from index
-`segment_data.VAL_START`, never labelled and never the test split), each (t, block) map is upsampled
-to the scene, averaged over the instance's mask, and a linear probe (diffrep.probe, standardised,
+`diffrep.data.masks.VAL_START`, never labelled and never the test split), each (t, block) map is upsampled
+to the scene, averaged over the instance's mask, and a linear probe (diffrep.heads, standardised,
 L2 strength chosen on validation) learns the digit from the first ¾ of the scenes' instances; the
 last ¼ of the scenes score it. The same for the architecture with random weights. The probe is fit
 on 30 instances (about what 20 labelled scenes hold), 300, and all, so the table says whether more
@@ -23,14 +23,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffrep.backbone import load_backbone
+from diffrep.core import Featurizer, load_backbone, random_init
 from diffrep.data import match_channels
-from diffrep.featurizer import Featurizer
-from diffrep.jsonio import write_json
-from diffrep.probe import train_probe_grid
-from diffrep.scenes import scenes
-from diffrep.segment_data import VAL_START
-from diffrep.sweep import random_init
+from diffrep.data.masks import VAL_START
+from diffrep.data.scenes import scenes
+from diffrep.heads import train_probe_grid
+from diffrep.runs import write_json
 
 TS = [50, 150, 250, 400]
 BLOCKS = ["down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1"]

@@ -48,7 +48,7 @@ def write_model(folder: Path) -> None:
 
 
 def write_data(folder: Path) -> None:
-    from diffrep.scenes import CLASSES, scenes
+    from diffrep.data.scenes import CLASSES, scenes
 
     images, masks = scenes("train", N_IMAGES, size=SIZE)
     (folder / "images").mkdir(parents=True)
@@ -82,8 +82,8 @@ def main() -> None:
         tmp = Path(tmp)
         write_model(tmp / "model")
         write_data(tmp / "data")
-        floor_code = (f"import torch; torch.set_num_threads({args.threads}); import diffrep.segment; "
-                      f"from diffrep.backbone import load_backbone; load_backbone({str(tmp / 'model')!r})")
+        floor_code = (f"import torch; torch.set_num_threads({args.threads}); import diffrep.segment.ddpm_seg; "
+                      f"from diffrep.core import load_backbone; load_backbone({str(tmp / 'model')!r})")
         floor_s, floor_mb = run_child(floor_code, args.threads)
         argv = ["segment", "train", "--model", str(tmp / "model"), "--data", str(tmp / "data"), "--labelled",
                 str(N_IMAGES), "--out", str(tmp / "run"), "--blocks", ",".join(BLOCKS), "--t", ",".join(map(str, TS)),
@@ -92,7 +92,7 @@ def main() -> None:
         train_code = (f"import sys, torch; torch.set_num_threads({args.threads}); from diffrep.cli import main; "
                       f"sys.exit(main({argv!r}))")
         wall_s, peak_mb = run_child(train_code, args.threads)
-        train = json.loads((tmp / "run" / "train.json").read_text())
+        train = json.loads((tmp / "run" / "segment-train.json").read_text())
         cache_mb = sum(p.stat().st_size for p in (tmp / "run" / "cache").rglob("*")) / 2**20
     channels = train["heads"]["diffusion"]["channels"]
     reference_mb = N_IMAGES * channels * SIZE * SIZE * 4 / 2**20

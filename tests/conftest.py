@@ -15,6 +15,8 @@ from diffusers import (AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, EDME
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SIZE = 32
+CLASSES = ["background", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 torch.set_num_threads(1)
 
 
@@ -108,6 +110,35 @@ def labelled_folder(tmp_path_factory) -> Path:
         folder = root / str(int(data.labels[i]))
         folder.mkdir(exist_ok=True)
         Image.fromarray(img).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def rgb_unet_dir(tmp_path_factory):
+    """An RGB pixel UNet without attention anywhere (as scenes-ddpm: mid_block.attentions = [None])."""
+    root = tmp_path_factory.mktemp("rgb_unet")
+    torch.manual_seed(0)
+    UNet2DModel(block_out_channels=(4, 8), norm_num_groups=2, down_block_types=("DownBlock2D",) * 2,
+                up_block_types=("UpBlock2D",) * 2, layers_per_block=1, sample_size=SIZE, in_channels=3, out_channels=3,
+                add_attention=False).save_pretrained(root / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
+    return root
+
+
+def write_folder(root, n: int, split: str = "train", ignore_pixels: bool = True):
+    """n bundled scenes (32×32) as images/ + masks/ PNGs with a classes.json (ignore label 255)."""
+    from diffrep.data.scenes import scenes
+
+    images, masks = scenes(split, n, size=SIZE)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(((images[i] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(root / "images" / f"s{i}.png")
+        mask = masks[i].numpy().astype(np.uint8)
+        if ignore_pixels:
+            mask[:2, :2] = 255
+        Image.fromarray(mask).save(root / "masks" / f"s{i}.png")
+    (root / "classes.json").write_text(json.dumps({"classes": CLASSES, "ignore_index": 255}))   # as the README says
     return root
 
 

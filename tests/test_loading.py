@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffrep import DiffrepError, load_backbone
-from diffrep.data import image_folder, load, mnist
+from diffrep.data import image_folder, load, mnist, read_image
 from diffrep.features import load_features, save_features
 
 
@@ -84,6 +84,15 @@ def test_image_folder_labels_from_subfolders(labelled_folder):
     assert data.classes == sorted(data.classes) and len(set(data.labels.tolist())) == len(data.classes)
     train, test = load(str(labelled_folder), "train", channels=1, size=32), load(str(labelled_folder), "test", channels=1, size=32)
     assert len(train) == 32 and len(test) == 8
+
+
+def test_user_digits_are_padded_as_the_bundled_ones(labelled_folder):
+    """28×28 digit files fitted to a 32×32 model equal the bundled MNIST digits (zero-padded), pixel for pixel."""
+    bundled = mnist("train")
+    files = sorted(labelled_folder.rglob("*.png"), key=lambda p: p.name)
+    for path in files[:5]:
+        image, how = read_image(path, 1, 32)
+        assert how == "padded" and torch.equal(image, bundled.images[int(path.stem)])
 
 
 def test_empty_folder(tmp_path):

@@ -6,56 +6,24 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from diffrep.core import load_backbone
-from diffrep.cli import main
 from diffrep import DiffrepError
-from diffrep.segment.ddpm_seg import SegConfig, predict_image, train_segmenter
-from diffrep.data import load_seg_data, read_mask
-from diffrep.core import Featurizer
-from diffrep.data import ImageSet
+from diffrep.cli import main
+from diffrep.core import Featurizer, load_backbone
+from diffrep.data import ImageSet, load_seg_data, read_mask
 from diffrep.features import PEAK, Cell, DiffusionFeatures, RawPixels, features_at, upsample_concat
-from diffrep.segment.ddpm_seg import default_levels
 from diffrep.heads import PixelMLPs, ensemble_uncertainty, majority_vote
+from diffrep.segment.ddpm_seg import SegConfig, default_levels, predict_image, train_segmenter
 
-SIZE = 32
-CLASSES = ["background", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+from .conftest import CLASSES, SIZE, write_folder
+
 FAST = ["--k", "2", "--max-epochs", "2", "--pixels-per-image", "200", "--batch-size", "64", "--extract-batch", "4"]
-
-
-@pytest.fixture(scope="module")
-def rgb_unet_dir(tmp_path_factory):
-    """An RGB pixel UNet without attention anywhere (as scenes-ddpm: mid_block.attentions = [None])."""
-    root = tmp_path_factory.mktemp("rgb_unet")
-    torch.manual_seed(0)
-    UNet2DModel(block_out_channels=(4, 8), norm_num_groups=2, down_block_types=("DownBlock2D",) * 2,
-                up_block_types=("UpBlock2D",) * 2, layers_per_block=1, sample_size=SIZE, in_channels=3, out_channels=3,
-                add_attention=False).save_pretrained(root / "unet")
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
-    return root
-
-
-def write_folder(root, n: int, split: str = "train", ignore_pixels: bool = True):
-    """n bundled scenes (32×32) as images/ + masks/ PNGs with a classes.json (ignore label 255)."""
-    from diffrep.data.scenes import scenes
-
-    images, masks = scenes(split, n, size=SIZE)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        Image.fromarray(((images[i] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(root / "images" / f"s{i}.png")
-        mask = masks[i].numpy().astype(np.uint8)
-        if ignore_pixels:
-            mask[:2, :2] = 255
-        Image.fromarray(mask).save(root / "masks" / f"s{i}.png")
-    (root / "classes.json").write_text(json.dumps({"names": CLASSES, "ignore": 255}))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +299,24 @@ def test_bundled_scenes_are_deterministic_with_bright_digits_on_a_dim_photograph
             counts.append(len(np.unique(mask)) - 1)
     assert max(counts) <= DIGITS_PER_SCENE[1] and np.mean(counts) >= 2   # classes per scene (a repeat counts once)
     assert not np.array_equal(scene("train", 0)[0], scene("test", 0)[0])
+
+
+def test_a_folder_laid_out_as_the_readme_says_trains_and_scores(rgb_unet_dir, tmp_path):
+    """images/ + masks/ + classes.json in the very format the README's example shows."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = re.search(r"`classes\.json` \(`(\{.*?\})`", readme)
+    assert example, "the README shows a classes.json example"
+    spec = json.loads(example.group(1))
+    root = write_folder(tmp_path / "data", 3)
+    n_classes = len(spec["classes"])
+    for mask in (root / "masks").iterdir():   # the example's classes: labels 0..n-1 and its ignore label
+        m = np.array(Image.open(mask))
+        m[(m >= n_classes) & (m != spec["ignore_index"])] = n_classes - 1
+        Image.fromarray(m).save(mask)
+    (root / "classes.json").write_text(example.group(1))
+    data = load_seg_data(str(root), "train")
+    assert data.classes == spec["classes"] and data.ignore_index == spec["ignore_index"]
+    cfg = SegConfig(model=str(rgb_unet_dir), data=str(root), k=1, max_epochs=1, pixels_per_image=100, ts=[50],
+                    baselines=False)
+    result = train_segmenter(cfg, tmp_path / "run")
+    assert result["n_labelled"] == 3 and (tmp_path / "run" / "heads-diffusion.safetensors").is_file()
