@@ -59,8 +59,6 @@ def random_distort(x: torch.Tensor, d: Distortion, gen: torch.Generator) -> torc
     """Each image of x (N×C×H×W in [-1, 1]) under its own random `d`, drawn from `gen`; bilinear
     resampling by torch's `affine_grid`/`grid_sample`, edges replicated, the elastic field smoothed by
     scipy's `gaussian_filter`."""
-
-
     n, _, h, w = x.shape
     def draw(amount):  # uniform in ±amount, one per image
         return (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * amount

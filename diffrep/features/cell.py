@@ -31,8 +31,7 @@ class Cell:
         return f"t={self.t} {self.block}" + ("" if self.pool is None else f" pool={self.pool}")
 
 
-Key = "Cell | str"   # a feature's name: a Cell for diffusion features, a string for baselines ("pixels")
-
+# A feature's key is a Cell for diffusion features and a string for baselines ("pixels", "daisy").
 
 def key_to_json(key):
     return key.as_json() if isinstance(key, Cell) else key

@@ -24,7 +24,7 @@ from ..runs import atomic_path, write_json
 from .cell import file_key, key_from_json, key_to_json
 from .sampling import PEAK
 
-FORMAT = "diffrep-features/1"
+FORMAT = "diffrep-features/2"   # 2: tensors keyed by Cell, listed in the manifest
 FLOAT16_MAX = 65504.0
 
 
@@ -50,6 +50,9 @@ def read_meta(path: str | Path) -> dict:
     except (SafetensorError, OSError, ValueError) as err:
         raise DiffrepError(f"feature file {path} is corrupt or not a safetensors file ({err}); delete it and "
                            "extract again") from None
+    if str(header.get("format", "")).startswith("diffrep-features/") and header["format"] != FORMAT:
+        raise DiffrepError(f"feature file {path} was written by another version of diffrep ({header['format']}, "
+                           f"this one reads {FORMAT}); delete it and extract again")
     if header.get("format") != FORMAT:
         raise DiffrepError(f"{path} is a safetensors file but not a diffrep feature file (format {header.get('format')!r})")
     return json.loads(header["meta"])
