@@ -125,10 +125,20 @@ def add_options(parser, cls, unset: bool = False, skip: tuple[str, ...] = ()) ->
             parser.add_argument(flag, dest=f.name, action="store_const", const=not default,
                                 default=None if unset else default, help=meta["help"])
             continue
-        kind = meta.get("parse") or (type(default[0]) if meta["many"] and default else str if meta["many"] or default is None else type(default))
+        kind = _parser_of(default, meta)
         parser.add_argument(flag, dest=f.name, type=csv_of(kind) if meta["many"] else kind,
-                            default=None if unset else copy.deepcopy(default), help=shown, metavar=meta.get("metavar"),
+                            default=None if unset else copy.deepcopy(default), help=shown,
+                            metavar=meta.get("metavar") or flag.lstrip("-").upper().replace("-", "_"),
                             required=meta.get("required", False))
+
+
+def _parser_of(default, meta):
+    """What converts one command-line value: the field's own parser, else the type of its default
+    (of a list default's items), else str."""
+    if meta.get("parse") is not None:
+        return meta["parse"]
+    sample = (default[0] if default else None) if meta["many"] else default
+    return str if sample is None else type(sample)
 
 
 def from_args(cls, args, **extra):

@@ -225,3 +225,17 @@ def test_argument_text(inputs, capsys):
     assert "invalid comma-separated noise level" in message and "<lambda>" not in message
     message = run_bad(["sweep", "--pools", "1,two", "--out", str(inputs["root"] / "s")], capsys)
     assert "invalid comma-separated int value: '1,two'" in message
+
+
+def test_segment_predict_pads_sizes_the_model_does_not_divide(inputs, seg_run, tmp_path, capsys):
+    odd = tmp_path / "odd.png"
+    Image.fromarray(np.full((37, 45, 3), 90, np.uint8)).save(odd)
+    assert main(["segment", "predict", "--run", str(seg_run), str(odd), "--out", str(tmp_path / "p")]) == 0
+    assert Image.open(tmp_path / "p" / "odd-labels.png").size == (45, 37)
+
+
+def test_scoring_a_folder_without_splits_warns_that_it_may_be_the_training_images(inputs, seg_run, tmp_path, capsys):
+    whole = write_folder(tmp_path / "whole", 2)
+    assert main(["segment", "eval", "--run", str(seg_run), "--data", str(whole), "--out", str(tmp_path / "e"),
+                 "--no-baselines"]) == 0
+    assert "scores the training images" in capsys.readouterr().out

@@ -39,18 +39,30 @@ FOLDER_SPLIT_SEED, FOLDER_TRAIN_FRACTION = 0, 0.8
 WARPS_PAIRS, WARPS_SIZE = 120, 128
 
 
+def _mnist(split: str, n: int | None, channels: int, size: int | None) -> ImageSet:
+    return mnist(split)
+
+
+def _scenes(split: str, n: int | None, channels: int, size: int | None) -> ImageSet:
+    if split == "unlabelled":
+        return ImageSet(scenes("unlabelled", n or UNLABELLED_SIZES["train"], size or 64)[0], name="scenes/unlabelled")
+    return load_seg_data("scenes", split, n)
+
+
+def _photos(split: str, n: int | None, channels: int, size: int | None) -> ImageSet:
+    if split not in UNLABELLED_SIZES:
+        raise DiffrepError(f"unknown photos split {split!r}; use 'train' or 'test'")
+    return ImageSet(crops(UNLABELLED_SIZES[split], size or 32, seed=0 if split == "train" else 1), name=f"photos/{split}")
+
+
+REGISTRY = {"mnist": _mnist, "scenes": _scenes, "photos": _photos}   # name -> loader(split, n, channels, size)
+
+
 def load(data: str, split: str, n: int | None = None, channels: int = 1, size: int | None = None) -> ImageSet:
     """Split `split` of `data` (a bundled name, see BUNDLED, or a folder). `n`: the first n images
     (segmentation sets); `channels` and `size`: what images read from files are converted to."""
-    if data == "mnist":
-        return mnist(split)
-    if data == "scenes":
-        if split == "unlabelled":
-            return ImageSet(scenes("unlabelled", n or UNLABELLED_SIZES["train"], size or 64)[0],
-                            name="scenes/unlabelled")
-        return load_seg_data(data, split, n)
-    if data == "photos":
-        return _photos(split, size)
+    if data in REGISTRY:
+        return REGISTRY[data](split, n, channels, size)
     root = Path(data)
     if not root.is_dir():
         raise DiffrepError(f"data {data!r} does not exist: give a bundled data set ({', '.join(BUNDLED)}) or a folder")
@@ -62,12 +74,6 @@ def load(data: str, split: str, n: int | None = None, channels: int = 1, size: i
 def pretrain_split(data: str) -> str:
     """The split a generative model trains on: the unlabelled one where a data set has it."""
     return "unlabelled" if data == "scenes" else "train"
-
-
-def _photos(split: str, size: int | None) -> ImageSet:
-    if split not in UNLABELLED_SIZES:
-        raise DiffrepError(f"unknown photos split {split!r}; use 'train' or 'test'")
-    return ImageSet(crops(UNLABELLED_SIZES[split], size or 32, seed=0 if split == "train" else 1), name=f"photos/{split}")
 
 
 def _class_folder(root: Path, split: str, channels: int, size: int | None) -> ImageSet:
