@@ -38,7 +38,7 @@ def main() -> None:
     rows = []
     for ensemble in (1, 4):
         for bf16 in (False, True):
-            describer = DiffusionDescriber(featurizer, None, 10, ensemble, bf16=bf16)
+            describer = DiffusionDescriber(featurizer, None, 10, ensemble, precision="bf16" if bf16 else "fp32")
             seconds = round(best_time(lambda: match(describer, source, target, points), 3), 3)  # noqa: B023
             rows.append({"what": "match 16 points, 256×256 pair", "block": describer.blocks[0], "ensemble": ensemble,
                          "bf16": bf16, "seconds": seconds})

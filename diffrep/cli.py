@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .classify import ddae
-from .core import Featurizer, load_backbone
+from .core import Featurizer, RunOn, load_backbone
 from .correspond.dift import cli as dift_cli
 from .data import fit_images, load
 from .errors import DiffrepError
@@ -48,7 +48,7 @@ class Commands:
 def cmd_info(args) -> None:
     if args.json_out:
         output_file(args.json_out, "--json", ".json")
-    backbone = load_backbone(args.model)
+    backbone = load_backbone(args.model, args.device)
     info = [b for b in Featurizer(backbone).feature_info() if b.top_level or not args.top_level]
     model = backbone.denoiser
     print(f"{args.model}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
@@ -66,6 +66,7 @@ def cmd_info(args) -> None:
 def _register_info(commands: Commands) -> None:
     p = commands.add("info", cmd_info, help="list every tappable block of a model: name, channels, stride")
     p.add_argument("--model", default="mnist-ddpm", help="bundled name, local diffusers folder or hub id")
+    p.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--top-level", action="store_true", help="only top-level blocks (down_blocks.i, mid_block, …)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the list to this JSON file")
 
@@ -73,7 +74,7 @@ def _register_info(commands: Commands) -> None:
 # ----------------------------------------------------------------------------- features
 
 @dataclass
-class FeaturesConfig:
+class FeaturesConfig(RunOn):
     model: str = option("mnist-ddpm", "bundled name, local diffusers folder or hub id")
     data: str = option("mnist", "'mnist', 'scenes', 'photos' or an image folder (class sub-folders give labels)")
     blocks: list | None = option(None, "comma-separated block names (see `diffrep info`)", many=True, required=True)
@@ -84,7 +85,6 @@ class FeaturesConfig:
     ensemble: int = option(1, "noise draws averaged per image", min=1)
     seed: int = option(0, "seed of the noise (batch b draws from seed + b)")
     shared_noise: bool = option(False, "one noise tensor for all images (DDPM-Seg)")
-    bf16: bool = option(False, "bfloat16 autocast")
     batch_size: int = option(250, "images per forward", min=1)
 
     def __post_init__(self):
@@ -95,9 +95,9 @@ def extract_features(cfg: FeaturesConfig, out: str | Path) -> dict:
     """<split>.safetensors per split (manifest inside), config.json and features.json in `out`."""
     with locked(out) as out:
         start = time.time()
-        backbone = load_backbone(cfg.model)
+        backbone = load_backbone(cfg.model, cfg.device)
         featurizer = Featurizer(backbone)
-        source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.bf16)
+        source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.precision)
         files = {}
         for split in cfg.splits:
             data = load(cfg.data, split, channels=backbone.image_channels, size=backbone.image_size)
@@ -110,7 +110,7 @@ def extract_features(cfg: FeaturesConfig, out: str | Path) -> dict:
                 feats["labels"] = data.labels
             meta = {"model": cfg.model, "data": cfg.data, "split": split, "ts": source.ts, "blocks": source.blocks,
                     "pool": cfg.pool, "ensemble": cfg.ensemble, "seed": cfg.seed, "shared_noise": cfg.shared_noise,
-                    "bf16": cfg.bf16, "n": len(data), "classes": data.classes}
+                    "precision": cfg.precision, "n": len(data), "classes": data.classes}
             path = save_features(out / f"{split}.safetensors", feats, meta)
             files[split] = {"file": path.name, "n": len(data)}
             print(f"wrote {path} ({len(data)} images, {len(source.ts)} t × {len(source.blocks)} blocks)")

@@ -21,13 +21,15 @@ from .errors import DiffrepError
 
 
 def option(default, help: str = "", *, min=None, above=None, max=None, below=None, choices=None, parse=None, many: bool = False,
-           flag: str | None = None, cli: bool = True, metavar: str | None = None, required: bool = False):
+           flag: str | None = None, cli: bool = True, metavar: str | None = None, required: bool = False,
+           aliases: dict | None = None):
     """A config field: default, help, range (min ≤ v ≤ max, above < v < below), choices, the parser of one
     command-line value, whether it is a comma-separated list (`many`; implied by a list default), the
     flag when not `--field-name` (for a boolean: the flag that flips the default), and whether the
-    command line shows it at all (and whether it must be given there)."""
+    command line shows it at all (and whether it must be given there); `aliases`: short flags that set one
+    value ({"--bf16": "bf16"})."""
     meta = dict(help=help, min=min, above=above, max=max, below=below, choices=choices, parse=parse, flag=flag, cli=cli,
-                metavar=metavar, required=required, many=many or isinstance(default, (list, tuple)))
+                metavar=metavar, required=required, aliases=aliases or {}, many=many or isinstance(default, (list, tuple)))
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -130,6 +132,8 @@ def add_options(parser, cls, unset: bool = False, skip: tuple[str, ...] = ()) ->
                             default=None if unset else copy.deepcopy(default), help=shown,
                             metavar=meta.get("metavar") or flag.lstrip("-").upper().replace("-", "_"),
                             required=meta.get("required", False))
+        for alias, value in meta.get("aliases", {}).items():
+            parser.add_argument(alias, dest=f.name, action="store_const", const=value, help=f"the same as {flag} {value}")
 
 
 def _parser_of(default, meta):

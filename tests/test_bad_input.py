@@ -239,3 +239,29 @@ def test_scoring_a_folder_without_splits_warns_that_it_may_be_the_training_image
     assert main(["segment", "eval", "--run", str(seg_run), "--data", str(whole), "--out", str(tmp_path / "e"),
                  "--no-baselines"]) == 0
     assert "scores the training images" in capsys.readouterr().out
+
+
+MODEL_COMMANDS = ["features", "sweep", "segment train", "match-eval", "match-sweep", "pretrain"]
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_every_model_command_takes_device_and_precision_and_refuses_what_cannot_run(command, inputs, capsys):
+    import torch
+
+    out = inputs["root"] / "out"
+    base = commands(inputs, str(out))[command]
+    assert "unknown device 'tpu'" in run_bad(base + ["--device", "tpu"], capsys)
+    assert "fp16 on the CPU is refused" in run_bad(base + ["--device", "cpu", "--precision", "fp16"], capsys)
+    assert "--precision must be one of" in run_bad(base + ["--precision", "fp64"], capsys)
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in run_bad(base + ["--device", "cuda"], capsys)
+    assert not out.exists()
+
+
+def test_bf16_is_the_short_form_of_precision_bf16(inputs, capsys):
+    out = inputs["root"] / "f"
+    assert main(commands(inputs, str(out))["features"] + ["--bf16", "--device", "cpu"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"] == "bf16" and config["device"] == "cpu"
+    assert "no CUDA GPU" in run_bad(["info", "--model", inputs["unet"], "--device", "cuda"], capsys) or \
+        __import__("torch").cuda.is_available()

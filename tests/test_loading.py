@@ -140,3 +140,35 @@ def test_foreign_safetensors_file(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(DiffrepError, match="not a diffrep feature file"):
         load_features(tmp_path / "w.safetensors")
+
+
+def test_dit_folders_as_published_on_the_hub_load(dit_dir, tmp_path):
+    """Hub DiT folders name their class Transformer2DModel (diffusers remaps it): they load as DiT."""
+    import json
+    import shutil
+
+    copy = tmp_path / "dit"
+    shutil.copytree(dit_dir, copy)
+    config = copy / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": "Transformer2DModel"}))
+    published, ours = load_backbone(copy), load_backbone(dit_dir)
+    assert type(published.denoiser).__name__ == "DiTTransformer2DModel"
+    assert all(torch.equal(a, b) for a, b in zip(published.denoiser.state_dict().values(),
+                                                 ours.denoiser.state_dict().values()))
+
+
+def test_schedulers_are_read_where_they_sit_or_the_assumption_is_said(dit_dir, unet_dir, tmp_path, capsys):
+    import shutil
+
+    lone = tmp_path / "lone"
+    shutil.copytree(dit_dir, lone)   # transformer/ as a lone folder, its EDM scheduler in ../scheduler
+    assert load_backbone(lone / "transformer").noise.kind == "edm"
+    inside = tmp_path / "inside"
+    shutil.copytree(dit_dir / "transformer", inside)
+    shutil.copytree(dit_dir / "scheduler", inside / "scheduler")
+    assert load_backbone(inside).noise.kind == "edm"
+    capsys.readouterr()
+    bare = tmp_path / "bare"
+    shutil.copytree(unet_dir / "unet", bare / "unet")
+    assert load_backbone(bare).noise.kind == "vp"
+    assert "assuming DDPM's default linear schedule" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core import Featurizer, load_backbone, random_init
+from ..core import Featurizer, RunOn, load_backbone, random_init
 from ..data import Distortion, fit_images, load, random_distort
 from ..errors import DiffrepError
 from ..features import Cell, DiffusionFeatures, cached, collect_features, load_features
@@ -30,7 +30,7 @@ PIXELS, RANDOM = "pixels", "random"   # the baselines' feature keys: raw pixels,
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(RunOn):
     model: str = option("mnist-ddpm", "bundled name, local diffusers folder or hub id")
     data: str = option("mnist", "'mnist' or an image folder with class sub-folders")
     ts: list | None = option(None, f"noise levels, timesteps or σ for EDM (default {','.join(map(str, DEFAULT_TS))}; "
@@ -40,7 +40,6 @@ class SweepConfig:
     batch_size: int = option(250, "images per forward", min=1)
     ensemble: int = option(1, "noise draws averaged per image", min=1)
     seed: int = option(0, "seed of the noise and the probes")
-    bf16: bool = option(False, "bfloat16 autocast for extraction")
     epochs: int = option(60, "linear-probe epochs", min=1)
     baselines: bool = option(True, "skip the raw-pixel and random-weight baselines")
     features: str | None = option(None, "a `diffrep features` folder to use instead of extracting")
@@ -86,7 +85,8 @@ def _labelled_splits(cfg: SweepConfig, backbone) -> dict:
 def _extract(cfg: SweepConfig, featurizer: Featurizer, images: torch.Tensor, path: Path, split: str, weights: str,
              desc: str) -> dict:
     """A split's pooled features, from the run's cache when it holds them with these settings."""
-    source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, bf16=cfg.bf16, weights=weights)
+    source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, precision=cfg.precision,
+                               weights=weights)
     return cached(path, _cache_meta(cfg, split, weights),
                   lambda: collect_features(source, images, cfg.pools, cfg.batch_size, desc))
 
@@ -98,7 +98,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict:
 
 def _sweep(cfg: SweepConfig, out: Path) -> dict:
     start = time.time()
-    backbone = load_backbone(cfg.model)
+    backbone = load_backbone(cfg.model, cfg.device)
     featurizer = Featurizer(backbone)
     splits = _labelled_splits(cfg, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))
@@ -168,7 +168,7 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train: torch.Tenso
         count = min(per_chunk, cfg.augment - first)
         copies = torch.cat([random_distort(train, cfg.distortion, gen) for _ in range(count)])
         source = DiffusionFeatures(featurizer, [best["block"]], [best["t"]], cfg.ensemble, cfg.seed + 1 + first,
-                                   bf16=cfg.bf16)
+                                   precision=cfg.precision)
         parts.append(collect_features(source, copies, [best["pool"]], cfg.batch_size,
                                       desc=f"distorted copies {first + 1}-{first + count}")[key])
     x = torch.cat(parts)
@@ -211,7 +211,7 @@ def cross_validated_choice(cfg: SweepConfig, cells: list[dict], train_feats: dic
 
 
 def _cache_meta(cfg: SweepConfig, split: str, weights: str) -> dict:
-    keep = ("model", "data", "ts", "blocks", "pools", "batch_size", "ensemble", "seed", "bf16")
+    keep = ("model", "data", "ts", "blocks", "pools", "batch_size", "ensemble", "seed", "precision")
     return {**{k: v for k, v in asdict(cfg).items() if k in keep}, "split": split, "weights": weights}
 
 

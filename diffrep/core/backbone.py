@@ -31,6 +31,39 @@ WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 BUNDLED = {name: WEIGHTS_DIR / name for name in ("mnist-ddpm", "scenes-ddpm", "photos-ddpm")}
 DENOISERS = {cls.__name__: cls for cls in (UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel)}
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype (None: off)
+
+
+# ----------------------------------------------------------------------------- devices and precision
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps', checked to exist here."""
+    if str(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise DiffrepError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffrepError(f"device {spec}: this machine has no CUDA GPU that torch can use; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DiffrepError(f"device {spec}: there are only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DiffrepError(f"device {spec}: Apple's MPS backend is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DiffrepError(f"unsupported device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device):
+    """The autocast dtype of a precision on a device (None: full fp32). fp16 on the CPU is refused:
+    its CPU kernels are slow or missing; bf16 is the CPU's reduced precision."""
+    if precision not in PRECISIONS:
+        raise DiffrepError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision == "fp16" and torch.device(device).type == "cpu":
+        raise DiffrepError("fp16 on the CPU is refused (its CPU kernels are slow or missing): use --precision bf16 "
+                           "or fp32 on the CPU, fp16 on a GPU")
+    return PRECISIONS[precision]
 
 
 # ----------------------------------------------------------------------------- noise forms
@@ -178,11 +211,18 @@ class Backbone:
 
 # ----------------------------------------------------------------------------- loading
 
-def _class_name(config_file: Path) -> str:
+def _reads(config_file: Path) -> dict:
     try:
-        return json.loads(config_file.read_text()).get("_class_name", "")
-    except (OSError, json.JSONDecodeError) as err:
-        raise DiffrepError(f"cannot read {config_file}: {err}") from err
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DiffrepError(f"cannot read {config_file}: {err}") from None
+    if not isinstance(config, dict):
+        raise DiffrepError(f"{config_file} is not a diffusers config (not a JSON object)")
+    return config
+
+
+def _class_name(config_file: Path) -> str:
+    return _reads(config_file).get("_class_name", "")
 
 
 def _load_denoiser(folder: Path) -> torch.nn.Module:
@@ -192,6 +232,8 @@ def _load_denoiser(folder: Path) -> torch.nn.Module:
     if not any((folder / w).is_file() for w in WEIGHT_FILES):
         raise DiffrepError(f"{folder} has config.json but no weights (expected one of {', '.join(WEIGHT_FILES)})")
     name = _class_name(config)
+    if name == "Transformer2DModel" and _reads(config).get("norm_type") == "ada_norm_zero":
+        name = "DiTTransformer2DModel"   # DiT folders on the hub predate diffusers' DiT class; diffusers remaps them too
     if name not in DENOISERS:
         raise DiffrepError(f"{folder} holds a {name or 'unknown model'}; supported denoisers: {', '.join(DENOISERS)}")
     try:
@@ -200,9 +242,13 @@ def _load_denoiser(folder: Path) -> torch.nn.Module:
         raise DiffrepError(f"cannot load {name} from {folder}: {err}") from err
 
 
-def _load_scheduler(folder: Path | None):
-    """The scheduler in `folder` (EDM if its class says so); DDPM's default linear schedule when absent."""
-    if folder is None or not (folder / "scheduler_config.json").is_file():
+def _load_scheduler(candidates: list[Path], where: Path):
+    """The scheduler in the first of `candidates` that holds a scheduler_config.json (EDM if its class
+    says so); without one, DDPM's default linear schedule, with a note saying it was assumed."""
+    folder = next((c for c in candidates if (c / "scheduler_config.json").is_file()), None)
+    if folder is None:
+        print(f"note: no scheduler_config.json in {where} (looked in {', '.join(str(c) for c in candidates)}); "
+              "assuming DDPM's default linear schedule of 1000 steps (noise: vp)")
         return DDPMScheduler()
     name = _class_name(folder / "scheduler_config.json")
     cls = getattr(diffusers, name, None)
@@ -229,12 +275,12 @@ def _load_folder(folder: Path) -> Backbone:
     if sub is None and (folder / "model").is_dir():  # a `diffrep pretrain` run folder
         return _load_folder(folder / "model")
     if sub is None:
-        # a lone model folder: its scheduler sits beside it or defaults to DDPM's
+        # a lone model folder: its scheduler sits in it, in scheduler/ inside it, or beside it
         denoiser = _load_denoiser(folder)
-        return Backbone(denoiser, noise_form(_load_scheduler(folder)), source=str(folder))
+        places = [folder, folder / "scheduler", folder.parent / "scheduler"]
+        return Backbone(denoiser, noise_form(_load_scheduler(places, folder)), source=str(folder))
     denoiser = _load_denoiser(sub)
-    sched_dir = folder / "scheduler"
-    noise = noise_form(_load_scheduler(sched_dir if sched_dir.is_dir() else None))
+    noise = noise_form(_load_scheduler([folder / "scheduler"], folder))
     vae = None
     if (folder / "vae").is_dir():
         vae = AutoencoderKL.from_pretrained(folder / "vae")
@@ -255,7 +301,9 @@ def random_init(backbone: Backbone, seed: int) -> Backbone:
 
 def load_backbone(spec: str | Path, device: str | torch.device = "cpu") -> Backbone:
     """A backbone from a bundled name (`mnist-ddpm`), a local diffusers folder (a lone model folder or a
-    pipeline folder with unet/ or transformer/, scheduler/, vae/ …) or a HuggingFace hub id."""
+    pipeline folder with unet/ or transformer/, scheduler/, vae/ …) or a HuggingFace hub id, with the
+    denoiser, VAE and text encoder on `device` ('auto', 'cpu', 'cuda', 'cuda:N', 'mps')."""
+    device = resolve_device(device)
     if str(spec) in BUNDLED:
         path = BUNDLED[str(spec)]
         if not path.is_dir():

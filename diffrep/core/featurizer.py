@@ -15,7 +15,7 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 from ..errors import DiffrepError
-from .backbone import Backbone, run_denoiser
+from .backbone import Backbone, autocast_dtype, run_denoiser
 from .blocks import default_blocks
 
 SUB_BLOCKS = ("resnets", "attentions", "downsamplers", "upsamplers")
@@ -114,22 +114,24 @@ class Featurizer:
     @torch.no_grad()
     def extract(self, images: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1, seed: int | None = 0,
                 shared_noise: bool = False, bf16: bool = False, prompt: str | None = None,
-                stop_early: bool = True) -> dict[str, torch.Tensor]:
+                stop_early: bool = True, precision: str | None = None) -> dict[str, torch.Tensor]:
         """Features {block: N×C×h×w float32 on CPU} of `images` (N×C×H×W in [-1, 1]) noised to level t.
 
         ensemble: k noise draws, run as one batch and averaged.  seed: fixes the draws (None: fresh).
         shared_noise: one noise tensor for every image (DDPM-Seg) instead of one per image.
-        bf16: bfloat16 autocast.  prompt: text condition for conditional UNets (default: empty prompt).
+        precision: 'fp32', 'bf16' or 'fp16' autocast (fp16: GPUs only); bf16=True is 'bf16'.
+        prompt: text condition for conditional UNets (default: empty prompt).
         stop_early: end the forward after the last requested block (False runs the whole network).
         """
         self.check_images(images)
         latents = self.backbone.encode(images.to(self.backbone.device))
-        return self.extract_latents(latents, t, blocks, ensemble, seed, shared_noise, bf16, prompt, stop_early)
+        return self.extract_latents(latents, t, blocks, ensemble, seed, shared_noise, bf16, prompt, stop_early, precision)
 
     @torch.no_grad()
     def extract_latents(self, latents: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1,
                         seed: int | None = 0, shared_noise: bool = False, bf16: bool = False,
-                        prompt: str | None = None, stop_early: bool = True) -> dict[str, torch.Tensor]:
+                        prompt: str | None = None, stop_early: bool = True,
+                        precision: str | None = None) -> dict[str, torch.Tensor]:
         """As `extract`, on inputs already passed through `backbone.encode` (reuse them across t)."""
         blocks = self.check_blocks([blocks] if isinstance(blocks, str) else list(blocks))
         t = self.backbone.noise.check(t)
@@ -140,7 +142,8 @@ class Featurizer:
         shape = (ensemble, 1 if shared_noise else n, *latents.shape[1:])
         eps = torch.randn(shape, generator=gen).to(latents).expand(ensemble, n, *latents.shape[1:])
         x_t = self.backbone.noise.add_noise(latents.unsqueeze(0), eps, t).reshape(ensemble * n, *latents.shape[1:])
-        with torch.autocast(self.backbone.device.type, dtype=torch.bfloat16, enabled=bf16):
+        dtype = autocast_dtype(precision or ("bf16" if bf16 else "fp32"), self.backbone.device)
+        with torch.autocast(self.backbone.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             feats = self._run(x_t, t, blocks, stop_early=stop_early, prompt=prompt)
         return {name: f.float().view(ensemble, n, *f.shape[1:]).mean(0).cpu() for name, f in feats.items()}
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.backbone import autocast_dtype
 from ..core.featurizer import Featurizer
 from ..data.images import match_channels
 from .cell import Cell
@@ -32,14 +33,15 @@ class DiffusionFeatures:
 
     ensemble: noise draws averaged; seed: fixes the noise (the same seed for every batch and t gives
     DDPM-Seg's one fixed noise); shared_noise: one noise tensor for every image of a batch;
-    weights: 'trained' or 'random' (a label in `identity()`)."""
+    precision: 'fp32', 'bf16' or 'fp16' autocast; weights: 'trained' or 'random' (a label in `identity()`)."""
 
     def __init__(self, featurizer: Featurizer, blocks: list[str], ts: list, ensemble: int = 1, seed: int = 0,
-                 shared_noise: bool = False, bf16: bool = False, weights: str = "trained"):
+                 shared_noise: bool = False, precision: str = "fp32", weights: str = "trained"):
         self.featurizer = featurizer
         self.blocks = featurizer.check_blocks(list(blocks))
         self.ts = [featurizer.backbone.noise.check(t) for t in ts]
-        self.ensemble, self.seed, self.shared_noise, self.bf16 = ensemble, seed, shared_noise, bf16
+        self.ensemble, self.seed, self.shared_noise, self.precision = ensemble, seed, shared_noise, precision
+        autocast_dtype(precision, featurizer.backbone.device)   # refuses fp16 on the CPU before any work
         self.weights = weights
         channels = {b.name: b.channels for b in featurizer.feature_info()}
         self.channels = {Cell(t, b): channels[b] for t in self.ts for b in self.blocks}
@@ -47,7 +49,7 @@ class DiffusionFeatures:
     def identity(self) -> dict:
         return {"kind": "diffusion", "model": self.featurizer.backbone.source, "weights": self.weights,
                 "blocks": self.blocks, "ts": self.ts, "ensemble": self.ensemble, "seed": self.seed,
-                "shared_noise": self.shared_noise, "bf16": self.bf16}
+                "shared_noise": self.shared_noise, "precision": self.precision}
 
     @torch.no_grad()
     def maps(self, images: torch.Tensor, seed: int | None = None, prompt: str | None = None) -> dict[Cell, torch.Tensor]:
@@ -60,7 +62,7 @@ class DiffusionFeatures:
         for t in self.ts:
             feats = self.featurizer.extract_latents(latents, t, self.blocks, self.ensemble,
                                                     self.seed if seed is None else seed, self.shared_noise,
-                                                    self.bf16, prompt)
+                                                    prompt=prompt, precision=self.precision)
             out.update({Cell(t, b): f for b, f in feats.items()})
         return out
 

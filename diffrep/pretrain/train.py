@@ -21,13 +21,15 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from ..core.backbone import null_class, noise_form, run_denoiser
+from ..core.backbone import autocast_dtype, noise_form, null_class, resolve_device, run_denoiser
 from ..data import holdout_split, load, pretrain_split, random_crop, random_shift
 from ..errors import DiffrepError
 from ..options import check, option
 from ..plotting import pyplot
 from ..runs import atomic_path, header, locked, read_json, save_torch, write_json
 from .losses import DDPMLoss, EDMLoss
+
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "device")   # what --resume may change
 
 
 @dataclass
@@ -54,7 +56,10 @@ class PretrainConfig:
     hold_out: bool = option(True, "train on every train-split image, including the sweep's validation eighth",
                             flag="--no-hold-out")
     checkpoint_every: int = option(250, "steps between checkpoints", min=1)
-    precision: str = option("bf16", "'bf16' autocast or 'fp32'", choices=("bf16", "fp32"))
+    precision: str = option("bf16", "'bf16' or 'fp16' mixed precision (fp16 on GPUs only), or 'fp32'",
+                            choices=("bf16", "fp16", "fp32"))
+    device: str = option("auto", "auto (CUDA when present, else the CPU), cpu or cuda; under torchrun each rank "
+                                 "takes its own GPU (accelerate)")
     seed: int = option(0, "seed of the initialisation, batches and noise")
 
     def __post_init__(self):
@@ -116,9 +121,9 @@ def _run_config(out: Path, cfg: PretrainConfig, resume: bool, overrides: dict) -
                            "start again")
     old["widths"] = tuple(old["widths"])
     for key, value in overrides.items():
-        if key not in ("steps", "checkpoint_every") and value is not None and old.get(key) != value:
+        if key not in RESUMABLE_CHANGES and value is not None and old.get(key, value) != value:
             raise DiffrepError(f"{out} was started with {key}={old.get(key)!r}; cannot change it to {value!r} on resume")
-    old.update({k: v for k, v in overrides.items() if k in ("steps", "checkpoint_every") and v is not None})
+    old.update({k: v for k, v in overrides.items() if k in RESUMABLE_CHANGES and v is not None})
     try:
         state = torch.load(ckpt, weights_only=True)
     except Exception as err:   # torch raises several types for a truncated or foreign file
@@ -150,7 +155,9 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
         data = data[holdout_split(len(data))[0]]
     if data.shape[-1] != cfg.resolution:
         data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    device = resolve_device(cfg.device)
+    autocast_dtype(cfg.precision, device)   # refuses fp16 on the CPU
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision="no" if cfg.precision == "fp32" else cfg.precision)
     try:
         if not acc.is_main_process:
             return _train(acc, out, cfg, state, data, time_limit_s)

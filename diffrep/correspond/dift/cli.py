@@ -58,12 +58,12 @@ def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) ->
              "flow": out.with_name(out.stem + "-flow.npz")}
     source, target = (read_image(Path(p), 3, None)[0] for p in (source_path, target_path))
     points = parse_points(cfg.points) if cfg.points is not None else grid_points(tuple(source.shape[-2:]))
-    describer = cfg.describer(load_featurizer(cfg.model))
+    describer = cfg.describer(load_featurizer(cfg.model, cfg.device))
     prompt = cfg.prompt if cfg.prompt is not None else category_prompt(cfg.category)
     found, (src, tgt), (fs, ft) = match(describer, source, target, points, cfg.size, prompt, cfg.mutual)
     record = {"source": source_path, "target": target_path, "model": cfg.model, "block": describer.blocks[0],
               "t": describer.t, "ensemble": cfg.ensemble, "scales": list(describer.scales), "seed": cfg.seed,
-              "bf16": cfg.bf16, "prompt": prompt, "size": cfg.size,
+              "precision": cfg.precision, "device": cfg.device, "prompt": prompt, "size": cfg.size,
               "coordinates": "x, y in pixels of each input image (pixel centres at integers)",
               "matches": found.to_json(points)}
     if cfg.flow:   # computed before any file is written: a failure leaves nothing half-written

@@ -90,7 +90,7 @@ class DiffusionDescriber(Describer):
     The text prompt reaches conditional UNets only (pixel UNets and DiT take none)."""
 
     def __init__(self, featurizer: Featurizer, blocks: list[str] | str | None = None, t=None, ensemble: int = 4,
-                 seed: int = 0, bf16: bool = False, batch_size: int = 8, scales: tuple | list | None = None):
+                 seed: int = 0, precision: str = "fp32", batch_size: int = 8, scales: tuple | list | None = None):
         backbone = featurizer.backbone
         if blocks is None:
             blocks = featurizer.default_blocks("match")
@@ -101,7 +101,7 @@ class DiffusionDescriber(Describer):
         self.t = backbone.noise.check(t if t is not None else backbone.noise.lightest)
         if ensemble < 1:
             raise DiffrepError(f"ensemble must be ≥ 1, got {ensemble}")
-        source = DiffusionFeatures(featurizer, taps, [self.t], ensemble, seed, bf16=bf16)
+        source = DiffusionFeatures(featurizer, taps, [self.t], ensemble, seed, precision=precision)
         scales = tuple(scales) if scales else default_scales(featurizer)
         # DiT takes its own size only; UNets run on any multiple of the total stride (what check_images demands)
         fixed_size = backbone.image_size if featurizer.is_dit else None
@@ -111,11 +111,11 @@ class DiffusionDescriber(Describer):
                          stride=max(b.stride for b in featurizer.feature_info()), fixed_size=fixed_size, scales=scales,
                          batch_size=batch_size, channels=backbone.image_channels,
                          conditional=type(backbone.denoiser).__name__ == "UNet2DConditionModel")
-        self.featurizer, self.taps, self.ensemble, self.seed, self.bf16 = featurizer, taps, ensemble, seed, bf16
+        self.featurizer, self.taps, self.ensemble, self.seed, self.precision = featurizer, taps, ensemble, seed, precision
 
 
-def load_featurizer(model: str) -> Featurizer:
-    return Featurizer(load_backbone(model))
+def load_featurizer(model: str, device: str = "auto") -> Featurizer:
+    return Featurizer(load_backbone(model, device))
 
 
 def pixel_describer(radius: int = 4) -> Describer:

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ...data import Pair, load_pairs
+from ...core import RunOn
 from ...errors import DiffrepError
 from ...metrics import ALPHAS, correct_matches, pair_hits, score_matches
 from ...options import check, noise_level, option
@@ -30,7 +31,7 @@ SWEEP_TS = [0, 10, 50, 100, 200]
 
 
 @dataclass
-class DescriptorConfig:
+class DescriptorConfig(RunOn):
     """How every DIFT command describes images."""
 
     model: str = option("photos-ddpm", "bundled name, local diffusers folder or hub id")
@@ -43,7 +44,6 @@ class DescriptorConfig:
                                        "pixel UNets, 1 for latent UNets and DiT)", parse=float, many=True, above=0,
                                  max=4)
     seed: int = option(0, "seed of the noise (and of the warps)")
-    bf16: bool = option(False, "bfloat16 autocast for the features (≈1.4× faster on CPU)")
     prompt: str | None = option(None, "text condition for conditional models (default: 'a photo of a {category}' "
                                       "when the category is known, else empty)", parse=str)
     mutual: bool = option(False, "keep only mutual nearest neighbours (others count as misses)")
@@ -54,7 +54,8 @@ class DescriptorConfig:
         check(self)
 
     def describer(self, featurizer) -> DiffusionDescriber:
-        return DiffusionDescriber(featurizer, self.block, self.t, self.ensemble, self.seed, self.bf16, scales=self.scales)
+        return DiffusionDescriber(featurizer, self.block, self.t, self.ensemble, self.seed, self.precision,
+                                  scales=self.scales)
 
 
 @dataclass
@@ -117,7 +118,7 @@ def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
     with locked(out) as out:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()
-        describer = cfg.describer(load_featurizer(cfg.model))
+        describer = cfg.describer(load_featurizer(cfg.model, cfg.device))
         print(f"{len(pairs)} pairs, {sum(len(p.source_points) for p in pairs)} keypoints; {cfg.model} "
               f"{describer.blocks[0]} t={describer.t} ensemble {cfg.ensemble} scales {list(describer.scales)}")
         matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc="diffusion features")[describer.blocks[0]]
@@ -179,12 +180,13 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
     with locked(out) as out:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()
-        featurizer = load_featurizer(cfg.model)
+        featurizer = load_featurizer(cfg.model, cfg.device)
         blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("probe"))
         ts = [featurizer.backbone.noise.check(t) for t in cfg.ts]
         cells = []
         for t in ts:
-            describer = DiffusionDescriber(featurizer, blocks, t, cfg.ensemble, cfg.seed, cfg.bf16, scales=cfg.scales)
+            describer = DiffusionDescriber(featurizer, blocks, t, cfg.ensemble, cfg.seed, cfg.precision,
+                                           scales=cfg.scales)
             matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc=f"t={t}, {len(blocks)} blocks")
             cells += [{"t": t, "block": b, **score_matches(pairs, matches[b])} for b in blocks]
             row = zip(blocks, cells[-len(blocks):])

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 from diffusers import DDPMScheduler
 
+from ...core import RunOn
 from ...options import check, noise_level, option
 
 DDPM_SEG_TS = (50, 150, 250)   # DDPM-Seg's timesteps (of 1000)
 
 
 @dataclass
-class SegConfig:
+class SegConfig(RunOn):
     model: str = option("scenes-ddpm", "bundled name, local diffusers folder or hub id")
     data: str = option("scenes", "'scenes' (bundled) or a folder with images/ + masks/")
     labelled: int | None = option(None, "labelled images to train on, the first N (default: 20 of the bundled scenes; "
@@ -25,7 +26,6 @@ class SegConfig:
     ensemble: int = option(1, "noise draws averaged per feature (DDPM-Seg: 1)", min=1)
     seed: int = option(0, "seed of the fixed noise and of the heads' initialisation")
     shared_noise: bool = option(True, "one noise per image instead of one shared fixed noise", flag="--fresh-noise")
-    bf16: bool = option(False, "bfloat16 autocast for the denoiser")
     pixels_per_image: int = option(1000, "pixels drawn afresh from each labelled image every epoch", min=1)
     balanced: bool = option(True, "sample pixels uniformly (default: class-balanced)", flag="--uniform")
     pool_mb: float = option(512.0, "cap on the in-RAM pool of sampled pixel features (MB)", above=0)

@@ -43,12 +43,14 @@ class Segmenter:
             self.classes, self.ignore_index = raw.pop("classes"), raw.pop("ignore_index")
             self.image_channels = raw.pop("image_channels")
             raw.pop("data_name", None)
+            if "bf16" in raw:   # runs trained before --precision existed
+                raw["precision"] = "bf16" if raw.pop("bf16") else "fp32"
             self.cfg = SegConfig(**raw)
         except (AttributeError, KeyError, TypeError) as err:
             raise DiffrepError(f"the run's config {path} is damaged ({type(err).__name__}: {err}); run `diffrep "
                                "segment train` again into this folder") from None
         self.cfg.baselines = self.cfg.baselines and baselines
-        featurizer = Featurizer(load_backbone(self.cfg.model))
+        featurizer = Featurizer(load_backbone(self.cfg.model, self.cfg.device))
         self.sources = feature_sources(self.cfg, featurizer, self.image_channels)
         self.stride = max(b.stride for b in featurizer.feature_info())
         self.heads = {}

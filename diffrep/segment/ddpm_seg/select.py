@@ -58,7 +58,7 @@ def select_cells(cfg: SegConfig, featurizer: Featurizer, data: ImageSet, cache_r
     if len(data) < 2:
         raise DiffrepError("--select cross-validates over labelled images: it needs at least 2")
     blocks, ts = candidates(featurizer, cfg)
-    source = DiffusionFeatures(featurizer, blocks, ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.bf16)
+    source = DiffusionFeatures(featurizer, blocks, ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.precision)
     print(f"--select: {len(blocks)} blocks × {len(ts)} t, cross-validated on {len(data)} labelled images")
     cache = ImageCache(cache_root / "select", source, data.images, cfg.extract_batch, "candidate features")
     keys, columns, n_classes = list(source.channels), _columns(source), len(data.classes)

@@ -64,12 +64,12 @@ def load_heads(path: Path) -> tuple[PixelMLPs, list]:
 def feature_sources(cfg: SegConfig, featurizer: Featurizer, channels: int) -> dict:
     """Each method's feature source (the random-weight network only when baselines are asked)."""
     sources = {"diffusion": DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise,
-                                              cfg.bf16)}
+                                              cfg.precision)}
     if cfg.baselines:
         sources["raw_pixels"] = RawPixels(cfg.neighbourhood, channels)
         rand = Featurizer(random_init(featurizer.backbone, cfg.seed + 1))   # +1: not the init of a seed-0 model
         sources["random_weights"] = DiffusionFeatures(rand, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed,
-                                                      cfg.shared_noise, cfg.bf16, weights="random")
+                                                      cfg.shared_noise, cfg.precision, weights="random")
     return sources
 
 
@@ -119,7 +119,7 @@ def _train(cfg: SegConfig, out: Path, data: ImageSet | None) -> dict:
     if len(data) < cfg.labelled:
         raise DiffrepError(f"asked for {cfg.labelled} labelled images but {cfg.data} gives only {len(data)}")
     data = data.subset(slice(0, cfg.labelled))
-    backbone = load_backbone(cfg.model)
+    backbone = load_backbone(cfg.model, cfg.device)
     featurizer = Featurizer(backbone)
     if cfg.select:   # blocks and ts given are the candidates
         cfg.blocks, cfg.ts, cfg.selection = select_cells(cfg, featurizer, data, out / "cache")
