@@ -209,3 +209,12 @@ def test_dit_refuses_other_sizes(dit_dir):
     f = Featurizer(load_backbone(dit_dir))
     with pytest.raises(DiffrepError, match="DiT takes 16×16 images only"):
         f.extract(random_images(1, 3, 32), 0.5, ["transformer_blocks.0"])
+
+
+@pytest.mark.parametrize("folder", ["unet_dir", "latent_unet_dir", "dit_dir"])
+def test_the_block_catalogue_from_the_smallest_input_equals_the_one_at_the_models_own_size(folder, request):
+    featurizer = Featurizer(load_backbone(request.getfixturevalue(folder)))
+    own = featurizer.model.config.sample_size
+    assert featurizer.feature_info() == featurizer.catalogue(own)
+    if not featurizer.is_dit:
+        assert featurizer.smallest_side() < own or own <= 4

@@ -72,14 +72,29 @@ class Featurizer:
 
     def feature_info(self) -> list[BlockInfo]:
         """Every tappable block, in execution order, with channels and stride. Computed once from one
-        dummy forward at the model's sample size (the user runs no data)."""
+        dummy forward of the denoiser alone (no VAE) at the smallest input its downsamplings allow: a
+        2×2 bottleneck for UNets (an SD-sized UNet then costs milliseconds, not a 768×768 forward);
+        DiT at its own size, the only one it takes. The user runs no data."""
         if self._info is None:
-            size = self.backbone.image_size
-            probe = torch.zeros(1, self.backbone.image_channels, size, size, device=self.backbone.device)
-            shapes = self._run(self.backbone.encode(probe), self.backbone.noise.lightest, list(self._candidates()),
-                               stop_early=False, shapes_only=True)
-            self._info = [BlockInfo(n, s[1], size // s[-1], n.count(".") <= 1) for n, s in shapes.items()]
+            self._info = self.catalogue(self.smallest_side())
         return self._info
+
+    def smallest_side(self) -> int:
+        """The side of the smallest denoiser input whose bottleneck is 2×2 (UNets), or DiT's own."""
+        config = self.model.config
+        own = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+        if self.is_dit:
+            return own
+        return min(own, 2 ** len(config.block_out_channels))   # one 2× downsampling between blocks
+
+    def catalogue(self, side: int) -> list[BlockInfo]:
+        """The block catalogue from one forward of a zero side×side denoiser input (latent for latent models)."""
+        channels = self.model.config.in_channels
+        x = torch.zeros(1, channels, side, side, device=self.backbone.device)
+        shapes = self._run(x, self.backbone.noise.lightest, list(self._candidates()), stop_early=False,
+                           shapes_only=True)
+        image_side = side * self.backbone.vae_factor
+        return [BlockInfo(n, s[1], image_side // s[-1], n.count(".") <= 1) for n, s in shapes.items()]
 
     def block_names(self, top_level_only: bool = False) -> list[str]:
         return [b.name for b in self.feature_info() if b.top_level or not top_level_only]
