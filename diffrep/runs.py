@@ -149,16 +149,15 @@ def locked(folder: str | Path):
         handle.close()
         raise DiffrepError(f"another diffrep command is writing to {folder}; wait for it to finish or choose "
                            "another --out") from None
+    finished = False
     try:
         yield folder
-    except BaseException:
-        lock_path.unlink(missing_ok=True)
-        if created and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
+        finished = True
     finally:
         lock_path.unlink(missing_ok=True)
         handle.close()
+        if not finished and created and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 # ----------------------------------------------------------------------------- results
