@@ -7,17 +7,18 @@ stated once; a `DiffrepError` is printed as one line, without a traceback, with 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .classify import ddae
-from .core import Featurizer, RunOn, load_backbone
+from .core import Featurizer, RunOn, load_backbone, processes
 from .correspond.dift import cli as dift_cli
 from .data import fit_images, load
 from .errors import DiffrepError
-from .features import DiffusionFeatures, collect_features, save_features
+from .features import DiffusionFeatures, bytes_per_image, default_shard_size, extract_to_store
 from .options import Parser, add_options, check, from_args, noise_level, option
 from .pretrain import cli as pretrain_cli
 from .runs import header, locked, output_file, write_json, write_results
@@ -83,40 +84,52 @@ class FeaturesConfig(RunOn):
     splits: list = option(["train", "test"], "splits to extract", choices=("train", "val", "test"))
     pool: int | None = option(None, "average-pool each map to P×P (default: keep full maps)", parse=int, min=1)
     ensemble: int = option(1, "noise draws averaged per image", min=1)
-    seed: int = option(0, "seed of the noise (batch b draws from seed + b)")
+    seed: int = option(0, "seed of the noise (image i's draw k at level t comes from seed, i, k, t)")
     shared_noise: bool = option(False, "one noise tensor for all images (DDPM-Seg)")
     batch_size: int = option(250, "images per forward", min=1)
+    workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
+    shard_size: int | None = option(None, "images per shard (default: about 256 MB of features, at most 4,096)",
+                                    parse=int, min=1)
 
     def __post_init__(self):
         check(self)
 
 
+STORE_KEYS = ("model", "data", "ts", "blocks", "pool", "ensemble", "seed", "shared_noise", "precision")
+
+
 def extract_features(cfg: FeaturesConfig, out: str | Path) -> dict:
-    """<split>.safetensors per split (manifest inside), config.json and features.json in `out`."""
-    with locked(out) as out:
+    """A sharded store per split in `out/<split>/` (shards + manifest.json, see `features.shards`),
+    config.json and features.json. Resumable: the same command continues a killed run. Under torchrun
+    the shards are split over the processes."""
+    state, device = processes(cfg.device)
+    main = state is None or state.is_main_process
+    with (locked(out) if main else contextlib.nullcontext(Path(out))) as out:
         start = time.time()
-        backbone = load_backbone(cfg.model, cfg.device)
+        backbone = load_backbone(cfg.model, device)
         featurizer = Featurizer(backbone)
         source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.precision)
+        strides = {b.name: b.stride for b in featurizer.feature_info()}
+        pools = [cfg.pool] if cfg.pool else None
+        shard_size = cfg.shard_size or default_shard_size(bytes_per_image(source, backbone.image_size, strides, pools))
         files = {}
         for split in cfg.splits:
             data = load(cfg.data, split, channels=backbone.image_channels, size=backbone.image_size)
             images = fit_images(data.images, backbone.image_channels, backbone.image_size, f"{split} images")
-            feats = collect_features(source, images, [cfg.pool] if cfg.pool else None, cfg.batch_size,
-                                     desc=f"{split} features")
-            if cfg.pool:  # keep maps 4-D so that readers pool or upsample them the same way
-                feats = {k.pooled(None): v.view(len(v), -1, cfg.pool, cfg.pool) for k, v in feats.items()}
-            if data.labels is not None:
-                feats["labels"] = data.labels
-            meta = {"model": cfg.model, "data": cfg.data, "split": split, "ts": source.ts, "blocks": source.blocks,
-                    "pool": cfg.pool, "ensemble": cfg.ensemble, "seed": cfg.seed, "shared_noise": cfg.shared_noise,
-                    "precision": cfg.precision, "n": len(data), "classes": data.classes}
-            path = save_features(out / f"{split}.safetensors", feats, meta)
-            files[split] = {"file": path.name, "n": len(data)}
-            print(f"wrote {path} ({len(data)} images, {len(source.ts)} t × {len(source.blocks)} blocks)")
+            identity = {**{k: getattr(cfg, k) for k in STORE_KEYS}, "ts": source.ts, "blocks": source.blocks,
+                        "split": split}
+            store = extract_to_store(source, images, out / split, identity, pools, shard_size, cfg.batch_size,
+                                     cfg.workers, extra={} if data.labels is None else {"labels": data.labels},
+                                     meta={"classes": data.classes}, state=state, desc=f"{split} features")
+            files[split] = {"folder": split, "n": store.n, "shards": len(store.manifest["shards"])}
+            if main:
+                print(f"wrote {out / split} ({store.n} images in {files[split]['shards']} shard(s), "
+                      f"{len(source.ts)} t × {len(source.blocks)} blocks)")
         result = {**header("features", cfg.model, cfg.data, {"total": round(time.time() - start, 1)}),
-                  "ts": source.ts, "blocks": source.blocks, "pool": cfg.pool, "splits": files}
-        write_results(out, "features", result, cfg)
+                  "ts": source.ts, "blocks": source.blocks, "pool": cfg.pool, "shard_size": shard_size,
+                  "processes": 1 if state is None else state.num_processes, "splits": files}
+        if main:
+            write_results(out, "features", result, cfg)
         return result
 
 
@@ -124,7 +137,7 @@ def _register_features(commands: Commands) -> None:
     p = commands.add("features", lambda args: extract_features(from_args(FeaturesConfig, args), args.out),
                      help="extract features at (t, blocks) and write them as safetensors")
     add_options(p, FeaturesConfig)
-    p.add_argument("--out", required=True, help="folder for <split>.safetensors, features.json, config.json")
+    p.add_argument("--out", required=True, help="folder for <split>/ (shards, manifest.json), features.json, config.json")
 
 
 # ----------------------------------------------------------------------------- dispatch

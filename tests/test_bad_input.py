@@ -130,7 +130,7 @@ def test_stale_temporary_files_of_a_killed_run_are_swept(inputs):
     for name in (".tmp96EA69", ".train.safetensors.tmp"):   # safetensors' own, and ours
         (out / "cache" / name).write_bytes(b"half")
     assert main(commands(inputs, str(out))["features"]) == 0
-    assert leftovers(out) == [] and (out / "train.safetensors").is_file() and (out / "features.json").is_file()
+    assert leftovers(out) == [] and (out / "train" / "manifest.json").is_file() and (out / "features.json").is_file()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffrep.cli import main
-from diffrep.features import Cell, load_features
+from diffrep.features import Cell, FeatureStore
 
 
 def test_info_lists_blocks(unet_dir, tmp_path, capsys):
@@ -23,10 +23,12 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     feats = tmp_path / "feats"
     assert main(["features", "--model", str(unet_dir), "--data", str(labelled_folder), "--blocks",
                  "mid_block,up_blocks.0", "--t", "25", "--out", str(feats)]) == 0
-    assert "padded 40 image(s)" in capsys.readouterr().out
-    train, meta = load_features(feats / "train.safetensors")
-    assert train[Cell(25, "mid_block")].shape == (32, 8, 16, 16) and train[Cell(25, "up_blocks.0")].shape == (32, 8, 32, 32)
-    assert meta["ts"] == [25] and meta["blocks"] == ["mid_block", "up_blocks.0"] and len(train["labels"]) == 32
+    assert "is padded" in capsys.readouterr().out
+    train = FeatureStore(feats / "train")
+    assert train.array(Cell(25, "mid_block")).shape == (32, 8, 16, 16)
+    assert train.array(Cell(25, "up_blocks.0")).shape == (32, 8, 32, 32)
+    assert train.identity["ts"] == [25] and train.identity["blocks"] == ["mid_block", "up_blocks.0"]
+    assert len(train.array("labels")) == 32
 
     out = tmp_path / "sweep"
     args = ["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--t", "25,100", "--pools", "1,2",
@@ -92,12 +94,18 @@ def test_sweep_bad_settings_fail_before_any_work(unet_dir, labelled_folder, tmp_
     assert not (tmp_path / "s").exists()  # no features were computed or cached
 
 
-def test_sweep_with_corrupt_feature_file(unet_dir, labelled_folder, tmp_path, capsys):
-    (tmp_path / "f").mkdir()
-    (tmp_path / "f" / "train.safetensors").write_bytes(b"garbage")
+@pytest.mark.parametrize("layout, message", [
+    ({"train.safetensors": b"garbage"}, "written by an older diffrep"),
+    ({"train/store.json": b"{}"}, "is incomplete (its extraction did not finish"),
+    ({"train/other.txt": b""}, "is not a feature store"),
+])
+def test_sweep_with_unusable_features(unet_dir, labelled_folder, tmp_path, capsys, layout, message):
+    for name, data in layout.items():
+        (tmp_path / "f" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "f" / name).write_bytes(data)
     code = main(["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--features", str(tmp_path / "f"),
                  "--out", str(tmp_path / "s")])
-    assert code == 2 and "corrupt or not a safetensors file" in capsys.readouterr().err
+    assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffrep import DiffrepError, load_backbone
-from diffrep.core import Featurizer
+from diffrep.core import Featurizer, image_noise
 
 from .conftest import random_images
 
@@ -91,7 +91,7 @@ def test_ensemble_is_the_mean_of_its_draws(featurizer):
     block = featurizer.default_blocks()[0]
     got = featurizer.extract(images, t, [block], ensemble=3, seed=5)[block]
     latents = bb.encode(images)
-    eps = torch.randn((3, *latents.shape), generator=torch.Generator().manual_seed(5))
+    eps = image_noise(5, [0, 1], 3, bb.noise.check(t), latents.shape[1:])
     draws = []
     for d in range(3):
         x_t = bb.noise.add_noise(latents, eps[d], bb.noise.check(t))

@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core import Featurizer, RunOn, load_backbone, random_init
-from ..data import Distortion, fit_images, load, random_distort
+from ..core import Featurizer, RunOn, load_backbone, processes, random_init
+from ..data import DistortedCopy, Distortion, fit_images, load
 from ..errors import DiffrepError
-from ..features import Cell, DiffusionFeatures, cached, collect_features, load_features
+from ..features import (Cell, DiffusionFeatures, FeatureStore, RawPixels, as_tensor, bytes_per_image, collect_features,
+                        default_shard_size, extract_to_store, in_memory)
+from ..heads.probe import CHUNK
 from ..heads import augmented_epochs, cross_validated_accuracy, train_probe_grid
 from ..options import add_options, check, from_args, noise_level, option
 from ..plotting import grid_rows, plot_grid
@@ -38,6 +40,7 @@ class SweepConfig(RunOn):
     blocks: list | None = option(None, "blocks (default: every top-level block; with --features: the file's)", many=True)
     pools: list = option([1, 2, 4], "adaptive average pooling sizes p×p", min=1)
     batch_size: int = option(250, "images per forward", min=1)
+    workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
     ensemble: int = option(1, "noise draws averaged per image", min=1)
     seed: int = option(0, "seed of the noise and the probes")
     epochs: int = option(60, "linear-probe epochs", min=1)
@@ -56,24 +59,36 @@ class SweepConfig(RunOn):
 
 
 def _pool_saved(features_dir: Path, split: str, cfg: SweepConfig) -> tuple[dict, dict, torch.Tensor]:
-    """Features written by `diffrep features`, the cells asked for (default: all in the file), pooled
-    to each p; returns (features, manifest, labels)."""
-    path = features_dir / f"{split}.safetensors"
-    tensors, meta = load_features(path)
-    if "labels" not in tensors:
-        raise DiffrepError(f"{path} has no labels; the sweep needs a labelled data set")
+    """Features written by `diffrep features` (its store `features_dir/<split>/`), the cells asked for
+    (default: all in the store), pooled to each p in chunks of images; returns (features, settings, labels)."""
+    folder = features_dir / split
+    if (features_dir / f"{split}.safetensors").is_file() and not folder.is_dir():
+        raise DiffrepError(f"{features_dir} was written by an older diffrep (one {split}.safetensors file); "
+                           "extract the features again with `diffrep features`")
+    store = FeatureStore(folder)
+    meta = store.identity
+    if "labels" not in store.keys:
+        raise DiffrepError(f"{folder} has no labels; the sweep needs a labelled data set")
     for what, asked, have in (("t", cfg.ts, meta["ts"]), ("blocks", cfg.blocks, meta["blocks"])):
         absent = [v for v in asked or [] if v not in have]
         if absent:
-            raise DiffrepError(f"{path} holds {what} {have}, not {absent}: extract them with `diffrep features` "
+            raise DiffrepError(f"{folder} holds {what} {have}, not {absent}: extract them with `diffrep features` "
                                f"or leave out --{'t' if what == 't' else 'blocks'}")
     ts, blocks = cfg.ts or meta["ts"], cfg.blocks or meta["blocks"]
-    out = {Cell(t, b, p): F.adaptive_avg_pool2d(tensors[Cell(t, b)].float(), p).flatten(1)
-           for t in ts for b in blocks for p in cfg.pools}
-    return out, {**meta, "ts": ts, "blocks": blocks}, tensors["labels"]
+    out = {}
+    for t in ts:
+        for b in blocks:
+            maps, parts = store.array(Cell(t, b)), {p: [] for p in cfg.pools}
+            for start in range(0, len(maps), CHUNK):   # never a whole split of full maps in memory
+                chunk = maps[start:start + CHUNK].float()
+                for p in cfg.pools:
+                    parts[p].append(F.adaptive_avg_pool2d(chunk, p).flatten(1))
+            out.update({Cell(t, b, p): torch.cat(v) for p, v in parts.items()})
+    return out, {**meta, "ts": ts, "blocks": blocks}, as_tensor(store.array("labels"))
 
 
 def _labelled_splits(cfg: SweepConfig, backbone) -> dict:
+    """The train and test splits, their images fitted to the model (folders: as each image is read)."""
     splits = {s: load(cfg.data, s, channels=backbone.image_channels, size=backbone.image_size) for s in ("train", "test")}
     for s, d in splits.items():
         if d.labels is None:
@@ -82,23 +97,35 @@ def _labelled_splits(cfg: SweepConfig, backbone) -> dict:
     return splits
 
 
-def _extract(cfg: SweepConfig, featurizer: Featurizer, images: torch.Tensor, path: Path, split: str, weights: str,
-             desc: str) -> dict:
-    """A split's pooled features, from the run's cache when it holds them with these settings."""
-    source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, precision=cfg.precision,
-                               weights=weights)
-    return cached(path, _cache_meta(cfg, split, weights),
-                  lambda: collect_features(source, images, cfg.pools, cfg.batch_size, desc))
+def _extract(cfg: SweepConfig, source, images, folder: Path, split: str, pools: list[int] | None, desc: str,
+             state=None) -> dict:
+    """A split's features through the sharded store in the run's cache (resumed, or reused when it is
+    complete with these settings), in memory when they fit (`in_memory`), else memory-mapped."""
+    identity = {**_cache_meta(cfg, split), "source": source.identity(), "pools": pools}
+    store = extract_to_store(source, images, folder, identity, pools, _shard_size(cfg, source, images, pools),
+                             cfg.batch_size, cfg.workers, state=state, desc=desc)
+    return in_memory({k: store.array(k) for k in store.keys})
 
 
-def run_sweep(cfg: SweepConfig, out: str | Path) -> dict:
+def _shard_size(cfg: SweepConfig, source, images, pools) -> int:
+    side = images.shape[-1]
+    strides = {b.name: b.stride for b in source.featurizer.feature_info()} if hasattr(source, "featurizer") else {}
+    return default_shard_size(bytes_per_image(source, side, strides, pools))
+
+
+def run_sweep(cfg: SweepConfig, out: str | Path) -> dict | None:
+    """The sweep into run folder `out`. Under torchrun every process extracts its shards of the
+    features; the main process then trains the probes and returns the result (the others None)."""
+    state, device = processes(cfg.device)
+    if state is not None and not state.is_main_process:
+        return _sweep(cfg, Path(out), device, state)
     with locked(out) as out:
-        return _sweep(cfg, out)
+        return _sweep(cfg, out, device, state)
 
 
-def _sweep(cfg: SweepConfig, out: Path) -> dict:
+def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     start = time.time()
-    backbone = load_backbone(cfg.model, cfg.device)
+    backbone = load_backbone(cfg.model, device)
     featurizer = Featurizer(backbone)
     splits = _labelled_splits(cfg, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))
@@ -111,18 +138,21 @@ def _sweep(cfg: SweepConfig, out: Path) -> dict:
     else:
         cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("probe"))
         cfg.ts = [backbone.noise.check(t) for t in (cfg.ts or DEFAULT_TS)]
+        source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, precision=cfg.precision)
         for s, d in splits.items():
-            feats[s] = _extract(cfg, featurizer, d.images, out / "cache" / f"{s}.safetensors", s, "trained",
-                                f"{s} features")
+            feats[s] = _extract(cfg, source, d.images, out / "cache" / s, s, cfg.pools, f"{s} features", state)
     extract_s = time.time() - start
     if cfg.baselines:
-        rand = Featurizer(random_init(backbone, cfg.seed))
+        rand = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts, cfg.ensemble,
+                                 cfg.seed, precision=cfg.precision, weights="random")
+        pixels = RawPixels(radius=0, image_channels=backbone.image_channels, position=False, name=PIXELS)
         for s, d in splits.items():
-            feats[s][PIXELS] = d.images.flatten(1)
-            rfeats = _extract(cfg, rand, d.images, out / "cache" / f"{s}-random.safetensors", s, "random",
-                              f"{s} random-init")
+            feats[s].update(_extract(cfg, pixels, d.images, out / "cache" / f"{s}-pixels", s, None, f"{s} pixels", state))
+            rfeats = _extract(cfg, rand, d.images, out / "cache" / f"{s}-random", s, cfg.pools, f"{s} random-init", state)
             feats[s].update({(RANDOM, k): v for k, v in rfeats.items()})
     baseline_s = time.time() - start - extract_s
+    if state is not None and not state.is_main_process:
+        return None   # the main process trains the probes
     print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
     scores = train_probe_grid(feats["train"], labels["train"], feats["test"], labels["test"], epochs=cfg.epochs,
                               seed=cfg.seed, progress=lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
@@ -147,7 +177,7 @@ def _sweep(cfg: SweepConfig, out: Path) -> dict:
     return result
 
 
-def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train: torch.Tensor, feats: dict, labels: dict,
+def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict, labels: dict,
                     best: dict) -> dict:
     """The chosen cell's final probe: refit on the whole train split (fit and validation images, as is
     usual once the choices are made) plus `cfg.augment` randomly distorted copies of it (DDAE trains
@@ -160,17 +190,12 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train: torch.Tenso
     n = len(labels["train"])
     print(f"refitting the chosen cell's probe on all {n} train images plus {cfg.augment} distorted copies "
           f"({cfg.distortion})")
-    parts = [feats["train"][key]]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    # copies in chunks of about 2e8 pixel values, so large images do not all sit in memory at once
-    per_chunk = max(1, int(2e8 // train[0].numel() // n))
-    for first in range(0, cfg.augment, per_chunk):
-        count = min(per_chunk, cfg.augment - first)
-        copies = torch.cat([random_distort(train, cfg.distortion, gen) for _ in range(count)])
-        source = DiffusionFeatures(featurizer, [best["block"]], [best["t"]], cfg.ensemble, cfg.seed + 1 + first,
+    parts = [as_tensor(feats["train"][key])]
+    for c in range(cfg.augment):   # each copy's images distorted as they are read, its noise seeded apart
+        source = DiffusionFeatures(featurizer, [best["block"]], [best["t"]], cfg.ensemble, cfg.seed + 1 + c,
                                    precision=cfg.precision)
-        parts.append(collect_features(source, copies, [best["pool"]], cfg.batch_size,
-                                      desc=f"distorted copies {first + 1}-{first + count}")[key])
+        parts.append(collect_features(source, train, [best["pool"]], cfg.batch_size, f"distorted copy {c + 1}",
+                                      cfg.workers, DistortedCopy(cfg.distortion, cfg.seed, c))[key])
     x = torch.cat(parts)
     y = labels["train"].repeat(cfg.augment + 1)
     score = train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"],
@@ -210,9 +235,9 @@ def cross_validated_choice(cfg: SweepConfig, cells: list[dict], train_feats: dic
     return max(ranked, key=lambda c: c["cv_accuracy"]), ranked
 
 
-def _cache_meta(cfg: SweepConfig, split: str, weights: str) -> dict:
-    keep = ("model", "data", "ts", "blocks", "pools", "batch_size", "ensemble", "seed", "precision")
-    return {**{k: v for k, v in asdict(cfg).items() if k in keep}, "split": split, "weights": weights}
+def _cache_meta(cfg: SweepConfig, split: str) -> dict:
+    keep = ("model", "data", "ts", "blocks", "pools", "ensemble", "seed", "precision")
+    return {**{k: v for k, v in asdict(cfg).items() if k in keep}, "split": split}
 
 
 def _best(cells: list[dict]) -> dict:

@@ -9,8 +9,10 @@ forward pass); once the last requested block (in execution order) has run, a hoo
 from __future__ import annotations
 
 import contextlib
+import struct
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import DiTTransformer2DModel
 
@@ -41,6 +43,24 @@ def _unwrap(output):
     if isinstance(output, (tuple, list)):
         output = output[0]
     return getattr(output, "sample", output)
+
+
+def noise_seed(seed: int, index: int, draw: int, t) -> int:
+    """The generator seed of image `index`'s noise draw `draw` at level t: numpy's SeedSequence mixes
+    the four numbers (t as an integer timestep, or the bits of a float σ) into one 64-bit seed."""
+    t_code = int(t) if float(t).is_integer() else int.from_bytes(struct.pack(">d", float(t)), "big")
+    words = [seed % 2 ** 64, index, draw, t_code % 2 ** 64]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
+
+
+def image_noise(seed: int | None, indices, ensemble: int, t, shape) -> torch.Tensor:
+    """ensemble×len(indices)×shape standard normal noise, each image's draws from `noise_seed` (on the
+    CPU, so the same on every device); seed None: fresh noise."""
+    if seed is None:
+        return torch.randn(ensemble, len(indices), *shape)
+    gen = torch.Generator()
+    return torch.stack([torch.stack([torch.randn(tuple(shape), generator=gen.manual_seed(noise_seed(seed, i, k, t)))
+                                     for i in indices]) for k in range(ensemble)])
 
 
 class Featurizer:
@@ -129,10 +149,14 @@ class Featurizer:
     @torch.no_grad()
     def extract(self, images: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1, seed: int | None = 0,
                 shared_noise: bool = False, bf16: bool = False, prompt: str | None = None,
-                stop_early: bool = True, precision: str | None = None) -> dict[str, torch.Tensor]:
+                stop_early: bool = True, precision: str | None = None,
+                indices=None) -> dict[str, torch.Tensor]:
         """Features {block: N×C×h×w float32 on CPU} of `images` (N×C×H×W in [-1, 1]) noised to level t.
 
         ensemble: k noise draws, run as one batch and averaged.  seed: fixes the draws (None: fresh).
+        indices: each image's index in its data set (default 0…N-1): image i's draw k at level t comes
+        from (seed, i, k, t) alone, so it is the same whatever the batch it is in, the number of
+        processes or a resumption; pass the indices when extracting a data set in pieces.
         shared_noise: one noise tensor for every image (DDPM-Seg) instead of one per image.
         precision: 'fp32', 'bf16' or 'fp16' autocast (fp16: GPUs only); bf16=True is 'bf16'.
         prompt: text condition for conditional UNets (default: empty prompt).
@@ -140,22 +164,24 @@ class Featurizer:
         """
         self.check_images(images)
         latents = self.backbone.encode(images.to(self.backbone.device))
-        return self.extract_latents(latents, t, blocks, ensemble, seed, shared_noise, bf16, prompt, stop_early, precision)
+        return self.extract_latents(latents, t, blocks, ensemble, seed, shared_noise, bf16, prompt, stop_early, precision,
+                                    indices)
 
     @torch.no_grad()
     def extract_latents(self, latents: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1,
                         seed: int | None = 0, shared_noise: bool = False, bf16: bool = False,
                         prompt: str | None = None, stop_early: bool = True,
-                        precision: str | None = None) -> dict[str, torch.Tensor]:
+                        precision: str | None = None, indices=None) -> dict[str, torch.Tensor]:
         """As `extract`, on inputs already passed through `backbone.encode` (reuse them across t)."""
         blocks = self.check_blocks([blocks] if isinstance(blocks, str) else list(blocks))
         t = self.backbone.noise.check(t)
         if ensemble < 1:
             raise DiffrepError(f"ensemble must be ≥ 1, got {ensemble}")
         n = len(latents)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        shape = (ensemble, 1 if shared_noise else n, *latents.shape[1:])
-        eps = torch.randn(shape, generator=gen).to(latents).expand(ensemble, n, *latents.shape[1:])
+        indices = [0] if shared_noise else range(n) if indices is None else [int(i) for i in indices]
+        if len(indices) != (1 if shared_noise else n):
+            raise DiffrepError(f"{len(indices)} indices for {n} images; give one index per image")
+        eps = image_noise(seed, indices, ensemble, t, latents.shape[1:]).to(latents).expand(ensemble, n, *latents.shape[1:])
         x_t = self.backbone.noise.add_noise(latents.unsqueeze(0), eps, t).reshape(ensemble * n, *latents.shape[1:])
         dtype = autocast_dtype(precision or ("bf16" if bf16 else "fp32"), self.backbone.device)
         with torch.autocast(self.backbone.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -21,8 +21,9 @@ import torch
 
 from ..errors import DiffrepError
 from .holdout import holdout_split
-from .augment import Distortion, random_crop, random_distort, random_shift
-from .images import (ImageSet, fit_images, image_folder, list_images, match_channels, pad_to_multiple,
+from .augment import Distortion, DistortedCopy, random_crop, random_distort, random_shift
+from .stream import ImageBatches
+from .images import (ImageFiles, ImageSet, fit_images, image_folder, list_images, match_channels, pad_to_multiple,
                      read_image)
 from .masks import is_seg_folder, load_seg_data, read_mask
 from .mnist import mnist
@@ -106,6 +107,6 @@ def load_pairs(benchmark: str, split: str = "test", n: int | None = None, size: 
     return spair_pairs(benchmark, split, n), size, "α·max(height, width) of the target bounding box"
 
 
-__all__ = ["BUNDLED", "Distortion", "ImageSet", "Pair", "fit_images", "holdout_split", "image_folder", "list_images", "load",
+__all__ = ["BUNDLED", "DistortedCopy", "Distortion", "ImageBatches", "ImageFiles", "ImageSet", "Pair", "fit_images", "holdout_split", "image_folder", "list_images", "load",
            "load_pairs", "load_seg_data", "match_channels", "mnist", "pad_to_multiple", "pretrain_split",
            "random_crop", "random_distort", "random_shift", "read_image", "read_mask", "spair_pairs", "warp_pair", "warp_pairs"]

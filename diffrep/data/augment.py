@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
@@ -77,3 +78,16 @@ def random_distort(x: torch.Tensor, d: Distortion, gen: torch.Generator) -> torc
                                            align_corners=False)
 
 
+
+
+class DistortedCopy:
+    """Copy `copy` of a data set under random distortions `d`, one image at a time (a DataLoader
+    transform: `DistortedCopy(d, seed, copy)(image, i)`); image i's distortion comes from (seed, copy, i)
+    alone, so it does not depend on the batching or the reading processes."""
+
+    def __init__(self, d: Distortion, seed: int, copy: int):
+        self.d, self.seed, self.copy = d, seed, copy
+
+    def __call__(self, image: torch.Tensor, i: int) -> torch.Tensor:
+        state = np.random.SeedSequence([self.seed % 2 ** 64, self.copy, int(i)]).generate_state(1, np.uint64)[0]
+        return random_distort(image[None], self.d, torch.Generator().manual_seed(int(state)))[0]

@@ -2,8 +2,11 @@
 files, reading, channel conversion, fitting images to a model, and class-folder data sets.
 
 Decisions:
-- An `ImageSet` holds images (N×C×H×W float32) and, as the task has them, integer labels and class
+- An `ImageSet` holds images (N×C×H×W float32, or for folders `ImageFiles`, read item by item) and, as the task has them, integer labels and class
   names (classification) or N×H×W masks and an ignore label (segmentation).
+- `ImageFiles`: a folder's images as a lazy sequence: `files[i]` reads, converts and fits one file
+  (`read_image`); `files[index]` (a slice or indices) is another lazy sequence; nothing is read until
+  an item is asked for, so a folder of a million images costs its list of paths.
 - Image files are found by `list_images` (by suffix, sorted; recursive or one folder deep).
 - Fitting an image to a model's size: an image a little smaller (at least ¾ of the side) is padded,
   centred, with its edge values, so that the model sees it at its own scale, as the bundled MNIST
@@ -31,7 +34,7 @@ PAD_AT_LEAST = 0.75   # images at least this fraction of the model's side are pa
 class ImageSet:
     """Images (N×C×H×W, float32 in [-1, 1]) with what the task labels them with."""
 
-    images: torch.Tensor
+    images: torch.Tensor                    # or an ImageFiles (folders: read as used)
     labels: torch.Tensor | None = None      # N class indices (classification)
     classes: list[str] | None = None        # class names
     name: str = ""
@@ -46,6 +49,36 @@ class ImageSet:
         pick = (lambda x: None if x is None else x[index])
         return ImageSet(self.images[index], pick(self.labels), self.classes, self.name, pick(self.masks),
                         self.ignore_index)
+
+
+class ImageFiles:
+    """Image files as a lazy sequence of C×H×W tensors in [-1, 1] (`channels`, fitted to size×size)."""
+
+    def __init__(self, paths: list[Path], channels: int, size: int | None):
+        self.paths, self.channels, self.size = list(paths), channels, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, int) or (torch.is_tensor(index) and index.ndim == 0):
+            return read_image(self.paths[int(index)], self.channels, self.size)[0]
+        if isinstance(index, slice):
+            return ImageFiles(self.paths[index], self.channels, self.size)
+        return ImageFiles([self.paths[int(i)] for i in index], self.channels, self.size)
+
+    @property
+    def shape(self) -> tuple:
+        """N×C×H×W as a tensor's shape (H, W read from the first file when no size is set)."""
+        h, w = (self.size, self.size) if self.size else self[0].shape[-2:]
+        return (len(self), self.channels, h, w)
+
+    def fitted(self, channels: int, size: int) -> "ImageFiles":
+        return ImageFiles(self.paths, channels, size)
+
+    def stack(self) -> torch.Tensor:
+        """All of them in one tensor: only for the few images a task holds in memory (DDPM-Seg's labelled ones)."""
+        return torch.stack([self[i] for i in range(len(self))])
 
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
@@ -93,9 +126,15 @@ def read_image(path: Path, channels: int, size: int | None) -> tuple[torch.Tenso
     return t, (None if not changed else "padded" if pads is not None else "resized")
 
 
-def fit_images(images: torch.Tensor, channels: int, size: int, what: str = "images") -> torch.Tensor:
+def fit_images(images, channels: int, size: int, what: str = "images"):
     """Convert a data set to what a model takes, saying so: grey↔RGB, then padded or resized to
-    size×size. (The Python `Featurizer.extract` refuses instead; this is the command line's convenience.)"""
+    size×size. (The Python `Featurizer.extract` refuses instead; this is the command line's convenience.)
+    Image files (`ImageFiles`) are converted as each is read."""
+    if isinstance(images, ImageFiles):
+        if (images.channels, images.size) != (channels, size):
+            print(f"note: {what} are read as {channels}-channel {size}×{size} images for the model (padded when at "
+                  f"least {PAD_AT_LEAST:.0%} of that side, else resized)")
+        return images.fitted(channels, size)
     if images.shape[1] != channels:
         print(f"note: converting {what} from {images.shape[1]} to {channels} channel(s) for the model")
         images = match_channels(images, channels)
@@ -119,22 +158,34 @@ def pad_to_multiple(image: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 def image_folder(folder: str | Path, channels: int = 3, size: int | None = None) -> ImageSet:
-    """All images under `folder`. Sub-folders, if every image lies in one, are classes (ImageFolder layout)."""
+    """All images under `folder`, read lazily (`ImageFiles`: each file when it is used). Sub-folders,
+    if every image lies in one, are classes (ImageFolder layout). Without a size, every image must
+    have the same size (read from the files' headers)."""
     root = Path(folder)
     if not root.is_dir():
         raise DiffrepError(f"image folder {root} does not exist or is not a folder")
     files = list_images(root)
     if not files:
         raise DiffrepError(f"image folder {root} holds no images (looked for {sorted(IMAGE_SUFFIXES)})")
-    images, changed = zip(*(read_image(p, channels, size) for p in files))
-    for how in ("padded", "resized"):
-        if how in changed:
-            print(f"note: {how} {changed.count(how)} image(s) in {root} to {size}×{size} for the model")
-    shapes = {tuple(im.shape) for im in images}
-    if len(shapes) > 1:
-        raise DiffrepError(f"images in {root} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
+    if size is None:
+        shapes = {_header_size(p) for p in files}
+        if len(shapes) > 1:
+            raise DiffrepError(f"images in {root} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
+    elif (first := _header_size(files[0])) != (size, size):   # the others are only looked at when read
+        how = "padded" if _pads(first[1], first[0], size) is not None else "resized"
+        print(f"note: images in {root} are fitted to {size}×{size} as they are read (the first, "
+              f"{first[0]}×{first[1]}, is {how}; those at least {PAD_AT_LEAST:.0%} of the side are padded)")
     labels, classes = None, None
     if all(p.parent != root for p in files):
         classes = sorted({p.relative_to(root).parts[0] for p in files})
         labels = torch.tensor([classes.index(p.relative_to(root).parts[0]) for p in files])
-    return ImageSet(torch.stack(images), labels, classes, str(root))
+    return ImageSet(ImageFiles(files, channels, size), labels, classes, str(root))
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """An image file's (width, height) from its header alone."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise DiffrepError(f"cannot read image {path}: {err}") from None

@@ -1,28 +1,92 @@
-"""A feature source over a whole image set, in batches, optionally average-pooled, with progress."""
+"""A feature source over a whole image set, streamed in batches through a DataLoader, pooled as asked,
+either gathered in memory (`collect_features`, for what is small) or written to the sharded store as
+it is produced (`extract_to_store`: resumable, split over processes)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data.stream import ImageBatches
 from .cell import Cell
-from .sources import DiffusionFeatures
+from .shards import FeatureStore, ShardWriter
+
+SHARD_BYTES = 256 * 2 ** 20   # a shard holds about this many bytes of features (at most MAX_SHARD images)
+MAX_SHARD = 4096
+
+
+def pooled(feats: dict, pools: list[int] | None) -> dict:
+    """Each map average-pooled to p×p and flattened (B×C·p²) for every p; without pools, the maps."""
+    if pools is None:
+        return feats
+    return {cell.pooled(p): F.adaptive_avg_pool2d(f, p).flatten(1) for cell, f in feats.items() for p in pools}
 
 
 @torch.no_grad()
-def collect_features(source: DiffusionFeatures, images: torch.Tensor, pools: list[int] | None = None,
-                     batch_size: int = 250, desc: str = "features") -> dict[Cell, torch.Tensor]:
-    """{Cell(t, block[, pool]): N×…} over all `images`. With `pools`, each map is average-pooled to p×p
-    and flattened (N×C·p²); without, the N×C×h×w maps are kept. Batch b draws its noise from the
-    source's seed + b."""
+def collect_features(source, images, pools: list[int] | None = None, batch_size: int = 250, desc: str = "features",
+                     workers: int = 0, transform=None) -> dict[Cell, torch.Tensor]:
+    """{Cell(t, block[, pool]): N×…} over all `images` (a tensor or `ImageFiles`), in memory. With
+    `pools`, each map is average-pooled to p×p and flattened (N×C·p²); without, the maps are kept.
+    Image i's noise comes from (source's seed, i, draw, t): the result does not depend on the batches."""
     parts: dict[Cell, list[torch.Tensor]] = {}
-    n_batches = -(-len(images) // batch_size)
-    for b in tqdm(range(n_batches), desc=desc, dynamic_ncols=True):
-        feats = source.maps(images[b * batch_size:(b + 1) * batch_size], seed=source.seed + b)
-        for cell, f in feats.items():
-            if pools is None:
-                parts.setdefault(cell, []).append(f)
-            for p in pools or []:
-                parts.setdefault(cell.pooled(p), []).append(F.adaptive_avg_pool2d(f, p).flatten(1))
+    for idx, batch in tqdm(ImageBatches(images, batch_size, workers, transform), desc=desc, dynamic_ncols=True):
+        for key, f in pooled(source.maps(batch, indices=idx), pools).items():
+            parts.setdefault(key, []).append(f)
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def bytes_per_image(source, image_size: int, strides: dict, pools: list[int] | None) -> int:
+    """float32 bytes of one image's features: maps at their stride, or pooled to each p."""
+    total = 0
+    for key, channels in source.channels.items():
+        side = image_size // strides.get(getattr(key, "block", key), 1)
+        total += channels * (sum(p * p for p in pools) if pools else side * side) * 4
+    return total
+
+
+def default_shard_size(per_image: int) -> int:
+    return max(1, min(MAX_SHARD, SHARD_BYTES // max(1, per_image)))
+
+
+@torch.no_grad()
+def extract_to_store(source, images, folder: str | Path, identity: dict, pools: list[int] | None, shard_size: int,
+                     batch_size: int = 250, workers: int = 0, extra: dict | None = None, meta: dict | None = None,
+                     state=None, desc: str = "features", transform=None) -> FeatureStore:
+    """Features of `images` into the sharded store at `folder` (see `shards`), as they are produced,
+    continuing what an earlier run with the same `identity` left; `extra` ({name: N×… tensor}, e.g.
+    labels) is stored beside them. `state` (accelerate's PartialState, or None for one process)
+    splits the shards over processes; every process returns the complete store."""
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    writer = ShardWriter(folder, identity, len(images), shard_size)
+    if rank == 0:
+        writer.open(main=True)
+    _barrier(state)
+    if rank != 0:
+        writer.open(main=False)
+    todo = writer.todo(rank, world)
+    batches = [list(writer.range(s))[b:b + batch_size] for s in todo for b in range(0, len(writer.range(s)), batch_size)]
+    pending: dict[int, list[dict]] = {}
+    rows = dict.fromkeys(todo, 0)
+    for idx, batch in tqdm(ImageBatches(images, batch_size, workers, transform, batches=batches), desc=desc,
+                           dynamic_ncols=True, disable=not batches):
+        feats = pooled(source.maps(batch, indices=idx), pools)
+        feats.update({name: t[idx] for name, t in (extra or {}).items()})
+        s = int(idx[0]) // shard_size
+        pending.setdefault(s, []).append(feats)
+        rows[s] += len(idx)
+        if rows[s] == len(writer.range(s)):
+            parts = pending.pop(s)
+            writer.write(s, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+    _barrier(state)
+    if rank == 0:
+        writer.finish(meta)
+    _barrier(state)
+    return FeatureStore(folder)
+
+
+def _barrier(state) -> None:
+    if state is not None and state.num_processes > 1:
+        state.wait_for_everyone()

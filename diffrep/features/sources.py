@@ -31,8 +31,9 @@ def total_channels(source) -> int:
 class DiffusionFeatures:
     """Maps of a denoiser at `blocks` × `ts`: {Cell(t, block): B×C×h×w}.
 
-    ensemble: noise draws averaged; seed: fixes the noise (the same seed for every batch and t gives
-    DDPM-Seg's one fixed noise); shared_noise: one noise tensor for every image of a batch;
+    ensemble: noise draws averaged; seed: fixes the noise (image i's draw k at level t comes from
+    (seed, i, k, t), see `Featurizer.extract`); shared_noise: one noise tensor for every image
+    (DDPM-Seg's one fixed noise, and DIFT's);
     precision: 'fp32', 'bf16' or 'fp16' autocast; weights: 'trained' or 'random' (a label in `identity()`)."""
 
     def __init__(self, featurizer: Featurizer, blocks: list[str], ts: list, ensemble: int = 1, seed: int = 0,
@@ -52,17 +53,18 @@ class DiffusionFeatures:
                 "shared_noise": self.shared_noise, "precision": self.precision}
 
     @torch.no_grad()
-    def maps(self, images: torch.Tensor, seed: int | None = None, prompt: str | None = None) -> dict[Cell, torch.Tensor]:
-        """`seed` overrides the source's own (a per-batch seed); `prompt` conditions text-conditional UNets."""
+    def maps(self, images: torch.Tensor, indices=None, prompt: str | None = None) -> dict[Cell, torch.Tensor]:
+        """`indices`: the images' indices in their data set (default 0…B-1; they seed each image's
+        noise); `prompt` conditions text-conditional UNets."""
         backbone = self.featurizer.backbone
         images = match_channels(images, backbone.image_channels)
         self.featurizer.check_images(images)
         latents = backbone.encode(images.to(backbone.device))
         out = {}
         for t in self.ts:
-            feats = self.featurizer.extract_latents(latents, t, self.blocks, self.ensemble,
-                                                    self.seed if seed is None else seed, self.shared_noise,
-                                                    prompt=prompt, precision=self.precision)
+            feats = self.featurizer.extract_latents(latents, t, self.blocks, self.ensemble, self.seed,
+                                                    self.shared_noise, prompt=prompt, precision=self.precision,
+                                                    indices=indices)
             out.update({Cell(t, b): f for b, f in feats.items()})
         return out
 
@@ -86,7 +88,7 @@ class RawPixels:
     def identity(self) -> dict:
         return {"kind": "raw_pixels", "radius": self.radius}
 
-    def maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def maps(self, images: torch.Tensor, indices=None) -> dict[str, torch.Tensor]:
         n, _, h, w = images.shape
         x = patches(images, self.radius)
         if self.centred:   # image by image: the same reduction as on one image alone
@@ -107,7 +109,7 @@ class Daisy:
     def identity(self) -> dict:
         return {"kind": "daisy", "radius": self.radius}
 
-    def maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def maps(self, images: torch.Tensor, indices=None) -> dict[str, torch.Tensor]:
         from skimage.feature import daisy   # scikit-image's feature module is slow to import; only this needs it
 
         out = []

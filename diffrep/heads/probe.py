@@ -15,26 +15,55 @@ from ..data.holdout import holdout_split
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
 
 
-class _Standardise:
-    def __init__(self, x: torch.Tensor):
-        self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+CHUNK = 4096   # rows read at a time when computing statistics
 
 
-def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test: dict[str, torch.Tensor],
+class Standardised:
+    """A cell's features (a tensor, or a memory-mapped `ShardedArray` of N×… rows), flattened and
+    standardised with the mean and std of the rows `fit` (computed in chunks, in float64): `x[idx]`
+    gives those rows standardised. A tensor is standardised once, up front; a memory-mapped array
+    row by row as batches are read, so it never has to fit in memory. Both give the same numbers."""
+
+    def __init__(self, x, fit: torch.Tensor):
+        total = total_sq = 0
+        for start in range(0, len(fit), CHUNK):
+            rows = x[fit[start:start + CHUNK]].flatten(1).double()
+            total, total_sq = total + rows.sum(0), total_sq + (rows * rows).sum(0)
+        n = len(fit)
+        mean = total / n
+        var = ((total_sq - n * mean * mean) / max(n - 1, 1)).clamp_min(0)
+        self.mean, self.std = mean.float(), var.sqrt().float().clamp_min(1e-6)
+        self.source = x
+        self.whole = self._apply(x.flatten(1)) if torch.is_tensor(x) else None
+        self.dim = self.mean.numel()
+
+    def _apply(self, rows: torch.Tensor) -> torch.Tensor:
+        return (rows.float() - self.mean) / self.std
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.whole[idx] if self.whole is not None else self._apply(self.source[idx].flatten(1))
+
+    def of(self, x) -> "Standardised":
+        """Other rows (the test split's) standardised with these statistics."""
+        other = object.__new__(Standardised)
+        other.mean, other.std, other.source, other.dim = self.mean, self.std, x, self.dim
+        other.whole = self._apply(x.flatten(1)) if torch.is_tensor(x) else None
+        return other
+
+
+def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
                      test_y: torch.Tensor, epochs: int = 60, batch_size: int = 256, lr: float = 1e-3,
                      seed: int = 0, progress=None, split: tuple[torch.Tensor, torch.Tensor] | None = None,
                      weight_decays: tuple[float, ...] = WEIGHT_DECAYS) -> dict[str, dict]:
     """Fit one linear head per (cell, weight decay) on `train` minus a held-out eighth (or on the
     (fit, validation) indices of `split`); returns per cell {"val_accuracy", "accuracy" (test),
-    "weight_decay"} for the decay with the best validation accuracy."""
+    "weight_decay"} for the decay with the best validation accuracy. Features are tensors or
+    memory-mapped arrays (`features.ShardedArray`), read batch by batch (see `Standardised`)."""
     fit_idx, val_idx = split if split is not None else holdout_split(len(train_y))
     classes = int(max(train_y.max(), test_y.max())) + 1
     cells = list(train)
-    norms = {c: _Standardise(train[c][fit_idx].float()) for c in cells}
-    heads = nn.ModuleDict({f"{i}@{j}": nn.Linear(train[c].shape[1], classes)
+    inputs = {c: Standardised(train[c], fit_idx) for c in cells}
+    heads = nn.ModuleDict({f"{i}@{j}": nn.Linear(inputs[c].dim, classes)
                            for i, c in enumerate(cells) for j in range(len(weight_decays))})
     for head in heads.values():
         # from zero, as logistic regression usually starts: a cell's probe then depends on nothing but
@@ -48,7 +77,6 @@ def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test
     opt = torch.optim.AdamW(groups, lr=lr)
     steps = epochs * math.ceil(len(fit_idx) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    inputs = {c: norms[c](train[c].float()) for c in cells}
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         perm = fit_idx[torch.randperm(len(fit_idx), generator=gen)]
@@ -63,7 +91,7 @@ def train_probe_grid(train: dict[str, torch.Tensor], train_y: torch.Tensor, test
             sched.step()
         if progress is not None:
             progress(epoch + 1, epochs)
-    test_inputs = {c: norms[c](test[c].float()) for c in cells}
+    test_inputs = {c: inputs[c].of(test[c]) for c in cells}
     return _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y, weight_decays)
 
 
@@ -113,9 +141,15 @@ def _score(heads, cells, inputs, train_y, val_idx, test_inputs, test_y, weight_d
         raise ValueError("without validation indices there is nothing to choose a weight decay on; give one")
     results = {}
     for i, c in enumerate(cells):
-        val = [(heads[f"{i}@{j}"](inputs[c][val_idx]).argmax(1) == train_y[val_idx]).float().mean().item()
+        val = [_accuracy(heads[f"{i}@{j}"], inputs[c], val_idx, train_y[val_idx])
                if len(val_idx) else None for j in range(len(weight_decays))]
         j = 0 if len(val_idx) == 0 else max(range(len(val)), key=val.__getitem__)
-        acc = (heads[f"{i}@{j}"](test_inputs[c]).argmax(1) == test_y).float().mean().item()
+        acc = _accuracy(heads[f"{i}@{j}"], test_inputs[c], torch.arange(len(test_y)), test_y)
         results[c] = {"val_accuracy": val[j], "accuracy": acc, "weight_decay": weight_decays[j]}
     return results
+
+
+def _accuracy(head: nn.Module, x: Standardised, idx: torch.Tensor, y: torch.Tensor) -> float:
+    """The fraction of rows `idx` of x that `head` labels y, read in chunks."""
+    right = sum((head(x[idx[s:s + CHUNK]]).argmax(1) == y[s:s + CHUNK]).sum().item() for s in range(0, len(idx), CHUNK))
+    return right / len(idx)

@@ -209,6 +209,8 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         batch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, len(data), (local_batch * acc.num_processes,), generator=batch_gen)
         x0 = data[idx[acc.process_index::acc.num_processes]]
+        if not torch.is_tensor(x0):   # an image folder: this step's images read from their files
+            x0 = x0.stack()
         if cfg.shift:  # on the CPU copy: a per-image crop is many tiny kernels on a GPU
             x0 = random_shift(x0, cfg.shift, batch_gen)
         if cfg.crop:

@@ -7,8 +7,8 @@ several image scales the image is also described shrunk (or grown) and the scale
 same way, on the finest grid.
 
 - `DiffusionDescriber`: DIFT's descriptor, diffusion features of blocks at one noise level averaged
-  over a noise ensemble, with DIFT's defaults (`diffrep.core.blocks` for the block; t the lightest
-  noise; `default_scales`).
+  over a noise ensemble, with DIFT's defaults (`diffrep.core.blocks` for the block; `default_t`;
+  `default_scales`).
 - `pixel_describer()`, `daisy_describer()`: the classical baselines, through the same matcher.
 """
 
@@ -97,11 +97,11 @@ class DiffusionDescriber(Describer):
         blocks = [blocks] if isinstance(blocks, str) else list(blocks)
         descriptors = ["+".join(featurizer.check_blocks(d.split("+"))) for d in blocks]
         taps = featurizer.check_blocks([part for d in descriptors for part in d.split("+")])
-        # default: the lightest noise (t = 0; σ_min for EDM), best on validation warps with photos-ddpm
-        self.t = backbone.noise.check(t if t is not None else backbone.noise.lightest)
+        self.t = backbone.noise.check(t if t is not None else default_t(featurizer, descriptors))
         if ensemble < 1:
             raise DiffrepError(f"ensemble must be ≥ 1, got {ensemble}")
-        source = DiffusionFeatures(featurizer, taps, [self.t], ensemble, seed, precision=precision)
+        # every image gets the same noise (one draw per ensemble member), as DIFT does, whatever the batch
+        source = DiffusionFeatures(featurizer, taps, [self.t], ensemble, seed, shared_noise=True, precision=precision)
         scales = tuple(scales) if scales else default_scales(featurizer)
         # DiT takes its own size only; UNets run on any multiple of the total stride (what check_images demands)
         fixed_size = backbone.image_size if featurizer.is_dit else None
@@ -112,6 +112,19 @@ class DiffusionDescriber(Describer):
                          batch_size=batch_size, channels=backbone.image_channels,
                          conditional=type(backbone.denoiser).__name__ == "UNet2DConditionModel")
         self.featurizer, self.taps, self.ensemble, self.seed, self.precision = featurizer, taps, ensemble, seed, precision
+
+
+LATENT_T = 261   # DIFT's timestep for Stable Diffusion's up_blocks.1 (of 1,000)
+
+
+def default_t(featurizer: Featurizer, descriptors: list[str]) -> int | float:
+    """DIFT's own setting where it applies, t = 261 for a latent VP UNet's `up_blocks.1` (Stable
+    Diffusion); elsewhere the lightest noise (t = 0; σ_min for EDM), best on validation warps with
+    photos-ddpm."""
+    noise = featurizer.backbone.noise
+    if featurizer.backbone.is_latent and noise.kind == "vp" and descriptors == featurizer.default_blocks("match"):
+        return min(LATENT_T, noise.num_steps - 1)
+    return noise.lightest
 
 
 def load_featurizer(model: str, device: str = "auto") -> Featurizer:

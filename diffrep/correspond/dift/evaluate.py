@@ -37,8 +37,9 @@ class DescriptorConfig(RunOn):
     model: str = option("photos-ddpm", "bundled name, local diffusers folder or hub id")
     block: str | None = option(None, "block to match with; 'a+b' joins blocks (default: up_blocks.1 in SD-sized "
                                      "latent UNets as DIFT, else mid_block)", parse=str)
-    t: float | None = option(None, "noise level: timestep (σ for EDM); default the lightest (0; σ_min for EDM), best "
-                                   "on validation warps with photos-ddpm (DIFT on SD: 261)", parse=noise_level)
+    t: float | None = option(None, "noise level: timestep (σ for EDM); default 261 for latent UNets at their "
+                                   "default block (DIFT's setting for Stable Diffusion), else the lightest (0; σ_min "
+                                   "for EDM), best on validation warps with photos-ddpm", parse=noise_level)
     ensemble: int = option(4, "noise draws averaged (DIFT: 8)", min=1)
     scales: list | None = option(None, "image scales whose features are joined (default: 1,0.5,0.25,0.125 for "
                                        "pixel UNets, 1 for latent UNets and DiT)", parse=float, many=True, above=0,

@@ -1,0 +1,49 @@
+"""Streaming images: data sets read item by item through a `torch.utils.data.DataLoader`.
+
+`ImageBatches(images, batch_size, workers, …)`: (indices, batch) pairs over a tensor of images
+  (the bundled sets, generated or loaded in memory) or an `ImageFiles` (a folder), read by `workers` processes
+  (0: in this process), optionally transformed per item (`transform(image, index)`, seeded by the
+  index: the same item gets the same transform whatever the batching).
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DiffrepError
+
+
+class _Items(Dataset):
+    def __init__(self, images, transform=None):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        return i, image if self.transform is None else self.transform(image, i)
+
+
+class ImageBatches:
+    """(indices, B×C×H×W) over `images` (tensor or `ImageFiles`), in order, through a DataLoader: all
+    items, the items `indices` in batches of `batch_size`, or exactly the index lists `batches`."""
+
+    def __init__(self, images, batch_size: int, workers: int = 0, transform=None, indices=None,
+                 batches: list[list[int]] | None = None):
+        if workers < 0:
+            raise DiffrepError(f"--workers must be ≥ 0 (0 reads in the main process), got {workers}")
+        if batches is None:
+            order = list(range(len(images))) if indices is None else [int(i) for i in indices]
+            batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        self.batches = batches
+        self.loader = DataLoader(_Items(images, transform), batch_sampler=batches, num_workers=workers)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except DiffrepError as err:   # from a worker, whose message carries its traceback: keep the last line
+            raise DiffrepError(str(err).strip().splitlines()[-1].split("DiffrepError: ")[-1]) from None
