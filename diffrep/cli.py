@@ -21,7 +21,7 @@ from .errors import DiffrepError
 from .features import DiffusionFeatures, bytes_per_image, default_shard_size, extract_to_store
 from .options import Parser, add_options, check, from_args, noise_level, option
 from .pretrain import cli as pretrain_cli
-from .runs import header, locked, output_file, write_json, write_results
+from .runs import header, locked, output_file, peak_rss_mb, write_json, write_results
 from .segment.ddpm_seg import cli as ddpm_seg_cli
 
 METHODS = (ddae, ddpm_seg_cli, dift_cli)   # each adds its commands; a new method adds itself here
@@ -112,7 +112,7 @@ def extract_features(cfg: FeaturesConfig, out: str | Path) -> dict:
         strides = {b.name: b.stride for b in featurizer.feature_info()}
         pools = [cfg.pool] if cfg.pool else None
         shard_size = cfg.shard_size or default_shard_size(bytes_per_image(source, backbone.image_size, strides, pools))
-        files = {}
+        files, n_images = {}, 0
         for split in cfg.splits:
             data = load(cfg.data, split, channels=backbone.image_channels, size=backbone.image_size)
             images = fit_images(data.images, backbone.image_channels, backbone.image_size, f"{split} images")
@@ -122,12 +122,15 @@ def extract_features(cfg: FeaturesConfig, out: str | Path) -> dict:
                                      cfg.workers, extra={} if data.labels is None else {"labels": data.labels},
                                      meta={"classes": data.classes}, state=state, desc=f"{split} features")
             files[split] = {"folder": split, "n": store.n, "shards": len(store.manifest["shards"])}
+            n_images += store.n
             if main:
                 print(f"wrote {out / split} ({store.n} images in {files[split]['shards']} shard(s), "
                       f"{len(source.ts)} t × {len(source.blocks)} blocks)")
-        result = {**header("features", cfg.model, cfg.data, {"total": round(time.time() - start, 1)}),
+        total_s = time.time() - start
+        result = {**header("features", cfg.model, cfg.data, {"total": round(total_s, 1)}),
                   "ts": source.ts, "blocks": source.blocks, "pool": cfg.pool, "shard_size": shard_size,
-                  "processes": 1 if state is None else state.num_processes, "splits": files}
+                  "processes": 1 if state is None else state.num_processes, "splits": files,
+                  "images_per_s": round(n_images / total_s, 2), "peak_rss_mb": peak_rss_mb()}
         if main:
             write_results(out, "features", result, cfg)
         return result

@@ -157,6 +157,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     scores = train_probe_grid(feats["train"], labels["train"], feats["test"], labels["test"], epochs=cfg.epochs,
                               seed=cfg.seed, progress=lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
     result = summarise(cfg, scores, len(labels["train"]), len(labels["test"]))
+    grid_s = time.time() - start - extract_s - baseline_s
     if cfg.shortlist > 0:
         result["best"], result["shortlist"] = cross_validated_choice(cfg, result["cells"], feats["train"], labels["train"])
         if cfg.baselines:
@@ -164,10 +165,13 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
             bl["random_init_best"], _ = cross_validated_choice(cfg, bl["random_cells"], feats["train"], labels["train"],
                                                                RANDOM)
             bl["random_init"] = bl["random_init_best"]["accuracy"]
+    cv_s = time.time() - start - extract_s - baseline_s - grid_s
     if cfg.augment > 0:
         aug = augmented_probe(cfg, featurizer, splits["train"].images, feats, labels, result["best"])
         result["best"] = {**result["best"], "augmented": aug}
-    timing = {"features": round(extract_s, 1), "baseline_features": round(baseline_s, 1),
+    timing = {"features": round(extract_s, 1), "baseline_features": round(baseline_s, 1), "probe_grid": round(grid_s, 1),
+              "cross_validation": round(cv_s, 1),
+              "augmented_refit": round(time.time() - start - extract_s - baseline_s - grid_s - cv_s, 1),
               "total": round(time.time() - start, 1)}
     result = {**header("ddae", cfg.model, cfg.data, timing), **result}
     write_results(out, "sweep", result, cfg)
