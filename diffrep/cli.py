@@ -106,7 +106,7 @@ def extract_features(cfg: FeaturesConfig, out: str | Path) -> dict:
     main = state is None or state.is_main_process
     with (locked(out) if main else contextlib.nullcontext(Path(out))) as out:
         start = time.time()
-        backbone = load_backbone(cfg.model, device)
+        backbone = load_backbone(cfg.model, device, cfg.precision)
         featurizer = Featurizer(backbone)
         source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.precision)
         strides = {b.name: b.stride for b in featurizer.feature_info()}

@@ -218,3 +218,25 @@ def test_the_block_catalogue_from_the_smallest_input_equals_the_one_at_the_model
     assert featurizer.feature_info() == featurizer.catalogue(own)
     if not featurizer.is_dit:
         assert featurizer.smallest_side() < own or own <= 4
+
+
+def test_weights_are_cast_on_gpus_only():
+    from diffrep.core import weight_dtype
+
+    assert weight_dtype("fp16", "cuda") == torch.float16 and weight_dtype("bf16", "cuda:0") == torch.bfloat16
+    assert weight_dtype("bf16", "cpu") == torch.float32 and weight_dtype("fp32", "cuda") == torch.float32
+    with pytest.raises(DiffrepError, match="fp16 on the CPU is refused"):
+        weight_dtype("fp16", "cpu")
+
+
+def test_reduced_precision_weights_extract_what_fp32_weights_do(unet_dir):
+    """The path a GPU takes with --precision bf16 (weights cast, autocast on), run here on the CPU."""
+    from diffrep.core import random_init
+
+    images = torch.rand(4, 1, 32, 32) * 2 - 1
+    ref = Featurizer(load_backbone(unet_dir, "cpu")).extract(images, 25, ["mid_block"], seed=0)["mid_block"]
+    backbone = load_backbone(unet_dir, "cpu").to("cpu", torch.bfloat16)
+    got = Featurizer(backbone).extract(images, 25, ["mid_block"], seed=0, precision="bf16")["mid_block"]
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert (got - ref).abs().mean() < 0.05 * ref.abs().mean()
+    assert random_init(backbone, 0).denoiser.dtype == torch.bfloat16

@@ -125,7 +125,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict | None:
 
 def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     start = time.time()
-    backbone = load_backbone(cfg.model, device)
+    backbone = load_backbone(cfg.model, device, cfg.precision)
     featurizer = Featurizer(backbone)
     splits = _labelled_splits(cfg, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))

@@ -2,10 +2,10 @@
 (taps on named blocks, early stop), with the default blocks of each use."""
 
 from .backbone import (PRECISIONS, Backbone, EDMNoise, VPNoise, autocast_dtype, load_backbone, noise_form, null_class,
-                       random_init, resolve_device, run_denoiser)
+                       random_init, resolve_device, run_denoiser, weight_dtype)
 from .blocks import default_blocks
 from .featurizer import BlockInfo, Featurizer, image_noise, noise_seed
 from .runtime import RunOn, processes
 
 __all__ = ["PRECISIONS", "Backbone", "BlockInfo", "EDMNoise", "Featurizer", "RunOn", "VPNoise", "autocast_dtype",
-           "default_blocks", "image_noise", "load_backbone", "noise_seed", "noise_form", "null_class", "processes", "random_init", "resolve_device", "run_denoiser"]
+           "default_blocks", "image_noise", "load_backbone", "noise_seed", "noise_form", "null_class", "processes", "random_init", "resolve_device", "run_denoiser", "weight_dtype"]

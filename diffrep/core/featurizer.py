@@ -209,6 +209,7 @@ class Featurizer:
             for name in blocks:
                 stack.callback(modules[name].register_forward_hook(hook_for(name)).remove)
             model_in, timestep = self.backbone.noise.model_input(x_t, t)
+            model_in = model_in.to(self.model.dtype)   # weights cast to bf16/fp16 on a GPU take inputs of theirs
             cond = self.backbone.condition(len(x_t), prompt)
             try:
                 run_denoiser(self.model, model_in, timestep, cond)

@@ -58,7 +58,7 @@ def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) ->
              "flow": out.with_name(out.stem + "-flow.npz")}
     source, target = (read_image(Path(p), 3, None)[0] for p in (source_path, target_path))
     points = parse_points(cfg.points) if cfg.points is not None else grid_points(tuple(source.shape[-2:]))
-    describer = cfg.describer(load_featurizer(cfg.model, cfg.device))
+    describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision))
     prompt = cfg.prompt if cfg.prompt is not None else category_prompt(cfg.category)
     found, (src, tgt), (fs, ft) = match(describer, source, target, points, cfg.size, prompt, cfg.mutual)
     record = {"source": source_path, "target": target_path, "model": cfg.model, "block": describer.blocks[0],

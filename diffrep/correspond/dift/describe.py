@@ -127,8 +127,8 @@ def default_t(featurizer: Featurizer, descriptors: list[str]) -> int | float:
     return noise.lightest
 
 
-def load_featurizer(model: str, device: str = "auto") -> Featurizer:
-    return Featurizer(load_backbone(model, device))
+def load_featurizer(model: str, device: str = "auto", precision: str = "fp32") -> Featurizer:
+    return Featurizer(load_backbone(model, device, precision))
 
 
 def pixel_describer(radius: int = 4) -> Describer:

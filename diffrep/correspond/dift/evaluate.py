@@ -119,7 +119,7 @@ def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
     with locked(out) as out:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()
-        describer = cfg.describer(load_featurizer(cfg.model, cfg.device))
+        describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision))
         print(f"{len(pairs)} pairs, {sum(len(p.source_points) for p in pairs)} keypoints; {cfg.model} "
               f"{describer.blocks[0]} t={describer.t} ensemble {cfg.ensemble} scales {list(describer.scales)}")
         matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc="diffusion features")[describer.blocks[0]]
@@ -181,7 +181,7 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
     with locked(out) as out:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()
-        featurizer = load_featurizer(cfg.model, cfg.device)
+        featurizer = load_featurizer(cfg.model, cfg.device, cfg.precision)
         blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("probe"))
         ts = [featurizer.backbone.noise.check(t) for t in cfg.ts]
         cells = []

@@ -50,7 +50,7 @@ class Segmenter:
             raise DiffrepError(f"the run's config {path} is damaged ({type(err).__name__}: {err}); run `diffrep "
                                "segment train` again into this folder") from None
         self.cfg.baselines = self.cfg.baselines and baselines
-        featurizer = Featurizer(load_backbone(self.cfg.model, self.cfg.device))
+        featurizer = Featurizer(load_backbone(self.cfg.model, self.cfg.device, self.cfg.precision))
         self.sources = feature_sources(self.cfg, featurizer, self.image_channels)
         self.stride = max(b.stride for b in featurizer.feature_info())
         self.heads = {}

@@ -119,7 +119,7 @@ def _train(cfg: SegConfig, out: Path, data: ImageSet | None) -> dict:
     if len(data) < cfg.labelled:
         raise DiffrepError(f"asked for {cfg.labelled} labelled images but {cfg.data} gives only {len(data)}")
     data = data.subset(slice(0, cfg.labelled))
-    backbone = load_backbone(cfg.model, cfg.device)
+    backbone = load_backbone(cfg.model, cfg.device, cfg.precision)
     featurizer = Featurizer(backbone)
     if cfg.select:   # blocks and ts given are the candidates
         cfg.blocks, cfg.ts, cfg.selection = select_cells(cfg, featurizer, data, out / "cache")
