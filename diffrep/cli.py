@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .classify import ddae
-from .core import Featurizer, RunOn, load_backbone, processes
+from .core import PRECISIONS, Featurizer, RunOn, load_backbone, processes
 from .correspond.dift import cli as dift_cli
 from .data import fit_images, load
 from .errors import DiffrepError
@@ -49,7 +49,7 @@ class Commands:
 def cmd_info(args) -> None:
     if args.json_out:
         output_file(args.json_out, "--json", ".json")
-    backbone = load_backbone(args.model, args.device)
+    backbone = load_backbone(args.model, args.device, args.precision)
     info = [b for b in Featurizer(backbone).feature_info() if b.top_level or not args.top_level]
     model = backbone.denoiser
     print(f"{args.model}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
@@ -68,6 +68,8 @@ def _register_info(commands: Commands) -> None:
     p = commands.add("info", cmd_info, help="list every tappable block of a model: name, channels, stride")
     p.add_argument("--model", default="mnist-ddpm", help="bundled name, local diffusers folder or hub id")
     p.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
+                   help="weights' precision on a GPU (the catalogue's dummy forward runs in it)")
     p.add_argument("--top-level", action="store_true", help="only top-level blocks (down_blocks.i, mid_block, …)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the list to this JSON file")
 

@@ -3,6 +3,7 @@ message naming the problem, no traceback, nothing half-written and no temporary 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -265,3 +266,17 @@ def test_bf16_is_the_short_form_of_precision_bf16(inputs, capsys):
     assert config["precision"] == "bf16" and config["device"] == "cpu"
     assert "no CUDA GPU" in run_bad(["info", "--model", inputs["unet"], "--device", "cuda"], capsys) or \
         __import__("torch").cuda.is_available()
+
+
+def test_every_command_that_runs_a_model_shows_device_and_precision_in_its_help():
+    from diffrep.cli import build_parser
+
+    parser = build_parser()
+    names = ["info", "features", "sweep", "pretrain", "match", "match-eval", "match-sweep", "segment train",
+             "segment predict", "segment eval"]
+    for name in names:
+        sub = parser
+        for word in name.split():
+            sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+        text = sub.format_help()
+        assert "--device" in text and "--precision" in text, name

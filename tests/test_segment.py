@@ -320,3 +320,13 @@ def test_a_folder_laid_out_as_the_readme_says_trains_and_scores(rgb_unet_dir, tm
                     baselines=False)
     result = train_segmenter(cfg, tmp_path / "run")
     assert result["n_labelled"] == 3 and (tmp_path / "run" / "heads-diffusion.safetensors").is_file()
+
+
+def test_a_folder_being_scored_is_read_lazily_and_each_mask_checked_as_read(tmp_path):
+    root = write_folder(tmp_path / "data", 3)
+    _break_label(root)
+    data = load_seg_data(str(root), "train", classes=CLASSES, ignore_index=255, lazy=True)
+    assert len(data) == 3 and not torch.is_tensor(data.images) and not torch.is_tensor(data.masks)
+    assert data.images[0].shape == (3, SIZE, SIZE) and data.masks[0].shape == (SIZE, SIZE)
+    with pytest.raises(DiffrepError, match=re.escape("s2.png hold label(s) [12] outside the declared classes")):
+        data.masks[2]

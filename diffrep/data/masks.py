@@ -9,7 +9,8 @@ training on it scores the training images, so a warning says so (pass a separate
 
 Decisions: images are kept at their own size (the features are upsampled to it), so every image of
 a set must have the same size; masks are read as they are stored (never resized: a resize would
-invent labels). Images are small next to their features, so a set's images sit in RAM.
+invent labels). Training sets (the few labelled images) sit in RAM; a set being scored is read
+image by image (`load_seg_data(..., lazy=True)`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DiffrepError
-from .images import ImageSet, list_images, read_image
+from .images import ImageFiles, ImageSet, list_images, read_image
 from .scenes import CLASSES, scenes
 
 MIN_TEST_SCENES = 200   # the bundled test set is at least this large
@@ -32,14 +33,18 @@ SPLITS = ("train", "val", "test")
 
 
 def load_seg_data(data: str, split: str, n: int | None = None, classes: list[str] | None = None,
-                  ignore_index: int | None = None) -> ImageSet:
+                  ignore_index: int | None = None, lazy: bool = False) -> ImageSet:
     """The first `n` labelled images of `split` ('train', 'val' or 'test') of `data` ('scenes' or a
     folder). `classes`/`ignore_index`, when given (from a trained run), are what the masks must keep to.
-    'val' exists for the bundled scenes only (for a folder, pass a validation folder as the data)."""
+    'val' exists for the bundled scenes only (for a folder, pass a validation folder as the data).
+    lazy (with `classes`): a folder's images and masks are read as they are used (`ImageFiles`,
+    `MaskFiles`: scoring a large test folder holds one batch), each mask checked when it is read."""
     if split not in SPLITS:
         raise DiffrepError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
     if data == "scenes":
         out = _scenes(split, n)
+    elif lazy and classes is not None:   # each mask is checked as it is read
+        return _lazy_folder(Path(data), split, n, classes, ignore_index)
     else:
         out = _folder(Path(data), split, n)
     if classes is not None:
@@ -147,12 +152,44 @@ def _check_labels(masks: torch.Tensor, n_classes: int, ignore: int | None, where
                            + "; fix the masks or classes.json")
 
 
-def _folder(root: Path, split: str, n: int | None) -> ImageSet:
+class MaskFiles:
+    """Mask files as a lazy sequence of H×W int64 label maps, each checked against the classes when read."""
+
+    def __init__(self, paths: list[Path], n_classes: int, ignore_index: int | None):
+        self.paths, self.n_classes, self.ignore_index = list(paths), n_classes, ignore_index
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        mask = read_mask(self.paths[i])
+        _check_labels(mask, self.n_classes, self.ignore_index, str(self.paths[i]))
+        return mask
+
+
+def _lazy_folder(root: Path, split: str, n: int | None, classes: list[str], ignore: int | None) -> ImageSet:
     split_root = _split_root(root, split)
+    pairs = _some_pairs(split_root, n)
+    if ignore is None:
+        ignore = _read_classes(split_root, torch.zeros(1, dtype=torch.long))[1] if _has_classes_file(split_root) else None
+    return ImageSet(ImageFiles([p for p, _ in pairs], 3, None), classes=classes, name=str(split_root),
+                    masks=MaskFiles([m for _, m in pairs], len(classes), ignore), ignore_index=ignore)
+
+
+def _has_classes_file(root: Path) -> bool:
+    return any((p / "classes.json").is_file() for p in (root, root.parent))
+
+
+def _some_pairs(split_root: Path, n: int | None) -> list[tuple[Path, Path]]:
     pairs = _pairs(split_root)
     if n is not None and n > len(pairs):
         raise DiffrepError(f"asked for {n} labelled images but {split_root} holds only {len(pairs)}")
-    pairs = pairs[:n] if n is not None else pairs
+    return pairs[:n] if n is not None else pairs
+
+
+def _folder(root: Path, split: str, n: int | None) -> ImageSet:
+    split_root = _split_root(root, split)
+    pairs = _some_pairs(split_root, n)
     images, masks = [], []
     for image_path, mask_path in pairs:
         image, mask = read_image(image_path, 3, None)[0], read_mask(mask_path)

@@ -47,3 +47,8 @@ class ImageBatches:
             yield from self.loader
         except DiffrepError as err:   # from a worker, whose message carries its traceback: keep the last line
             raise DiffrepError(str(err).strip().splitlines()[-1].split("DiffrepError: ")[-1]) from None
+        except RuntimeError as err:
+            if "stack expects each tensor to be equal size" not in str(err):
+                raise
+            raise DiffrepError("images of different sizes in one batch; resize them to one size (masks "
+                               "nearest-neighbour), or use a batch size of 1") from None

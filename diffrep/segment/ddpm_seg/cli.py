@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...options import add_options, from_args
 from .config import SegConfig
-from .predict import EvalConfig, evaluate, predict_files
+from .predict import EvalConfig, RunSettings, evaluate, predict_files
 from .train import train_segmenter
 
 
@@ -16,8 +16,9 @@ def register(commands) -> None:
     p.add_argument("--out", required=True,
                    help="run folder: config.json, heads-*.safetensors, segment-train.json, cache/")
 
-    p = seg.add("predict", lambda args: predict_files(args.run, args.images, args.out),
+    p = seg.add("predict", lambda args: predict_files(args.run, args.images, args.out, from_args(RunSettings, args)),
                 help="label PNGs, overlays and uncertainty maps for image files")
+    add_options(p, RunSettings)
     p.add_argument("--run", required=True, help="a `diffrep segment train` run folder")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="folder for <stem>-labels.png, -overlay.png, -uncertainty.png")

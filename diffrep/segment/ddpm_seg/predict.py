@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ...core import Featurizer, load_backbone
-from ...data import load_seg_data, match_channels, pad_to_multiple, read_image
+from ...core import PRECISIONS, Featurizer, load_backbone
+from ...data import ImageBatches, load_seg_data, match_channels, pad_to_multiple, read_image
 from ...errors import DiffrepError
 from ...features import features_at
 from ...heads import PixelMLPs, ensemble_uncertainty, majority_vote
@@ -33,7 +33,9 @@ class Segmenter:
     """A trained run: per method its feature source and heads. `predict(images)` yields, per image,
     {method: (labels H×W, uncertainty H×W)}."""
 
-    def __init__(self, run: str | Path, baselines: bool = True):
+    def __init__(self, run: str | Path, baselines: bool = True, device: str | None = None,
+                 precision: str | None = None):
+        """`device`, `precision`: where and how to run the model (default: the run's own settings)."""
         self.run = Path(run)
         path = self.run / "config.json"
         if not path.is_file():
@@ -50,6 +52,7 @@ class Segmenter:
             raise DiffrepError(f"the run's config {path} is damaged ({type(err).__name__}: {err}); run `diffrep "
                                "segment train` again into this folder") from None
         self.cfg.baselines = self.cfg.baselines and baselines
+        self.cfg.device, self.cfg.precision = device or self.cfg.device, precision or self.cfg.precision
         featurizer = Featurizer(load_backbone(self.cfg.model, self.cfg.device, self.cfg.precision))
         self.sources = feature_sources(self.cfg, featurizer, self.image_channels)
         self.stride = max(b.stride for b in featurizer.feature_info())
@@ -66,14 +69,14 @@ class Segmenter:
         return "diffusion" if method == "single_mlp" else method
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch: int | None = None, tile: int = 4096):
-        """Per image {method: (labels, uncertainty)}, computing one batch of maps at a time."""
-        images = match_channels(images, self.image_channels)
-        batch = batch or self.cfg.extract_batch
-        size = tuple(images.shape[-2:])
-        for start in range(0, len(images), batch):
-            maps = {name: src.maps(images[start:start + batch]) for name, src in self.sources.items()}
-            for j in range(len(images[start:start + batch])):
+    def predict(self, images, batch: int | None = None, tile: int = 4096, workers: int = 0):
+        """Per image {method: (labels, uncertainty)}, computing one batch of maps at a time; `images` is
+        a tensor or a lazy `ImageFiles`, read through a DataLoader with `workers` processes."""
+        for idx, chunk in ImageBatches(images, batch or self.cfg.extract_batch, workers):
+            chunk = match_channels(chunk, self.image_channels)
+            size = tuple(chunk.shape[-2:])
+            maps = {name: src.maps(chunk, indices=idx) for name, src in self.sources.items()}
+            for j in range(len(chunk)):
                 yield {m: predict_image(heads, {k: maps[self._source_of(m)][k][j] for k in keys}, size, tile)
                        for m, (heads, keys) in self.heads.items()}
 
@@ -91,12 +94,26 @@ def predict_image(heads: PixelMLPs, maps: dict, size: tuple[int, int],
 
 
 @dataclass
-class EvalConfig:
+class RunSettings:
+    """Where a trained run's model runs now (`segment predict`, `segment eval`)."""
+
+    device: str | None = option(None, "where the model runs: auto, cpu, cuda, cuda:N or mps (default: the run's "
+                                      "own setting)", parse=str)
+    precision: str | None = option(None, "autocast precision: fp32, bf16 or fp16 (default: the run's own)",
+                                   choices=tuple(PRECISIONS), parse=str)
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclass
+class EvalConfig(RunSettings):
     data: str = option("scenes", "'scenes' (its test split) or a folder with images/ + masks/")
     n: int | None = option(None, "test images (default: all; scenes: 200)", parse=int, min=1)
     split: str = option("test", "'val' scores on validation images (bundled scenes: train-split scenes never "
                                 "labelled) to choose settings", choices=("test", "val"))
     pictures: int = option(6, "test images shown in examples.png", min=0)
+    workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
     baselines: bool = option(True, "skip the baselines")
 
     def __post_init__(self):
@@ -108,16 +125,24 @@ def evaluate(run: str | Path, cfg: EvalConfig | None = None, out: str | Path | N
     looking at test): segment-eval.json, a printed table, pictures in `out` (default: the run folder)."""
     cfg = cfg or EvalConfig()
     start = time.time()
-    seg = Segmenter(run, cfg.baselines)
+    seg = Segmenter(run, cfg.baselines, cfg.device, cfg.precision)
     with locked(out or seg.run) as out:
-        test = load_seg_data(cfg.data, cfg.split, cfg.n, seg.classes, seg.ignore_index)
+        test = load_seg_data(cfg.data, cfg.split, cfg.n, seg.classes, seg.ignore_index, lazy=True)
         metrics = {m: SegMetrics(seg.classes, seg.ignore_index) for m in seg.methods()}
         examples = []
-        for i, preds in enumerate(tqdm(seg.predict(test.images), total=len(test), desc="evaluating", dynamic_ncols=True)):
+        for i, preds in enumerate(tqdm(seg.predict(test.images, workers=cfg.workers), total=len(test), desc="evaluating",
+                                       dynamic_ncols=True)):
+            mask = test.masks[i]
+            if tuple(mask.shape) != tuple(preds["diffusion"][0].shape):
+                where = test.masks.paths[i] if hasattr(test.masks, "paths") else f"#{i} of {test.name}"
+                raise DiffrepError(f"mask {where} is "
+                                   f"{mask.shape[0]}×{mask.shape[1]} but its image is "
+                                   f"{preds['diffusion'][0].shape[0]}×{preds['diffusion'][0].shape[1]}; a mask must "
+                                   "match its image pixel for pixel")
             for m, (labels, _) in preds.items():
-                metrics[m].update(labels, test.masks[i])
+                metrics[m].update(labels, mask)
             if i < cfg.pictures:
-                examples.append((test.images[i], test.masks[i], *preds["diffusion"]))
+                examples.append((test.images[i], mask, *preds["diffusion"]))
         scores = {m: s.compute() for m, s in metrics.items()}
         result = {**header("ddpm_seg", seg.cfg.model, test.name, {"total": round(time.time() - start, 1)}),
                   **scores.pop("diffusion"), "baselines": scores, "run": str(seg.run), "n_test": len(test),
@@ -144,9 +169,10 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def predict_files(run: str | Path, paths: list[str], out: str | Path) -> list[Path]:
+def predict_files(run: str | Path, paths: list[str], out: str | Path, on: RunSettings | None = None) -> list[Path]:
     """Label PNGs (palette: the pixel value is the class), overlays and uncertainty maps for image files."""
-    seg = Segmenter(run, baselines=False)
+    on = on or RunSettings()
+    seg = Segmenter(run, baselines=False, device=on.device, precision=on.precision)
     images = {path: read_image(Path(path), 3, None)[0] for path in paths}   # every file read before any is written
     written = []
     with locked(out) as out:
