@@ -205,3 +205,18 @@ def test_probes_from_memory_mapped_shards_equal_probes_from_memory(tmp_path):
     a = train_probe_grid(feats, y, test, y[:30], epochs=5, batch_size=16)
     b = train_probe_grid(mapped, y, test, y[:30], epochs=5, batch_size=16)
     assert a == b and a[Cell(5, "b", 1)]["accuracy"] > 0.5
+
+
+def test_a_sweep_on_two_processes_scores_what_one_process_does(unet_dir, labelled_folder, tmp_path):
+    args = ["sweep", "--model", str(unet_dir), "--data", str(labelled_folder), "--t", "5", "--pools", "1",
+            "--blocks", "mid_block,up_blocks.0", "--epochs", "3", "--augment", "0", "--shortlist", "0",
+            "--batch-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "diffrep.cli", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / r / "sweep.json").read_text()) for r in ("one", "two"))
+    assert len(one["cells"]) == 2
+    for a, b in zip(one["cells"], two["cells"]):
+        assert (a["t"], a["block"]) == (b["t"], b["block"]) and abs(a["accuracy"] - b["accuracy"]) <= 1 / 8
