@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .classify import ddae
-from .core import PRECISIONS, Featurizer, RunOn, load_backbone, processes
+from .core import PRECISIONS, Featurizer, RunOn, load_backbone, processes, steady_memory
 from .correspond.dift import cli as dift_cli
 from .data import fit_images, load
 from .errors import DiffrepError
@@ -160,6 +160,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    steady_memory()
     try:
         args.handler(args)
     except DiffrepError as err:

@@ -4,6 +4,8 @@ process group of a multi-process run."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from dataclasses import dataclass
 
@@ -33,3 +35,19 @@ def processes(device: str = "auto"):
         raise DiffrepError(f"--device {device} with {state.num_processes} processes: use auto or cuda (each process "
                            "takes its own GPU) or cpu")
     return state, (state.device if multi else resolve_device(device))
+
+
+M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+def steady_memory() -> None:
+    """Keep a long extraction's memory flat: glibc raises its mmap threshold each time a large block
+    is freed, so batch-sized tensors (tens of MB) end up in the heap, where they fragment and the
+    resident size creeps up with the number of batches (measured: 2,000 images peaked at 0.76 GB,
+    20,000 at 1.11 GB). A fixed 1 MB threshold gives every large tensor its own mapping, returned
+    when freed (16,000 images: 0.81 GB against 1.18 GB). Elsewhere than glibc this does nothing."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
