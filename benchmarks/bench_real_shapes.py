@@ -151,7 +151,8 @@ def bench_scale(args) -> dict:
             out = Path(tmp) / f"feats-{n}"
             cmd = [sys.executable, "-m", "diffrep.cli", "features", "--model", "mnist-ddpm", "--data", str(data),
                    "--splits", "train,test", "--blocks", "mid_block,up_blocks.0", "--t", "25", "--pool", "2",
-                   "--workers", str(args.workers), "--out", str(out)]
+                   "--workers", str(args.workers), "--out", str(out)] + \
+                (["--shard-size", str(args.shard_size)] if args.shard_size else [])
             print(f"diffrep features over {n} images")
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             summary = json.loads((out / "features.json").read_text())
@@ -160,7 +161,8 @@ def bench_scale(args) -> dict:
                          "images_per_s": summary["images_per_s"], "total_s": summary["timing_s"]["total"]})
             print(f"  {rows[-1]}")
     return {"command": "diffrep features --model mnist-ddpm --blocks mid_block,up_blocks.0 --t 25 --pool 2 "
-                       f"--splits train,test --workers {args.workers}", "rows": rows,
+                       f"--splits train,test --workers {args.workers}" +
+                       (f" --shard-size {args.shard_size}" if args.shard_size else ""), "rows": rows,
             "rss_ratio_largest_over_smallest": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)}
 
 
@@ -175,6 +177,7 @@ def main() -> None:
     sc = sub.add_parser("scale")
     sc.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[2000, 20000])
     sc.add_argument("--workers", type=int, default=1)
+    sc.add_argument("--shard-size", type=int, default=None, help="images per shard (default: diffrep's)")
     args = parser.parse_args()
     result = {"sd21": bench_sd21, "scale": bench_scale}[args.which](args)
     result["torch"] = torch.__version__

@@ -11,13 +11,16 @@ ALPHAS = (0.05, 0.1, 0.15)
 
 class SegMetrics:
     """mIoU, per-class IoU and pixel accuracy (torchmetrics), accumulated image by image. Classes
-    absent from both prediction and ground truth have no IoU (null) and do not enter the mean."""
+    absent from both prediction and ground truth have no IoU (null) and do not enter the mean.
+    Never synchronised across processes: under torchrun one process scores (the others would be
+    waiting elsewhere, and torchmetrics' gather would hang)."""
 
     def __init__(self, classes: list[str], ignore_index: int | None):
         self.classes = classes
         self.iou = MulticlassJaccardIndex(len(classes), average="none", ignore_index=ignore_index,
-                                          zero_division=float("nan"))
-        self.accuracy = MulticlassAccuracy(len(classes), average="micro", ignore_index=ignore_index)
+                                          zero_division=float("nan"), sync_on_compute=False)
+        self.accuracy = MulticlassAccuracy(len(classes), average="micro", ignore_index=ignore_index,
+                                           sync_on_compute=False)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         self.iou.update(pred.flatten(), target.flatten())

@@ -160,6 +160,18 @@ def locked(folder: str | Path):
             folder.rmdir()
 
 
+@contextlib.contextmanager
+def run_folder(folder: str | Path, state=None):
+    """The run folder as this process sees it: locked (`locked`) by the main process or a lone one;
+    the other processes of a torchrun job (accelerate's PartialState `state`) write their share
+    into it unlocked while the main process holds the lock."""
+    if state is not None and not state.is_main_process:
+        yield Path(folder)
+        return
+    with locked(folder) as folder:
+        yield folder
+
+
 # ----------------------------------------------------------------------------- results
 
 def header(method: str, model: str, data: str, timing_s: dict) -> dict:

@@ -330,3 +330,69 @@ def test_a_folder_being_scored_is_read_lazily_and_each_mask_checked_as_read(tmp_
     assert data.images[0].shape == (3, SIZE, SIZE) and data.masks[0].shape == (SIZE, SIZE)
     with pytest.raises(DiffrepError, match=re.escape("s2.png hold label(s) [12] outside the declared classes")):
         data.masks[2]
+
+
+# ----------------------------------------------------------------------------- cache: resume, processes
+
+class _CountingSource:
+    """Maps that identify their image (its mean); counts the images it was asked for."""
+    channels = {"m": 1}
+
+    def __init__(self):
+        self.seen = 0
+
+    def identity(self) -> dict:
+        return {"kind": "counting"}
+
+    def maps(self, images, indices=None):
+        self.seen += len(images)
+        return {"m": images.mean(1, keepdim=True)}
+
+
+def test_an_interrupted_cache_resumes_and_recomputes_only_what_is_missing_or_damaged(tmp_path, capsys):
+    from diffrep.features import ImageCache
+    images = torch.rand(10, 3, 8, 8)
+    first = _CountingSource()
+    ImageCache(tmp_path / "c", first, images, batch_size=2)
+    whole = [ImageCache(tmp_path / "c", first, images, 2).maps(i, ["m"])["m"].clone() for i in range(10)]
+    assert first.seen == 10 and "reusing cached features" in capsys.readouterr().out
+
+    (tmp_path / "c" / "cache.json").unlink()               # as if killed before the end:
+    (tmp_path / "c" / "00007.safetensors").unlink()        # one image never written,
+    (tmp_path / "c" / "00002.safetensors").write_bytes(b"damaged")   # one cut short
+    again = _CountingSource()
+    cache = ImageCache(tmp_path / "c", again, images, batch_size=2)
+    printed = capsys.readouterr().out
+    assert "continuing the unfinished extraction" in printed and "00002.safetensors is damaged" in printed
+    assert again.seen == 4                                  # batches {2,3} and {6,7} only
+    assert all(torch.equal(cache.maps(i, ["m"])["m"], whole[i]) for i in range(10))
+
+    other = images.flip(0)                                  # other images: nothing kept
+    redo = _CountingSource()
+    ImageCache(tmp_path / "c", redo, other, batch_size=2)
+    assert redo.seen == 10
+
+
+def test_segment_train_on_two_processes_selects_and_caches_what_one_process_does(rgb_unet_dir, seg_folder, tmp_path):
+    import subprocess
+    import sys
+    from safetensors.torch import load_file
+    args = ["segment", "train", "--model", str(rgb_unet_dir), "--data", str(seg_folder), "--labelled", "5",
+            "--blocks", "mid_block,up_blocks.0", "--t", "50,150", "--select", *FAST]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "diffrep.cli", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(cmd, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("one", "two"))
+    assert one["selection"]["chosen"] == two["selection"]["chosen"] and one["blocks"] == two["blocks"]
+    for a, b in zip(one["selection"]["cells"], two["selection"]["cells"]):   # scored by the main process alone
+        assert (a["t"], a["block"]) == (b["t"], b["block"]) and abs(a["cv_miou"] - b["cv_miou"]) < 0.02
+    assert (tmp_path / "two" / "segment-train.json").is_file()
+    for name in ("diffusion", "random_weights"):
+        for i in range(5):
+            a, b = (load_file(tmp_path / r / "cache" / f"train-{name}" / f"{i:05d}.safetensors") for r in ("one", "two"))
+            assert set(a) == set(b)
+            for k in a:
+                torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-2, atol=1e-2)

@@ -25,7 +25,7 @@ from ..heads.probe import CHUNK
 from ..heads import augmented_epochs, cross_validated_accuracy, train_probe_grid
 from ..options import add_options, check, from_args, noise_level, option
 from ..plotting import grid_rows, plot_grid
-from ..runs import header, locked, write_results
+from ..runs import header, run_folder, write_results
 
 DEFAULT_TS = [5, 25, 50, 100, 200]
 PIXELS, RANDOM = "pixels", "random"   # the baselines' feature keys: raw pixels, and (RANDOM, cell)
@@ -87,12 +87,12 @@ def _pool_saved(features_dir: Path, split: str, cfg: SweepConfig) -> tuple[dict,
     return out, {**meta, "ts": ts, "blocks": blocks}, as_tensor(store.array("labels"))
 
 
-def _labelled_splits(cfg: SweepConfig, backbone) -> dict:
+def labelled_splits(data: str, backbone, what: str = "the sweep") -> dict:
     """The train and test splits, their images fitted to the model (folders: as each image is read)."""
-    splits = {s: load(cfg.data, s, channels=backbone.image_channels, size=backbone.image_size) for s in ("train", "test")}
+    splits = {s: load(data, s, channels=backbone.image_channels, size=backbone.image_size) for s in ("train", "test")}
     for s, d in splits.items():
         if d.labels is None:
-            raise DiffrepError(f"{cfg.data} has no labels (use class sub-folders); the sweep needs them")
+            raise DiffrepError(f"{data} has no labels (use class sub-folders); {what} needs them")
         d.images = fit_images(d.images, backbone.image_channels, backbone.image_size, f"{s} images")
     return splits
 
@@ -117,9 +117,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict | None:
     """The sweep into run folder `out`. Under torchrun every process extracts its shards of the
     features; the main process then trains the probes and returns the result (the others None)."""
     state, device = processes(cfg.device)
-    if state is not None and not state.is_main_process:
-        return _sweep(cfg, Path(out), device, state)
-    with locked(out) as out:
+    with run_folder(out, state) as out:
         return _sweep(cfg, out, device, state)
 
 
@@ -127,7 +125,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     start = time.time()
     backbone = load_backbone(cfg.model, device, cfg.precision)
     featurizer = Featurizer(backbone)
-    splits = _labelled_splits(cfg, backbone)
+    splits = labelled_splits(cfg.data, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))
     feats, labels = {}, {s: d.labels for s, d in splits.items()}
     if cfg.features:

@@ -189,7 +189,8 @@ class Backbone:
                     diffusers.utils.logging.set_verbosity_error()
                     m.to(dtype)
                     diffusers.utils.logging.set_verbosity(level)
-                if not isinstance(m, DiTTransformer2DModel) and m is not self.text_encoder:
+                if not isinstance(m, DiTTransformer2DModel) and m is not self.text_encoder and \
+                        not _too_big_to_relayout(m, device):
                     m.to(memory_format=torch.channels_last)
         return self
 
@@ -306,6 +307,17 @@ def _load_folder(folder: Path) -> Backbone:
         raise DiffrepError(f"{folder} holds a latent denoiser (4 input channels) but no vae/ folder")
     text_encoder, tokenizer = _load_text(folder)
     return Backbone(denoiser, noise, vae, text_encoder, tokenizer, source=str(folder))
+
+
+RELAYOUT_LIMIT = 2 ** 30   # bytes of weights
+
+
+def _too_big_to_relayout(module: torch.nn.Module, device) -> bool:
+    """On the CPU, the channels-last copy of weights that are still memory-mapped from their
+    safetensors file holds them twice until the last one is converted (an ADM-256-sized UNet, 2 GB
+    of weights: 3.6 GB just to load); above 1 GiB the layout is left alone there."""
+    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    return torch.device(device).type == "cpu" and size > RELAYOUT_LIMIT
 
 
 def random_init(backbone: Backbone, seed: int) -> Backbone:

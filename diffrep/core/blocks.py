@@ -3,7 +3,9 @@ all in this one place.
 
 Uses: 'probe' (the t × block sweeps of classification and correspondence: every block worth a
 probe), 'segment' (DDPM-Seg's pixel features), 'segment-candidates' (what `segment train --select`
-tries) and 'match' (DIFT's one block).
+tries), 'match' (DIFT's one block) and 'fusion' (`diffrep classify`: its single-map heads read the
+first, DifFormer's fusion all: the bottleneck and the first two decoder blocks of a UNet, as
+DifFormer fuses the middle block with two decoder blocks; for DiT the middle and three-quarter blocks).
 
 - UNets (pixel and latent): probe every top-level block but the output layer (its 'feature' is the
   noise prediction). DDPM-Seg taps the decoder: the mid block and every up block but the last (which
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from ..errors import DiffrepError
 
-USES = ("probe", "segment", "segment-candidates", "match")
+USES = ("probe", "segment", "segment-candidates", "match", "fusion")
 OUTPUT_LAYERS = ("conv_out", "pos_embed")
 
 
@@ -33,6 +35,8 @@ def _unet(names: list[str], use: str, latent: bool) -> list[str]:
         return mid + (ups[:-1] or ups)
     if use == "segment-candidates":
         return mid + ups
+    if use == "fusion":
+        return mid + ups[:2]
     return ["up_blocks.1"] if latent and len(ups) >= 4 else mid or ups[:1]
 
 
@@ -40,6 +44,8 @@ def _dit(names: list[str], use: str) -> list[str]:
     blocks = [n for n in names if n.startswith("transformer_blocks.")]
     if use == "match":
         return [blocks[len(blocks) // 2]]
+    if use == "fusion":
+        return [blocks[len(blocks) // 2], blocks[3 * len(blocks) // 4]] if len(blocks) > 1 else blocks
     return [n for n in names if n not in OUTPUT_LAYERS]
 
 

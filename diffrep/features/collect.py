@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..core.runtime import barrier, release_memory
 from ..data.stream import ImageBatches
 from .cell import Cell
 from .shards import FeatureStore, ShardWriter
 
-SHARD_BYTES = 256 * 2 ** 20   # a shard holds about this many bytes of features (at most MAX_SHARD images)
+SHARD_BYTES = 64 * 2 ** 20   # a shard holds about this many bytes of features (at most MAX_SHARD images): the
+                             # rows of the shard being filled are what extraction holds beyond one batch
 MAX_SHARD = 4096
 
 
@@ -33,6 +35,7 @@ def collect_features(source, images, pools: list[int] | None = None, batch_size:
     Image i's noise comes from (source's seed, i, draw, t): the result does not depend on the batches."""
     parts: dict[Cell, list[torch.Tensor]] = {}
     for idx, batch in tqdm(ImageBatches(images, batch_size, workers, transform), desc=desc, dynamic_ncols=True):
+        release_memory()
         for key, f in pooled(source.maps(batch, indices=idx), pools).items():
             parts.setdefault(key, []).append(f)
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -63,30 +66,35 @@ def extract_to_store(source, images, folder: str | Path, identity: dict, pools: 
     writer = ShardWriter(folder, identity, len(images), shard_size)
     if rank == 0:
         writer.open(main=True)
-    _barrier(state)
+    barrier(state)
     if rank != 0:
         writer.open(main=False)
     todo = writer.todo(rank, world)
     batches = [list(writer.range(s))[b:b + batch_size] for s in todo for b in range(0, len(writer.range(s)), batch_size)]
-    pending: dict[int, list[dict]] = {}
+    pending: dict[int, dict] = {}   # shard -> {key: its rows, filled batch by batch}
     rows = dict.fromkeys(todo, 0)
     for idx, batch in tqdm(ImageBatches(images, batch_size, workers, transform, batches=batches), desc=desc,
                            dynamic_ncols=True, disable=not batches):
         feats = pooled(source.maps(batch, indices=idx), pools)
+        release_memory()
         feats.update({name: t[idx] for name, t in (extra or {}).items()})
         s = int(idx[0]) // shard_size
-        pending.setdefault(s, []).append(feats)
+        _fill(pending, s, writer.range(s), idx, feats)
         rows[s] += len(idx)
         if rows[s] == len(writer.range(s)):
-            parts = pending.pop(s)
-            writer.write(s, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
-    _barrier(state)
+            writer.write(s, pending.pop(s))
+    barrier(state)
     if rank == 0:
         writer.finish(meta)
-    _barrier(state)
+    barrier(state)
     return FeatureStore(folder)
 
 
-def _barrier(state) -> None:
-    if state is not None and state.num_processes > 1:
-        state.wait_for_everyone()
+def _fill(pending: dict, s: int, rows: range, idx, feats: dict) -> None:
+    """Copy a batch's rows into shard s's tensors, allocated once at the shard's full size: one copy
+    of a shard in memory (gathering batches and concatenating them held two)."""
+    if s not in pending:
+        pending[s] = {k: v.new_empty((len(rows), *v.shape[1:])) for k, v in feats.items()}
+    where = torch.as_tensor(idx) - rows.start
+    for k, v in feats.items():
+        pending[s][k][where] = v

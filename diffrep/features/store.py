@@ -5,7 +5,7 @@ says where the features came from and which cell every tensor is.
   "pixels"), written atomically.
 - `ImageCache`: a folder of one file per image (DDPM-Seg's maps at their own resolution, float16),
   reused when its `cache.json` matches the source and the images; `cache.json` is written last, so a
-  killed extraction is never mistaken for a complete one.
+  killed extraction is never mistaken for a complete one, and a killed one resumes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
+from ..core.runtime import barrier, release_memory
 from ..errors import DiffrepError
 from ..runs import atomic_path, write_json
 from .cell import file_key, key_from_json, key_to_json
@@ -95,25 +96,68 @@ def images_digest(images: torch.Tensor) -> str:
 
 class ImageCache:
     """Each image's maps in `folder/{i:05d}.safetensors` (float16: half the bytes, and activations of
-    these networks sit far inside its range), from a feature source; `maps(i, keys)` reads one back."""
+    these networks sit far inside its range), from a feature source; `maps(i, keys)` reads one back.
 
-    def __init__(self, folder: str | Path, source, images: torch.Tensor, batch_size: int = 8, desc: str = "features"):
+    Resumable: `pending.json` (the settings) is written before the first image, each image file is
+    renamed into place whole, and `cache.json` is written last; an extraction killed half-way and
+    started again with the same settings keeps the images already written (a damaged one is extracted
+    again). Under several processes (`state`, accelerate's PartialState) batch b is extracted by
+    rank b mod N, and every rank returns once the cache is complete."""
+
+    def __init__(self, folder: str | Path, source, images: torch.Tensor, batch_size: int = 8, desc: str = "features",
+                 state=None):
         self.folder = Path(folder)
         self.n = len(images)
         self.size = tuple(images.shape[-2:])
+        rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
         meta = {"source": source.identity(), "images": images_digest(images), "n": self.n}
         if self._matches(meta):
             print(f"reusing cached features {self.folder}")
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "cache.json").unlink(missing_ok=True)
-        for start in tqdm(range(0, self.n, batch_size), desc=desc, dynamic_ncols=True):
+        if rank == 0:
+            self._start(meta)
+        barrier(state)
+        starts = [s for b, s in enumerate(range(0, self.n, batch_size)) if b % world == rank]
+        todo = [s for s in starts if not all(self._readable(i) for i in range(s, min(s + batch_size, self.n)))]
+        if len(todo) < len(starts):
+            print(f"{self.folder}: {len(starts) - len(todo)} of {len(starts)} batches already extracted")
+        for start in tqdm(todo, desc=desc, dynamic_ncols=True, disable=not todo):
+            release_memory()
             batch = source.maps(images[start:start + batch_size])
             PEAK.note("extracted batch", *batch.values())
             for j in range(len(next(iter(batch.values())))):
                 half = {k: v[j].clamp(-FLOAT16_MAX, FLOAT16_MAX).half() for k, v in batch.items()}
                 save_features(self.folder / f"{start + j:05d}.safetensors", half, {"index": start + j})
-        write_json(self.folder / "cache.json", meta)   # written last: marks the cache complete
+        barrier(state)
+        if rank == 0:
+            write_json(self.folder / "cache.json", meta)   # written last: marks the cache complete
+        barrier(state)
+
+    def _start(self, meta: dict) -> None:
+        """Keep the image files of an unfinished extraction with these settings; otherwise clear them."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "cache.json").unlink(missing_ok=True)
+        pending = self.folder / "pending.json"
+        try:
+            same = json.loads(pending.read_text()) == json.loads(json.dumps(meta))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            same = False
+        if not same:
+            for old in self.folder.glob("[0-9]*.safetensors"):
+                old.unlink()
+            write_json(pending, meta)
+        else:
+            print(f"continuing the unfinished extraction in {self.folder}")
+
+    def _readable(self, i: int) -> bool:
+        path = self.folder / f"{i:05d}.safetensors"
+        if not path.is_file():
+            return False
+        try:
+            return read_meta(path).get("index") == i
+        except DiffrepError:
+            print(f"note: {path} is damaged; extracting it again")
+            return False
 
     def _matches(self, meta: dict) -> bool:
         path = self.folder / "cache.json"

@@ -10,6 +10,7 @@ the `select_ts` levels with the best mean score over those blocks. Test data is 
 from __future__ import annotations
 
 import torch
+from accelerate.utils import broadcast_object_list
 
 from ...core import Featurizer
 from ...data import ImageSet
@@ -54,13 +55,23 @@ def _score_cell(x, y, x_test, y_test, cols: slice, n_classes: int, cfg: SegConfi
     return metrics.compute()["miou"]
 
 
-def select_cells(cfg: SegConfig, featurizer: Featurizer, data: ImageSet, cache_root) -> tuple[list[str], list, dict]:
+def select_cells(cfg: SegConfig, featurizer: Featurizer, data: ImageSet, cache_root, state=None) -> tuple[list[str], list, dict]:
+    """The best (blocks, ts) by cross-validation over the labelled images. Under several processes
+    each extracts its share of the candidates' maps; the main process scores the cells and hands the
+    choice to the others."""
     if len(data) < 2:
         raise DiffrepError("--select cross-validates over labelled images: it needs at least 2")
     blocks, ts = candidates(featurizer, cfg)
     source = DiffusionFeatures(featurizer, blocks, ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.precision)
     print(f"--select: {len(blocks)} blocks × {len(ts)} t, cross-validated on {len(data)} labelled images")
-    cache = ImageCache(cache_root / "select", source, data.images, cfg.extract_batch, "candidate features")
+    cache = ImageCache(cache_root / "select", source, data.images, cfg.extract_batch, "candidate features", state)
+    if state is not None and state.num_processes > 1:
+        chosen = [_choose(cfg, featurizer, cache, source, data, blocks, ts) if state.is_main_process else None]
+        return tuple(broadcast_object_list(chosen)[0])
+    return _choose(cfg, featurizer, cache, source, data, blocks, ts)
+
+
+def _choose(cfg: SegConfig, featurizer: Featurizer, cache: ImageCache, source, data: ImageSet, blocks, ts):
     keys, columns, n_classes = list(source.channels), _columns(source), len(data.classes)
     folds = min(3, len(data))
     scores = {key: [] for key in keys}

@@ -22,13 +22,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ...core import Featurizer, load_backbone, random_init
+from ...core import Featurizer, load_backbone, processes, random_init
 from ...data import ImageSet, load_seg_data
 from ...errors import DiffrepError
 from ...features import PEAK, DiffusionFeatures, ImageCache, RawPixels, total_channels
 from ...features.cell import key_from_json, key_to_json
 from ...heads import PixelMLPs, train_heads
-from ...runs import atomic_path, header, locked, peak_rss_mb, write_results
+from ...runs import atomic_path, header, peak_rss_mb, run_folder, write_results
 from .config import SegConfig, default_levels
 from .pools import PixelPools
 from .select import select_cells
@@ -73,10 +73,9 @@ def feature_sources(cfg: SegConfig, featurizer: Featurizer, channels: int) -> di
     return sources
 
 
-def _train_on_source(name: str, source, data: ImageSet, cfg: SegConfig, out: Path) -> dict:
-    """Cache the source's maps of the labelled images, train its heads, write heads-<method>.safetensors.
-    The diffusion source also trains the single-MLP baseline, on the same cache."""
-    cache = ImageCache(out / "cache" / f"train-{name}", source, data.images, cfg.extract_batch, f"{name} features")
+def _train_on_source(name: str, source, cache: ImageCache, data: ImageSet, cfg: SegConfig, out: Path) -> dict:
+    """Train the source's heads on its cached maps, write heads-<method>.safetensors. The diffusion
+    source also trains the single-MLP baseline, on the same cache."""
     keys, channels = list(source.channels), total_channels(source)
     pools = PixelPools(cache, keys, data, list(range(len(data))), cfg, channels)
     fits = [(name, cfg.k)] + ([("single_mlp", 1)] if name == "diffusion" and cfg.baselines else [])
@@ -105,24 +104,27 @@ def with_colour_copies(data: ImageSet, copies: int) -> ImageSet:
                     ignore_index=data.ignore_index)
 
 
-def train_segmenter(cfg: SegConfig, out: str | Path, data: ImageSet | None = None) -> dict:
+def train_segmenter(cfg: SegConfig, out: str | Path, data: ImageSet | None = None) -> dict | None:
     """Train the ensemble (and the baselines' heads) on `cfg.labelled` images; write the run folder:
-    config.json, heads*.safetensors, segment-train.json, cache/."""
-    with locked(out) as out:
-        return _train(cfg, out, data)
+    config.json, heads*.safetensors, segment-train.json, cache/. Under torchrun every process
+    extracts its share of the maps; the main process trains the heads and returns the result (the
+    others None)."""
+    state, device = processes(cfg.device)
+    with run_folder(out, state) as out:
+        return _train(cfg, out, data, state, device)
 
 
-def _train(cfg: SegConfig, out: Path, data: ImageSet | None) -> dict:
+def _train(cfg: SegConfig, out: Path, data: ImageSet | None, state, device) -> dict | None:
     start = time.time()
     data = load_seg_data(cfg.data, "train", cfg.labelled) if data is None else data
     cfg.labelled = cfg.labelled or len(data)
     if len(data) < cfg.labelled:
         raise DiffrepError(f"asked for {cfg.labelled} labelled images but {cfg.data} gives only {len(data)}")
     data = data.subset(slice(0, cfg.labelled))
-    backbone = load_backbone(cfg.model, cfg.device, cfg.precision)
+    backbone = load_backbone(cfg.model, device, cfg.precision)
     featurizer = Featurizer(backbone)
     if cfg.select:   # blocks and ts given are the candidates
-        cfg.blocks, cfg.ts, cfg.selection = select_cells(cfg, featurizer, data, out / "cache")
+        cfg.blocks, cfg.ts, cfg.selection = select_cells(cfg, featurizer, data, out / "cache", state)
     cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("segment"))
     cfg.ts = [backbone.noise.check(t) for t in (cfg.ts or default_levels(backbone.noise))]
     data = with_colour_copies(data, cfg.colour_copies)
@@ -132,10 +134,18 @@ def _train(cfg: SegConfig, out: Path, data: ImageSet | None) -> dict:
     if data.images.shape[1] != backbone.image_channels:   # the diffusion source converts; raw pixels keep the data's
         print(f"note: the diffusion features see the {data.images.shape[1]}-channel images converted to "
               f"{backbone.image_channels} channel(s) for the model")
-    heads, timing = {}, {}
+    caches, timing = {}, {}
+    for name, source in sources.items():   # every map first, so that other processes are not kept waiting
+        t0 = time.time()
+        caches[name] = ImageCache(out / "cache" / f"train-{name}", source, data.images, cfg.extract_batch,
+                                  f"{name} features", state)
+        timing[f"{name}_features"] = round(time.time() - t0, 1)
+    if state is not None and not state.is_main_process:
+        return None   # the main process trains the heads
+    heads = {}
     for name, source in sources.items():
         t0 = time.time()
-        heads.update(_train_on_source(name, source, data, cfg, out))
+        heads.update(_train_on_source(name, source, caches[name], data, cfg, out))
         timing[name] = round(time.time() - t0, 1)
     timing["total"] = round(time.time() - start, 1)
     result = {**header("ddpm_seg", cfg.model, data.name, timing), "n_labelled": len(data), "heads": heads,
