@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .classify import ddae
-from .core import PRECISIONS, Featurizer, RunOn, load_backbone, processes, steady_memory
+from .classify import ddae, gdc
+from .core import PRECISIONS, Featurizer, RunOn, load_backbone, processes
 from .correspond.dift import cli as dift_cli
 from .data import fit_images, load
 from .errors import DiffrepError
@@ -24,7 +24,7 @@ from .pretrain import cli as pretrain_cli
 from .runs import header, locked, output_file, peak_rss_mb, write_json, write_results
 from .segment.ddpm_seg import cli as ddpm_seg_cli
 
-METHODS = (ddae, ddpm_seg_cli, dift_cli)   # each adds its commands; a new method adds itself here
+METHODS = (ddae, gdc, ddpm_seg_cli, dift_cli)   # each adds its commands; a new method adds itself here
 
 
 class Commands:
@@ -90,7 +90,7 @@ class FeaturesConfig(RunOn):
     shared_noise: bool = option(False, "one noise tensor for all images (DDPM-Seg)")
     batch_size: int = option(250, "images per forward", min=1)
     workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
-    shard_size: int | None = option(None, "images per shard (default: about 256 MB of features, at most 4,096)",
+    shard_size: int | None = option(None, "images per shard (default: about 64 MB of features, at most 4,096)",
                                     parse=int, min=1)
 
     def __post_init__(self):
@@ -160,7 +160,6 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    steady_memory()
     try:
         args.handler(args)
     except DiffrepError as err:

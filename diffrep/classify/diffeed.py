@@ -1,0 +1,109 @@
+"""DifFeed: a head on a decoder block of a *second* pass, whose encoder received the first pass's
+decoder features (`feedback.Feedback`). The `feedback` row of `diffrep classify`.
+
+    image i ─► x_t (noise from (seed, i, 0, t), as the cached features) ─► pass 1, no grad: every decoder block
+            ─► adapters (1×1 conv + BN + ReLU) ─► added to the mirrored encoder blocks in pass 2
+            ─► the read block of pass 2, pooled to ≤ 16×16 ─► the attention head
+
+Only the adapters and the head train (SGD; lr 1e-2 for the adapters as the reference, the head's own
+for the head); the UNet is frozen. The two passes run live on every batch, so this row costs about
+three forwards per image per epoch where the cached heads cost none.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import image_noise
+from ..data.holdout import holdout_split
+from ..data.images import match_channels
+from ..data.stream import ImageBatches
+from ..heads.classifier import MAX_TOKEN_SIDE, accuracy, default_lr, make_head, parameter_count, train_classifier
+from .feedback import Feedback, _check_unet
+
+
+def check_model(backbone) -> None:
+    """Refuse a denoiser without encoder and decoder (DiT) before any work."""
+    _check_unet(backbone.denoiser)
+
+
+class FeedbackClassifier(nn.Module):
+    """Images (B×C×H×W in [-1, 1]) with their data-set indices → logits, through two passes of the
+    frozen `backbone` at level `t` and a head on `read_block` of pass 2."""
+
+    def __init__(self, backbone, read_block: str, t, head: nn.Module, seed: int):
+        super().__init__()
+        self.backbone, self.read_block, self.t, self.seed = backbone, read_block, t, seed
+        model = backbone.denoiser
+        # every decoder block feeds back, as the reference feeds every decoder level
+        self.feedback = Feedback(model, [f"up_blocks.{j}" for j in range(len(getattr(model, "up_blocks", [])))])
+        self.head = head
+
+    def read(self, images: torch.Tensor, indices) -> torch.Tensor:
+        bb = self.backbone
+        latents = bb.encode(match_channels(images, bb.image_channels).to(bb.device))
+        eps = image_noise(self.seed, [int(i) for i in indices], 1, self.t, latents.shape[1:])[0].to(latents)
+        model_in, timestep = bb.noise.model_input(bb.noise.add_noise(latents, eps, self.t), self.t)
+        feats = self.feedback.forward_two_passes(bb.denoiser, model_in.to(bb.denoiser.dtype), timestep,
+                                                 [self.read_block], bb.condition(len(images)))
+        f = feats[self.read_block].float()
+        return F.adaptive_avg_pool2d(f, (min(f.shape[-2], MAX_TOKEN_SIDE), min(f.shape[-1], MAX_TOKEN_SIDE)))
+
+    def forward(self, batch) -> torch.Tensor:
+        images, indices = batch
+        return self.head([self.read(images, indices)])
+
+
+def _live_batches(images, labels, idx: torch.Tensor, size: int, workers: int, gen=None):
+    order = idx[torch.randperm(len(idx), generator=gen)] if gen is not None else idx
+    lists = [order[s:s + size].tolist() for s in range(0, len(order), size)]
+    for rows, batch in ImageBatches(images, size, workers, batches=lists):
+        yield [(batch, rows)], labels[torch.as_tensor(rows)]
+
+
+class _Unwrap(nn.Module):
+    """The training loop hands heads a list of inputs; this one takes the (images, indices) pair."""
+
+    def __init__(self, inner: FeedbackClassifier):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, inputs: list) -> torch.Tensor:
+        return self.inner(inputs[0])
+
+
+def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: int, device, dtype) -> dict:
+    """The `feedback` row: trained on the train split minus the held-out eighth (epoch chosen there),
+    test scored once."""
+    labels = {s: d.labels for s, d in splits.items()}
+    fit, val = holdout_split(len(labels["train"]), seed=cfg.seed)
+    block, t = cfg.blocks[0], cfg.ts[0]
+    for p in backbone.denoiser.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():   # the read block's shape, for the head
+        probe = FeedbackClassifier(backbone, block, t, nn.Identity(), cfg.seed)
+        rows, first = next(iter(ImageBatches(splits["train"].images, 1, batches=[[0]])))
+        shape = tuple(probe.read(first, rows).shape[1:])
+    torch.manual_seed(cfg.seed)
+    head = make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth)
+    model = FeedbackClassifier(backbone, block, t, head, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_images = splits["train"].images
+    groups = [{"params": model.feedback.parameters(), "lr": default_lr("feedback")},
+              {"params": head.parameters(), "lr": default_lr("attention")}]
+    fitted = train_classifier(
+        _Unwrap(model), lambda: _live_batches(train_images, labels["train"], fit, cfg.train_batch, cfg.workers, gen),
+        lambda: _live_batches(train_images, labels["train"], val, cfg.batch_size, cfg.workers), cfg.epochs,
+        default_lr("attention"), device, f"{source_name} feedback", dtype, groups)
+    test = accuracy(_Unwrap(model), _live_batches(splits["test"].images, labels["test"],
+                                                 torch.arange(len(labels["test"])), cfg.batch_size, cfg.workers),
+                    device, dtype, classes)
+    trainable = parameter_count(model.feedback) + parameter_count(head)
+    print(f"  {source_name:>14} {'feedback':<10} test {100 * test:.2f}%  (val {100 * fitted['val_accuracy']:.2f}%, "
+          f"{trainable:,} parameters, {fitted['train_s']:.0f} s)")
+    return {"source": source_name, "head": "feedback", "kind": "feedback", "pool": None,
+            "cells": [{"t": t, "block": block}], "fed_back": model.feedback.pairs, "accuracy": test,
+            "val_accuracy": fitted["val_accuracy"], "epoch": fitted["epoch"], "parameters": trainable,
+            "train_s": fitted["train_s"]}

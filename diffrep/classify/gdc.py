@@ -1,0 +1,247 @@
+"""GDC: light classification heads on a frozen diffusion model's maps, and DifFormer's fusion of
+several blocks and noise levels, as one table: `diffrep classify`.
+
+    images ─► DiffusionFeatures at ts × blocks ─► maps pooled to ≤ 16×16, in the feature store
+           ─► each head trained on the train split minus a held-out eighth (its epoch chosen there)
+           ─► test accuracy, scored once per head
+    the same heads on raw pixels and on the same network with random weights, in the same run
+
+Single-map heads (linear and MLP at each pool size, CNN, attention) read the first block at the first
+noise level; `fusion` (DifFormer) reads every block at every level. The maps are extracted once and
+shared by every head.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..core import Featurizer, RunOn, autocast_dtype, load_backbone, processes, random_init
+from ..data.holdout import holdout_split
+from ..errors import DiffrepError
+from ..features import Cell, DiffusionFeatures, RawPixels, as_tensor, default_shard_size, extract_to_store, in_memory
+from ..heads.classifier import (HEADS, MAX_TOKEN_SIDE, accuracy, default_lr, make_head, parameter_count,
+                                train_classifier)
+from ..options import add_options, from_args, check, noise_level, option
+from ..plotting import pyplot, save_figure
+from ..runs import header, run_folder, write_results
+from .ddae import labelled_splits
+from .diffeed import check_model, train_feedback_row
+
+DEFAULT_TS = [25, 50, 100]
+PIXELS, RANDOM, DIFFUSION = "pixels", "random_weights", "diffusion"
+
+
+@dataclass
+class ClassifyConfig(RunOn):
+    model: str = option("mnist-ddpm", "bundled name, local diffusers folder or hub id")
+    data: str = option("mnist", "'mnist' or an image folder with class sub-folders")
+    heads: list = option(["linear", "mlp", "cnn", "attention"], f"heads to train: {', '.join(HEADS)}",
+                         choices=HEADS)
+    blocks: list | None = option(None, "blocks; single-map heads read the first, fusion all (default: the "
+                                       "bottleneck and the first two decoder blocks)", many=True)
+    ts: list = option(DEFAULT_TS, "noise levels; single-map heads read the first, fusion all",
+                      parse=noise_level, flag="--t")
+    pools: list = option([1, 2, 4], "pool sizes p×p of the linear and MLP heads", min=1)
+    epochs: int = option(28, "epochs per head (the learning rate drops ×0.1 at each quarter)", min=1)
+    width: int = option(256, "token width of the attention and fusion heads (the reference: 1024)", min=8)
+    depth: int = option(2, "transformer blocks of the attention and fusion heads", min=1)
+    batch_size: int = option(250, "images per forward", min=1)
+    train_batch: int = option(64, "images per training step", min=1)
+    workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
+    seed: int = option(0, "seed of the noise, the validation split and the heads")
+    baselines: bool = option(True, "skip the raw-pixel and random-weight baselines")
+
+    def __post_init__(self):
+        check(self)
+        if not self.heads:
+            raise DiffrepError("--heads needs at least one of " + ", ".join(HEADS))
+
+
+class MapsAtMostSide:
+    """A feature source whose maps are average-pooled to at most `side`×`side`: what every head reads
+    (the pooled heads pool further), at a fraction of the bytes of full maps."""
+
+    def __init__(self, source, side: int = MAX_TOKEN_SIDE):
+        self.source, self.side = source, side
+        self.channels = source.channels
+        self.featurizer = getattr(source, "featurizer", None)
+
+    def identity(self) -> dict:
+        return {**self.source.identity(), "max_side": self.side}
+
+    def maps(self, images, indices=None) -> dict:
+        out = self.source.maps(images, indices=indices)
+        return {k: F.adaptive_avg_pool2d(v, (min(v.shape[-2], self.side), min(v.shape[-1], self.side)))
+                for k, v in out.items()}
+
+
+def _store(cfg: ClassifyConfig, source, images, folder: Path, split: str, desc: str, state) -> dict:
+    """A split's maps through the run's sharded store (resumed or reused), in memory when they fit."""
+    identity = {"model": cfg.model, "data": cfg.data, "split": split, "source": source.identity()}
+    side = images.shape[-1]
+    per_image = sum(c * min(side, MAX_TOKEN_SIDE) ** 2 * 4 for c in source.channels.values())
+    store = extract_to_store(source, images, folder, identity, None, default_shard_size(per_image), cfg.batch_size,
+                             cfg.workers, state=state, desc=desc)
+    return in_memory({k: store.array(k) for k in store.keys})
+
+
+def _head_specs(cfg: ClassifyConfig, cells: list) -> list[dict]:
+    """The table's rows for one feature source: (name, kind, pool, cells read)."""
+    first = [cells[0]]
+    specs = []
+    for kind in cfg.heads:
+        if kind in ("linear", "mlp"):
+            specs += [{"name": f"{kind} {p}×{p}", "kind": kind, "pool": p, "cells": first} for p in cfg.pools]
+        elif kind == "feedback":
+            continue   # trained live, not from the store: diffeed
+        elif kind == "fusion":
+            specs.append({"name": "fusion", "kind": kind, "pool": None, "cells": cells})
+        else:
+            specs.append({"name": kind, "kind": kind, "pool": None, "cells": first})
+    return specs
+
+
+def _batches(maps: dict, cells: list, y: torch.Tensor, idx: torch.Tensor, size: int, gen=None):
+    """(list of maps of `cells`, labels) in batches of `idx` (shuffled when `gen` is given)."""
+    order = idx[torch.randperm(len(idx), generator=gen)] if gen is not None else idx
+    for start in range(0, len(order), size):
+        rows = order[start:start + size]
+        yield [as_tensor(maps[c][rows]).float() for c in cells], y[rows]
+
+
+def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict, cells: list, classes: int,
+                device, dtype) -> list[dict]:
+    """Every head of `cfg.heads` on one source's maps: trained, its epoch chosen on validation, scored on test."""
+    fit, val = holdout_split(len(labels["train"]), seed=cfg.seed)
+    test_idx = torch.arange(len(labels["test"]))
+    rows = []
+    for spec in _head_specs(cfg, cells):
+        if spec["kind"] == "fusion" and source_name == PIXELS:
+            continue   # one map: nothing to fuse
+        order, n_blocks, n_levels = _layout(spec["cells"])
+        shapes = [tuple(feats["train"][c].shape[1:]) for c in order[:n_blocks]]
+        torch.manual_seed(cfg.seed)
+        head = make_head(spec["kind"], shapes, n_levels, classes, spec["pool"] or 1, cfg.width, cfg.depth)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        train_x, test_x = feats["train"], feats["test"]
+        fitted = train_classifier(
+            head, lambda: _batches(train_x, order, labels["train"], fit, cfg.train_batch, gen),
+            lambda: _batches(train_x, order, labels["train"], val, 256), cfg.epochs, default_lr(spec["kind"]),
+            device, f"{source_name} {spec['name']}", dtype)
+        test = accuracy(head, _batches(test_x, order, labels["test"], test_idx, 256), device, dtype, classes)
+        rows.append({"source": source_name, "head": spec["name"], "kind": spec["kind"], "pool": spec["pool"],
+                     "cells": [c.as_json() for c in spec["cells"] if isinstance(c, Cell)],
+                     "accuracy": test, "val_accuracy": fitted["val_accuracy"], "epoch": fitted["epoch"],
+                     "parameters": parameter_count(head), "train_s": fitted["train_s"]})
+        print(f"  {source_name:>14} {spec['name']:<10} test {100 * test:.2f}%  (val {100 * fitted['val_accuracy']:.2f}%, "
+              f"{rows[-1]['parameters']:,} parameters, {fitted['train_s']:.0f} s)")
+    return rows
+
+
+def _layout(cells: list) -> tuple[list, int, int]:
+    """(cells level by level, blocks within a level: the order FusionHead reads them in; number of
+    blocks; number of levels). Raw pixels are one map."""
+    if not all(isinstance(c, Cell) for c in cells):
+        return list(cells), len(cells), 1
+    levels, blocks = list(dict.fromkeys(c.t for c in cells)), list(dict.fromkeys(c.block for c in cells))
+    return [Cell(t, b) for t in levels for b in blocks], len(blocks), len(levels)
+
+
+def run_classify(cfg: ClassifyConfig, out: str | Path) -> dict | None:
+    """The table of heads into run folder `out` (classify.json, classify.png, config.json, cache/).
+    Under torchrun every process extracts its shards; the main process trains the heads."""
+    state, device = processes(cfg.device)
+    with run_folder(out, state) as out:
+        return _classify(cfg, out, device, state)
+
+
+def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
+    start = time.time()
+    backbone = load_backbone(cfg.model, device, cfg.precision)
+    featurizer = Featurizer(backbone)
+    if "feedback" in cfg.heads:
+        check_model(backbone)
+    splits = labelled_splits(cfg.data, backbone, "classification")
+    cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("fusion"))
+    cfg.ts = [backbone.noise.check(t) for t in cfg.ts]
+    labels = {s: d.labels for s, d in splits.items()}
+    classes = len(splits["train"].classes)
+    sources = {DIFFUSION: DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, seed=cfg.seed, precision=cfg.precision)}
+    if cfg.baselines:
+        sources[PIXELS] = RawPixels(radius=0, image_channels=backbone.image_channels, position=False, name=PIXELS)
+        sources[RANDOM] = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts,
+                                            seed=cfg.seed, precision=cfg.precision, weights="random")
+    feats, timing = {}, {}
+    for name, source in sources.items():
+        t0 = time.time()
+        wrapped = MapsAtMostSide(source)
+        feats[name] = {s: _store(cfg, wrapped, d.images, out / "cache" / f"{s}-{name}", s, f"{s} {name}", state)
+                       for s, d in splits.items()}
+        timing[f"{name}_features"] = round(time.time() - t0, 1)
+    if state is not None and not state.is_main_process:
+        return None
+    dtype = autocast_dtype(cfg.precision, torch.device(device))
+    rows = []
+    for name, source in sources.items():
+        t0 = time.time()
+        cells = [Cell(t, b) for t in cfg.ts for b in cfg.blocks] if name != PIXELS else [PIXELS]
+        rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype)
+        if "feedback" in cfg.heads and name == DIFFUSION:
+            rows.append(train_feedback_row(cfg, name, backbone, splits, classes, device, dtype))
+        timing[f"{name}_heads"] = round(time.time() - t0, 1)
+    timing["total"] = round(time.time() - start, 1)
+    result = {**header("gdc", cfg.model, cfg.data, timing), "n_train": len(labels["train"]),
+              "n_test": len(labels["test"]), "blocks": cfg.blocks, "ts": cfg.ts,
+              "selection": "each head's epoch chosen on a held-out eighth of the train split; test scored once per head",
+              "heads": rows}
+    write_results(out, "classify", result, cfg)
+    plot_table(result, out / "classify.png")
+    print(format_table(result))
+    print(f"wrote {out / 'classify.json'} and {out / 'classify.png'} ({timing['total']:.0f} s)")
+    return result
+
+
+def format_table(result: dict) -> str:
+    names = list(dict.fromkeys(r["head"] for r in result["heads"]))
+    sources = list(dict.fromkeys(r["source"] for r in result["heads"]))
+    score = {(r["source"], r["head"]): r["accuracy"] for r in result["heads"]}
+    lines = [f"test accuracy (%) on {result['n_test']} images, {result['model']} on {result['data']}",
+             f"{'head':<12}" + "".join(f"{s:>16}" for s in sources)]
+    for h in names:
+        lines.append(f"{h:<12}" + "".join(f"{100 * score[(s, h)]:>16.2f}" if (s, h) in score else f"{'—':>16}"
+                                          for s in sources))
+    return "\n".join(lines)
+
+
+def plot_table(result: dict, path: Path) -> None:
+    plt = pyplot()
+    names = list(dict.fromkeys(r["head"] for r in result["heads"]))
+    sources = list(dict.fromkeys(r["source"] for r in result["heads"]))
+    score = {(r["source"], r["head"]): 100 * r["accuracy"] for r in result["heads"]}
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
+    width = 0.8 / len(sources)
+    for i, s in enumerate(sources):
+        xs = [j + i * width for j, h in enumerate(names) if (s, h) in score]
+        ax.bar(xs, [score[(s, h)] for h in names if (s, h) in score], width, label=s)
+    ax.set_xticks([j + width * (len(sources) - 1) / 2 for j in range(len(names))], names, rotation=20)
+    low = min(score.values())
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"heads on {result['model']} features, {result['data']}")
+    ax.legend()
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def register(commands) -> None:
+    """`diffrep classify`."""
+    p = commands.add("classify", lambda args: run_classify(from_args(ClassifyConfig, args), args.out),
+                     help="GDC / DifFormer: classification heads on diffusion features, with baselines")
+    add_options(p, ClassifyConfig)
+    p.add_argument("--out", required=True, help="run folder: config.json, classify.json, classify.png, cache/")

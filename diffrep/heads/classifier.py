@@ -1,0 +1,195 @@
+"""Classification heads on frozen feature maps (GDC's light heads and DifFormer's fusion), and the
+one training loop they share.
+
+Every head takes a list of maps (one per feature cell, each B×C×h×w; the linear, MLP and CNN heads
+take one) and returns B×classes logits. Inputs are normalised without learned parameters first
+(`BatchNorm2d(affine=False)` for the pooled heads, a LayerNorm over the whole C×h×w map for the
+attention heads), because diffusion activations differ in scale by orders of magnitude between
+blocks and noise levels, and SGD at one learning rate needs them comparable.
+
+- `linear` (p): adaptive average pool to p×p, flatten, one Linear.
+- `mlp` (p): the same, then Linear → ReLU → Linear (hidden 1,024; no norm, no dropout).
+- `cnn`: two 3×3 convolutions (the second with stride 2) of `width` channels with BatchNorm and
+  ReLU, global average pool, Linear: a small convolutional head that sees the spatial layout the
+  pooled heads average away. On raw pixels it is a CNN trained from scratch, the fair opponent.
+- `attention`: each map pooled to at most 16×16, LayerNorm over C×h×w, 1×1 conv to `width`
+  (the reference uses 1,024), one token per position; a zero-initialised CLS token; `depth`
+  pre-norm transformer blocks (8 heads, MLP ratio 4, GELU, no positional embedding); CLS → Linear.
+- `fusion` (DifFormer): the attention head over several cells: for each noise level the tokens of
+  all its blocks are concatenated behind one CLS token and passed through one transformer shared by
+  every level; the levels' CLS outputs are concatenated → Linear. The attention head is fusion over
+  one block at one level.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy
+
+HEADS = ("linear", "mlp", "cnn", "attention", "fusion", "feedback")   # feedback: classify.diffeed
+MAX_TOKEN_SIDE = 16
+
+
+class PooledHead(nn.Module):
+    """`linear` / `mlp`: normalise, average-pool one map to p×p, flatten, Linear (→ ReLU → Linear)."""
+
+    def __init__(self, channels: int, pool: int, classes: int, hidden: int | None = None):
+        super().__init__()
+        self.pool = pool
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        width = channels * pool * pool
+        self.layers = nn.Linear(width, classes) if hidden is None else \
+            nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.norm(maps[0]), self.pool)
+        return self.layers(x.flatten(1))
+
+
+class ConvHead(nn.Module):
+    """`cnn`: conv3×3 → BN → ReLU → conv3×3/2 → BN → ReLU → global average pool → Linear."""
+
+    def __init__(self, channels: int, classes: int, width: int = 128):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.layers = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return self.layers(self.norm(maps[0]))
+
+
+def token_side(side: int) -> int:
+    return min(side, MAX_TOKEN_SIDE)
+
+
+class FusionHead(nn.Module):
+    """`attention` / `fusion`: maps of `blocks` blocks at `levels` noise levels, given level by level
+    (maps[l·blocks + b] is block b at level l), each of shape (C_b, h_b, w_b) in `shapes`."""
+
+    def __init__(self, shapes: list[tuple[int, int, int]], levels: int, classes: int, width: int = 256,
+                 depth: int = 2, heads: int = 8):
+        super().__init__()
+        self.levels, self.blocks = levels, len(shapes)
+        sides = [(token_side(h), token_side(w)) for _, h, w in shapes]
+        self.sides = sides
+        # one LayerNorm and projection per block, shared by the levels: a block's features at another
+        # noise level are the same kind of features
+        self.norms = nn.ModuleList(nn.LayerNorm([c, h, w]) for (c, _, _), (h, w) in zip(shapes, sides))
+        self.project = nn.ModuleList(nn.Conv2d(c, width, 1) for c, _, _ in shapes)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.out_norm = nn.LayerNorm(width)
+        self.classify = nn.Linear(levels * width, classes)
+
+    def tokens(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(x, self.sides[b])
+        return self.project[b](self.norms[b](x)).flatten(2).transpose(1, 2)   # B×hw×width
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        if len(maps) != self.levels * self.blocks:
+            raise ValueError(f"expected {self.levels}×{self.blocks} maps, got {len(maps)}")
+        n = len(maps[0])
+        outs = []
+        for level in range(self.levels):
+            group = maps[level * self.blocks:(level + 1) * self.blocks]
+            seq = torch.cat([self.cls.expand(n, -1, -1)] + [self.tokens(x, b) for b, x in enumerate(group)], 1)
+            outs.append(self.out_norm(self.transformer(seq)[:, 0]))
+        return self.classify(torch.cat(outs, 1))
+
+
+def make_head(kind: str, shapes: list[tuple[int, int, int]], levels: int, classes: int, pool: int = 1,
+              width: int = 256, depth: int = 2) -> nn.Module:
+    """A head of `kind` (see HEADS) over maps of `shapes` (one per block) at `levels` noise levels."""
+    if kind in ("linear", "mlp", "cnn") and (len(shapes), levels) != (1, 1):
+        raise ValueError(f"the {kind} head reads one map; got {len(shapes)} blocks × {levels} levels")
+    c = shapes[0][0]
+    if kind == "linear":
+        return PooledHead(c, pool, classes)
+    if kind == "mlp":
+        return PooledHead(c, pool, classes, hidden=1024)
+    if kind == "cnn":
+        return ConvHead(c, classes, width=min(width, 128))
+    if kind in ("attention", "fusion"):
+        return FusionHead(shapes, levels, classes, width=width, depth=depth)
+    raise ValueError(f"unknown head {kind!r}; one of {', '.join(HEADS)}")
+
+
+def parameter_count(head: nn.Module) -> int:
+    return sum(p.numel() for p in head.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- training
+
+def default_lr(kind: str) -> float:
+    """SGD learning rates of the reference: 1e-2 for linear heads and feedback, 5e-2 for attention."""
+    return 5e-2 if kind in ("attention", "fusion") else 1e-2
+
+
+def _on(inputs: list, device) -> list:
+    return [x.to(device) if torch.is_tensor(x) else x for x in inputs]
+
+
+def train_classifier(head: nn.Module, batches, val_batches, epochs: int, lr: float, device="cpu",
+                     desc: str = "head", autocast_dtype=None, param_groups: list | None = None) -> dict:
+    """SGD (momentum 0.9, weight decay 1e-4) with the learning rate divided by 10 at each quarter of
+    the epochs (the reference: 28 epochs, steps at 7, 14, 21). `batches()` yields (maps, labels) for
+    one epoch, freshly shuffled; `val_batches()` the validation set; `param_groups` (optimiser groups
+with their own learning rates) instead of all of head's parameters at `lr`. The weights of the epoch with the
+    best validation accuracy are kept (chosen on validation, never on test). Returns
+    {"val_accuracy", "epoch", "train_s", "history"}."""
+    head.to(device)
+    opt = torch.optim.SGD(param_groups or head.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, math.ceil(epochs / 4)), gamma=0.1)
+    best, best_state, history, start = -1.0, None, [], time.time()
+    for epoch in range(1, epochs + 1):
+        head.train()
+        total = count = 0
+        for maps, y in batches():
+            with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                loss = F.cross_entropy(head(_on(maps, device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + float(loss.detach()) * len(y), count + len(y)
+        sched.step()
+        acc = accuracy(head, val_batches(), device, autocast_dtype)
+        history.append({"epoch": epoch, "loss": round(total / max(count, 1), 4), "val_accuracy": acc})
+        print(f"  {desc}: epoch {epoch}/{epochs} loss {total / max(count, 1):.4f} val {100 * acc:.2f}%",
+              end="\r" if epoch < epochs else "\n", flush=True)
+        if acc > best:
+            best, best_state, best_epoch = acc, copy.deepcopy(head.state_dict()), epoch
+    head.load_state_dict(best_state)
+    return {"val_accuracy": best, "epoch": best_epoch, "train_s": round(time.time() - start, 1), "history": history}
+
+
+@torch.no_grad()
+def predictions(head: nn.Module, batches, device="cpu", autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    head.eval()
+    preds, labels = [], []
+    for maps, y in batches:
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            preds.append(head(_on(maps, device)).argmax(1).cpu())
+        labels.append(y)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def accuracy(head: nn.Module, batches, device="cpu", autocast_dtype=None, classes: int | None = None) -> float:
+    """Top-1 accuracy (torchmetrics) of `head` over `batches`."""
+    pred, y = predictions(head, batches, device, autocast_dtype)
+    if not len(y):
+        return float("nan")
+    return float(multiclass_accuracy(pred, y, num_classes=classes or int(max(pred.max(), y.max())) + 1,
+                                     average="micro"))

@@ -1,0 +1,119 @@
+"""GDC heads and DifFormer's fusion (`diffrep.heads.classifier`), and `diffrep classify` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffrep.cli import main
+from diffrep.heads.classifier import FusionHead, PooledHead, accuracy, make_head, train_classifier
+
+
+def test_pooled_heads_pool_to_p_and_the_mlp_has_one_hidden_layer():
+    x = [torch.randn(3, 16, 8, 8)]
+    linear, mlp = make_head("linear", [(16, 8, 8)], 1, 10, pool=2), make_head("mlp", [(16, 8, 8)], 1, 10, pool=4)
+    assert linear(x).shape == (3, 10) and linear.layers.in_features == 16 * 2 * 2
+    assert [type(m).__name__ for m in mlp.layers] == ["Linear", "ReLU", "Linear"]
+    assert mlp.layers[0].in_features == 16 * 4 * 4
+    assert not any(p.requires_grad for p in linear.norm.parameters())   # normalised without learned parameters
+
+
+def test_attention_head_tokens_cls_and_pooling_to_at_most_16():
+    head = make_head("attention", [(8, 32, 32)], 1, 5, width=16)
+    assert isinstance(head, FusionHead) and torch.equal(head.cls, torch.zeros(1, 1, 16))
+    assert head.sides == [(16, 16)]                                 # 32×32 pooled to 16×16 tokens
+    seen = {}
+    head.transformer.register_forward_hook(lambda m, i, o: seen.update(tokens=i[0].shape))
+    assert head([torch.randn(2, 8, 32, 32)]).shape == (2, 5)
+    assert seen["tokens"] == (2, 1 + 256, 16)                       # CLS + 16² tokens
+    layer = head.transformer.layers[0]
+    assert layer.norm_first and layer.self_attn.num_heads == 8 and layer.linear1.out_features == 4 * 16
+
+
+def test_fusion_shares_one_transformer_over_levels_and_concatenates_their_cls():
+    head = make_head("fusion", [(8, 4, 4), (6, 8, 8)], 3, 10, width=16)
+    maps = [torch.randn(2, 8, 4, 4), torch.randn(2, 6, 8, 8)] * 3   # level by level
+    calls = []
+    head.transformer.register_forward_hook(lambda m, i, o: calls.append(i[0].shape) and None)
+    assert head(maps).shape == (2, 10)
+    assert calls == [(2, 1 + 16 + 64, 16)] * 3 and head.classify.in_features == 3 * 16
+    with pytest.raises(ValueError, match="expected 3×2 maps"):
+        head(maps[:4])
+    with pytest.raises(ValueError, match="reads one map"):
+        make_head("linear", [(8, 4, 4), (6, 8, 8)], 1, 10)
+
+
+def test_training_keeps_the_epoch_best_on_validation_and_learns_a_separable_task():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 4, 4, 4, generator=gen)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    x[:, 1] += 3 * y[:, None, None]                                 # a strong signal in channel 1
+
+    def batches(idx, shuffle):
+        def run():
+            order = idx[torch.randperm(len(idx), generator=gen)] if shuffle else idx
+            for s in range(0, len(order), 32):
+                yield [x[order[s:s + 32]]], y[order[s:s + 32]]
+        return run
+    head = PooledHead(4, 1, 2)
+    fit = train_classifier(head, batches(torch.arange(300), True), batches(torch.arange(300, 400), False),
+                           epochs=8, lr=1e-2)
+    assert fit["val_accuracy"] == max(h["val_accuracy"] for h in fit["history"])
+    assert fit["epoch"] == 1 + max(range(8), key=lambda e: (fit["history"][e]["val_accuracy"], -e))
+    assert accuracy(head, batches(torch.arange(300, 400), False)(), classes=2) == pytest.approx(fit["val_accuracy"])
+    assert fit["val_accuracy"] > 0.95
+
+
+def test_classify_end_to_end_with_baselines(unet_dir, labelled_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "linear,cnn,attention,fusion",
+            "--blocks", "mid_block,up_blocks.0", "--t", "25,100", "--pools", "1,2", "--epochs", "2", "--width", "16",
+            "--batch-size", "16", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "classify.json").read_text())
+    rows = {(r["source"], r["head"]): r for r in result["heads"]}
+    for source in ("diffusion", "random_weights"):
+        assert {h for s, h in rows if s == source} == {"linear 1×1", "linear 2×2", "cnn", "attention", "fusion"}
+    assert ("pixels", "fusion") not in rows and ("pixels", "cnn") in rows   # the CNN on pixels: trained from scratch
+    assert [(c["t"], c["block"]) for c in rows[("diffusion", "fusion")]["cells"]] == \
+        [(25, "mid_block"), (25, "up_blocks.0"), (100, "mid_block"), (100, "up_blocks.0")]
+    assert [(c["t"], c["block"]) for c in rows[("diffusion", "attention")]["cells"]] == [(25, "mid_block")]
+    for r in result["heads"]:
+        assert 0 <= r["accuracy"] <= 1 and r["parameters"] > 0 and 1 <= r["epoch"] <= 2
+    assert (out / "classify.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "linear 2×2" in printed and "random_weights" in printed
+    assert main(args) == 0                                           # again, from the cached maps: the same table
+    again = json.loads((out / "classify.json").read_text())["heads"]
+    assert [(r["head"], r["accuracy"], r["epoch"]) for r in again] == \
+        [(r["head"], r["accuracy"], r["epoch"]) for r in result["heads"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--heads", "transformer"], "--heads must be one of"),
+    (["--pools", "0"], "--pools must be at least 1"),
+    (["--blocks", "nope"], "nope"),
+])
+def test_classify_bad_settings_are_refused_in_one_line(unet_dir, labelled_folder, tmp_path, capsys, args, message):
+    code = main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), *args, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_the_feedback_row_trains_adapters_and_head_live(unet_dir, labelled_folder, tmp_path):
+    out = tmp_path / "fb"
+    assert main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "feedback",
+                 "--blocks", "mid_block", "--t", "25", "--epochs", "2", "--width", "16", "--train-batch", "8",
+                 "--batch-size", "16", "--no-baselines", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "classify.json").read_text())["heads"]
+    assert row["head"] == "feedback" and row["fed_back"] == {"up_blocks.0": "down_blocks.1", "up_blocks.1": "down_blocks.0"}
+    assert 0 <= row["accuracy"] <= 1 and 1 <= row["epoch"] <= 2 and row["parameters"] > 0
+
+
+def test_feedback_on_a_dit_is_refused_before_any_work(dit_dir, labelled_folder, tmp_path, capsys):
+    code = main(["classify", "--model", str(dit_dir), "--data", str(labelled_folder), "--heads", "feedback",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "DifFeed needs an encoder-decoder UNet" in err and not (tmp_path / "r" / "cache").exists()
