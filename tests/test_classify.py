@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffrep.cli import main
+from diffrep.features import FeatureStore, as_tensor
 from diffrep.heads.classifier import FusionHead, PooledHead, accuracy, make_head, train_classifier
 
 
@@ -117,3 +118,22 @@ def test_feedback_on_a_dit_is_refused_before_any_work(dit_dir, labelled_folder, 
                  "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "DifFeed needs an encoder-decoder UNet" in err and not (tmp_path / "r" / "cache").exists()
+
+
+def test_distorted_copies_add_fit_rows_only_and_are_cached_once(unet_dir, labelled_folder, tmp_path):
+    from diffrep.classify.gdc import with_copies
+    train, copy = {"k": torch.zeros(10, 2)}, {"k": torch.ones(10, 2)}
+    fit, val = torch.tensor([0, 2, 4, 6, 8]), torch.tensor([1, 3, 5, 7, 9])
+    joined, rows = with_copies(train, [copy], fit, 10)
+    assert joined["k"].shape == (20, 2) and torch.equal(rows, torch.tensor([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]))
+    assert not set(rows.tolist()) & set((val + 10).tolist())       # the validation images' copies stay out
+    out = tmp_path / "aug"
+    assert main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "linear",
+                 "--pools", "2", "--blocks", "mid_block", "--t", "25", "--epochs", "1", "--augment", "2",
+                 "--rotate", "5", "--no-baselines", "--out", str(out)]) == 0
+    result = json.loads((out / "classify.json").read_text())
+    assert result["augment"]["copies"] == 2 and result["augment"]["distortion"]["rotate"] == 5
+    a, b = (FeatureStore(out / "cache" / f"train-diffusion-copy{c}") for c in (0, 1))
+    c0, c1 = (as_tensor(s.array(s.keys[0])) for s in (a, b))
+    plain = FeatureStore(out / "cache" / "train-diffusion")
+    assert c0.shape == c1.shape == as_tensor(plain.array(plain.keys[0])).shape and not torch.equal(c0, c1)

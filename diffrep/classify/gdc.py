@@ -14,13 +14,14 @@ shared by every head.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..core import Featurizer, RunOn, autocast_dtype, load_backbone, processes, random_init
+from ..data import DistortedCopy, Distortion
 from ..data.holdout import holdout_split
 from ..errors import DiffrepError
 from ..features import Cell, DiffusionFeatures, RawPixels, as_tensor, default_shard_size, extract_to_store, in_memory
@@ -55,8 +56,13 @@ class ClassifyConfig(RunOn):
     workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
     seed: int = option(0, "seed of the noise, the validation split and the heads")
     baselines: bool = option(True, "skip the raw-pixel and random-weight baselines")
+    augment: int = option(0, "also train the cached heads on N randomly distorted copies of the fit images "
+                             "(their maps extracted once each, noise seeded apart)", min=0)
+    distortion: Distortion = option(Distortion(), cli=False)   # how each copy is distorted (its own flags)
 
     def __post_init__(self):
+        if isinstance(self.distortion, dict):
+            self.distortion = Distortion(**self.distortion)
         check(self)
         if not self.heads:
             raise DiffrepError("--heads needs at least one of " + ", ".join(HEADS))
@@ -80,14 +86,25 @@ class MapsAtMostSide:
                 for k, v in out.items()}
 
 
-def _store(cfg: ClassifyConfig, source, images, folder: Path, split: str, desc: str, state) -> dict:
-    """A split's maps through the run's sharded store (resumed or reused), in memory when they fit."""
-    identity = {"model": cfg.model, "data": cfg.data, "split": split, "source": source.identity()}
+def _store(cfg: ClassifyConfig, source, images, folder: Path, split: str, desc: str, state, copy=None) -> dict:
+    """A split's maps through the run's sharded store (resumed or reused), in memory when they fit;
+    `copy` (a DistortedCopy) distorts each image as it is read."""
+    identity = {"model": cfg.model, "data": cfg.data, "split": split, "source": source.identity(),
+                "copy": None if copy is None else {"index": copy.copy, "distortion": asdict(cfg.distortion)}}
     side = images.shape[-1]
     per_image = sum(c * min(side, MAX_TOKEN_SIDE) ** 2 * 4 for c in source.channels.values())
     store = extract_to_store(source, images, folder, identity, None, default_shard_size(per_image), cfg.batch_size,
-                             cfg.workers, state=state, desc=desc)
+                             cfg.workers, state=state, desc=desc, transform=copy)
     return in_memory({k: store.array(k) for k in store.keys})
+
+
+def _reseeded(source, seed: int):
+    """A diffusion source whose noise comes from another seed (each distorted copy its own draws);
+    other sources as they are."""
+    if not isinstance(source, DiffusionFeatures):
+        return source
+    return DiffusionFeatures(source.featurizer, source.blocks, source.ts, source.ensemble, seed, source.shared_noise,
+                             source.precision, source.weights)
 
 
 def _head_specs(cfg: ClassifyConfig, cells: list) -> list[dict]:
@@ -114,10 +131,24 @@ def _batches(maps: dict, cells: list, y: torch.Tensor, idx: torch.Tensor, size: 
         yield [as_tensor(maps[c][rows]).float() for c in cells], y[rows]
 
 
+def with_copies(train: dict, copies: list[dict], fit: torch.Tensor, n: int) -> tuple[dict, torch.Tensor]:
+    """The train maps with the distorted copies' rows behind them, and the fit rows among them: the
+    fit images and their copies (the validation images' copies are left out, so validation stays
+    unseen)."""
+    if not copies:
+        return train, fit
+    joined = {k: torch.cat([as_tensor(train[k])] + [as_tensor(c[k]) for c in copies]) for k in train}
+    return joined, torch.cat([fit + c * n for c in range(len(copies) + 1)])
+
+
 def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict, cells: list, classes: int,
-                device, dtype) -> list[dict]:
-    """Every head of `cfg.heads` on one source's maps: trained, its epoch chosen on validation, scored on test."""
-    fit, val = holdout_split(len(labels["train"]), seed=cfg.seed)
+                device, dtype, copies: list | None = None) -> list[dict]:
+    """Every head of `cfg.heads` on one source's maps (plus the rows of `copies`, the distorted
+    copies' maps of the train split): trained, its epoch chosen on validation, scored on test."""
+    n = len(labels["train"])
+    fit, val = holdout_split(n, seed=cfg.seed)
+    train_x, fit_rows = with_copies(feats["train"], copies or [], fit, n)
+    train_y = labels["train"].repeat(len(copies or []) + 1)
     test_idx = torch.arange(len(labels["test"]))
     rows = []
     for spec in _head_specs(cfg, cells):
@@ -128,9 +159,9 @@ def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict
         torch.manual_seed(cfg.seed)
         head = make_head(spec["kind"], shapes, n_levels, classes, spec["pool"] or 1, cfg.width, cfg.depth)
         gen = torch.Generator().manual_seed(cfg.seed)
-        train_x, test_x = feats["train"], feats["test"]
+        test_x = feats["test"]
         fitted = train_classifier(
-            head, lambda: _batches(train_x, order, labels["train"], fit, cfg.train_batch, gen),
+            head, lambda: _batches(train_x, order, train_y, fit_rows, cfg.train_batch, gen),
             lambda: _batches(train_x, order, labels["train"], val, 256), cfg.epochs, default_lr(spec["kind"]),
             device, f"{source_name} {spec['name']}", dtype)
         test = accuracy(head, _batches(test_x, order, labels["test"], test_idx, 256), device, dtype, classes)
@@ -177,11 +208,15 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
         sources[RANDOM] = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts,
                                             seed=cfg.seed, precision=cfg.precision, weights="random")
     feats, timing = {}, {}
+    copies = {}
     for name, source in sources.items():
         t0 = time.time()
         wrapped = MapsAtMostSide(source)
         feats[name] = {s: _store(cfg, wrapped, d.images, out / "cache" / f"{s}-{name}", s, f"{s} {name}", state)
                        for s, d in splits.items()}
+        copies[name] = [_store(cfg, MapsAtMostSide(_reseeded(source, cfg.seed + 1 + c)), splits["train"].images,
+                               out / "cache" / f"train-{name}-copy{c}", "train", f"distorted copy {c + 1} {name}",
+                               state, DistortedCopy(cfg.distortion, cfg.seed, c)) for c in range(cfg.augment)]
         timing[f"{name}_features"] = round(time.time() - t0, 1)
     if state is not None and not state.is_main_process:
         return None
@@ -190,7 +225,7 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
     for name, source in sources.items():
         t0 = time.time()
         cells = [Cell(t, b) for t in cfg.ts for b in cfg.blocks] if name != PIXELS else [PIXELS]
-        rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype)
+        rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name])
         if "feedback" in cfg.heads and name == DIFFUSION:
             rows.append(train_feedback_row(cfg, name, backbone, splits, classes, device, dtype))
         timing[f"{name}_heads"] = round(time.time() - t0, 1)
@@ -198,6 +233,7 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
     result = {**header("gdc", cfg.model, cfg.data, timing), "n_train": len(labels["train"]),
               "n_test": len(labels["test"]), "blocks": cfg.blocks, "ts": cfg.ts,
               "selection": "each head's epoch chosen on a held-out eighth of the train split; test scored once per head",
+              "augment": {"copies": cfg.augment, "distortion": asdict(cfg.distortion)} if cfg.augment else None,
               "heads": rows}
     write_results(out, "classify", result, cfg)
     plot_table(result, out / "classify.png")
@@ -241,7 +277,9 @@ def plot_table(result: dict, path: Path) -> None:
 
 def register(commands) -> None:
     """`diffrep classify`."""
-    p = commands.add("classify", lambda args: run_classify(from_args(ClassifyConfig, args), args.out),
-                     help="GDC / DifFormer: classification heads on diffusion features, with baselines")
+    p = commands.add("classify", lambda args: run_classify(
+        from_args(ClassifyConfig, args, distortion=from_args(Distortion, args)), args.out),
+        help="GDC / DifFormer / DifFeed: classification heads on diffusion features, with baselines")
     add_options(p, ClassifyConfig)
+    add_options(p, Distortion)
     p.add_argument("--out", required=True, help="run folder: config.json, classify.json, classify.png, cache/")
