@@ -72,12 +72,14 @@ def commands(i: dict, out: str) -> dict[str, list[str]]:
         "match-eval": ["match-eval", "--model", i["unet"], "--pairs", "2", "--out", out],
         "match-sweep": ["match-sweep", "--model", i["unet"], "--pairs", "2", "--out", out],
         "pretrain": ["pretrain", "--data", i["digits"], "--steps", "1", "--out", out],
+        "classify": ["classify", "--model", i["unet"], "--data", i["digits"], "--t", "10", "--blocks", "mid_block",
+                     "--heads", "linear", "--epochs", "1", "--out", out],
         "info": ["info", "--model", i["unet"], "--json", out],
     }
 
 
-FOLDER_COMMANDS = ["features", "sweep", "segment train", "segment predict", "segment eval", "match-eval",
-                   "match-sweep", "pretrain"]
+FOLDER_COMMANDS = ["features", "sweep", "classify", "segment train", "segment predict", "segment eval",
+                   "match-eval", "match-sweep", "pretrain"]
 
 
 @pytest.mark.parametrize("command", FOLDER_COMMANDS)
@@ -242,7 +244,7 @@ def test_scoring_a_folder_without_splits_warns_that_it_may_be_the_training_image
     assert "scores the training images" in capsys.readouterr().out
 
 
-MODEL_COMMANDS = ["features", "sweep", "segment train", "match-eval", "match-sweep", "pretrain"]
+MODEL_COMMANDS = ["features", "sweep", "classify", "segment train", "match-eval", "match-sweep", "pretrain"]
 
 
 @pytest.mark.parametrize("command", MODEL_COMMANDS)
@@ -272,7 +274,7 @@ def test_every_command_that_runs_a_model_shows_device_and_precision_in_its_help(
     from diffrep.cli import build_parser
 
     parser = build_parser()
-    names = ["info", "features", "sweep", "pretrain", "match", "match-eval", "match-sweep", "segment train",
+    names = ["info", "features", "sweep", "classify", "pretrain", "match", "match-eval", "match-sweep", "segment train",
              "segment predict", "segment eval"]
     for name in names:
         sub = parser
