@@ -13,14 +13,13 @@ three forwards per image per epoch where the cached heads cost none.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import image_noise
 from ..data.holdout import holdout_split
 from ..data.images import match_channels
 from ..data.stream import ImageBatches
-from ..heads.classifier import MAX_TOKEN_SIDE, accuracy, default_lr, make_head, parameter_count, train_classifier
+from ..heads.classifier import accuracy, default_lr, make_head, parameter_count, pool_to_token_grid, train_classifier
 from .feedback import Feedback, _check_unet
 
 
@@ -48,8 +47,7 @@ class FeedbackClassifier(nn.Module):
         model_in, timestep = bb.noise.model_input(bb.noise.add_noise(latents, eps, self.t), self.t)
         feats = self.feedback.forward_two_passes(bb.denoiser, model_in.to(bb.denoiser.dtype), timestep,
                                                  [self.read_block], bb.condition(len(images)))
-        f = feats[self.read_block].float()
-        return F.adaptive_avg_pool2d(f, (min(f.shape[-2], MAX_TOKEN_SIDE), min(f.shape[-1], MAX_TOKEN_SIDE)))
+        return pool_to_token_grid(feats[self.read_block].float())
 
     def forward(self, batch) -> torch.Tensor:
         images, indices = batch

@@ -46,14 +46,10 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ..core.backbone import run_denoiser
-from ..core.featurizer import _unwrap
+from ..core.featurizer import _StopForward, _unwrap   # the featurizer's early stop, shared
 from ..errors import DiffrepError
 
 ENCODER, DECODER = "down_blocks", "up_blocks"
-
-
-class _StopForward(Exception):
-    """Raised by a hook once every tensor a pass needs is captured: ends that pass early."""
 
 
 @dataclass(frozen=True)

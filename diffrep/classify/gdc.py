@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..core import Featurizer, RunOn, autocast_dtype, load_backbone, processes, random_init
 from ..data import DistortedCopy, Distortion
@@ -26,7 +25,7 @@ from ..data.holdout import holdout_split
 from ..errors import DiffrepError
 from ..features import Cell, DiffusionFeatures, RawPixels, as_tensor, default_shard_size, extract_to_store, in_memory
 from ..heads.classifier import (HEADS, MAX_TOKEN_SIDE, accuracy, default_lr, make_head, parameter_count,
-                                train_classifier)
+                                pool_to_token_grid, train_classifier)
 from ..options import add_options, from_args, check, noise_level, option
 from ..plotting import pyplot, save_figure
 from ..runs import header, run_folder, write_results
@@ -81,9 +80,7 @@ class MapsAtMostSide:
         return {**self.source.identity(), "max_side": self.side}
 
     def maps(self, images, indices=None) -> dict:
-        out = self.source.maps(images, indices=indices)
-        return {k: F.adaptive_avg_pool2d(v, (min(v.shape[-2], self.side), min(v.shape[-1], self.side)))
-                for k, v in out.items()}
+        return {k: pool_to_token_grid(v, self.side) for k, v in self.source.maps(images, indices=indices).items()}
 
 
 def _store(cfg: ClassifyConfig, source, images, folder: Path, split: str, desc: str, state, copy=None) -> dict:

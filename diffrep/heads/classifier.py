@@ -67,8 +67,13 @@ class ConvHead(nn.Module):
         return self.layers(self.norm(maps[0]))
 
 
-def token_side(side: int) -> int:
-    return min(side, MAX_TOKEN_SIDE)
+def token_side(side: int, most: int = MAX_TOKEN_SIDE) -> int:
+    return min(side, most)
+
+
+def pool_to_token_grid(x: torch.Tensor, most: int = MAX_TOKEN_SIDE) -> torch.Tensor:
+    """B×C×h×w average-pooled to at most `most`×`most` (smaller maps unchanged): what the heads read."""
+    return F.adaptive_avg_pool2d(x, (token_side(x.shape[-2], most), token_side(x.shape[-1], most)))
 
 
 class FusionHead(nn.Module):
