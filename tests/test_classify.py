@@ -47,6 +47,7 @@ def test_fusion_shares_one_transformer_over_levels_and_concatenates_their_cls():
 
 
 def test_training_keeps_the_epoch_best_on_validation_and_learns_a_separable_task():
+    torch.manual_seed(0)   # the head's initial weights
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(400, 4, 4, 4, generator=gen)
     y = (x[:, 0].mean((1, 2)) > 0).long()
@@ -137,3 +138,81 @@ def test_distorted_copies_add_fit_rows_only_and_are_cached_once(unet_dir, labell
     c0, c1 = (as_tensor(s.array(s.keys[0])) for s in (a, b))
     plain = FeatureStore(out / "cache" / "train-diffusion")
     assert c0.shape == c1.shape == as_tensor(plain.array(plain.keys[0])).shape and not torch.equal(c0, c1)
+
+
+def test_without_validation_the_last_epoch_is_kept():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 2, 2, 2), torch.randint(0, 2, (64,))
+    fit = train_classifier(PooledHead(2, 1, 2), lambda: iter([([x], y)]), None, epochs=3, lr=1e-2)
+    assert fit["val_accuracy"] is None and fit["epoch"] == 3 and len(fit["history"]) == 3
+
+
+def test_label_subsets_take_k_per_class_the_same_for_every_call():
+    from diffrep.classify.gdc import labels_subset
+    labels = torch.arange(30) % 3
+    rows = torch.arange(24)                                          # the last 6 are held out
+    a = labels_subset(labels, rows, 2, seed=0)
+    assert torch.equal(a, labels_subset(labels, rows, 2, seed=0)) and len(a) == 6
+    assert labels[a].bincount().tolist() == [2, 2, 2] and int(a.max()) < 24
+    assert not torch.equal(a, labels_subset(labels, rows, 2, seed=1))
+    assert len(labels_subset(labels, rows, 100, seed=0)) == 24       # a class with fewer: all of it
+
+
+def test_pixel_patches_are_space_to_depth_on_the_token_grid():
+    from diffrep.features import PixelPatches
+    x = torch.randn(2, 3, 32, 32)
+    m = PixelPatches(4, 3).maps(x)["pixels"]
+    assert m.shape == (2, 48, 8, 8) and torch.equal(torch.nn.functional.pixel_shuffle(m, 4), x)
+    assert PixelPatches(4, 3).maps(torch.randn(1, 3, 30, 30))["pixels"].shape == (1, 48, 7, 7)
+
+
+def test_photo_crops_come_from_disjoint_tiles_and_are_balanced():
+    from diffrep.data import load
+    from diffrep.data.photos import PHOTOS, split_tiles
+    for name in PHOTOS:
+        tiles = {s: set(split_tiles(name, s)) for s in ("train", "val", "test")}
+        assert not (tiles["train"] & tiles["val"] or tiles["train"] & tiles["test"] or tiles["val"] & tiles["test"])
+        assert sum(map(len, tiles.values())) == 16
+    val = load("photo-crops", "val")
+    assert val.images.shape == (480, 3, 32, 32) and val.labels.bincount().tolist() == [30] * 16
+    assert val.classes == list(PHOTOS) and float(val.images.min()) >= -1.001 and float(val.images.max()) <= 1.001
+
+
+def _split_folder(root, per_split=(24, 8, 8)):
+    """A class folder with train/ val/ test/ sub-folders of real digits."""
+    from PIL import Image
+
+    from diffrep.data import mnist
+    data, start = mnist("train"), 0
+    for split, n in zip(("train", "val", "test"), per_split):
+        for i in range(start, start + n):
+            folder = root / split / str(int(data.labels[i]) % 2)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(((data.images[i, 0] + 1) * 127.5).round().byte().numpy()).save(folder / f"{i:03d}.png")
+        start += n
+    return root
+
+
+def test_label_efficiency_rows_plot_and_the_data_sets_own_val_split(unet_dir, tmp_path, capsys):
+    data, out = _split_folder(tmp_path / "digits"), tmp_path / "run"
+    assert main(["classify", "--model", str(unet_dir), "--data", str(data), "--heads", "linear,cnn", "--pools", "2",
+                 "--blocks", "mid_block", "--t", "25", "--epochs", "2", "--labels-per-class", "1,3,all",
+                 "--batch-size", "16", "--out", str(out)]) == 0
+    result = json.loads((out / "classify.json").read_text())
+    assert result["n_val"] == 8 and "val split" in result["selection"]
+    few = [r for r in result["label_efficiency"] if r["labels_per_class"] != "all"]
+    assert {(r["source"], r["head"], r["labels_per_class"]) for r in few} == \
+        {(s, h, k) for s in ("diffusion", "pixels", "random_weights") for h in ("linear 2×2", "cnn") for k in (1, 3)}
+    for r in few:
+        assert r["n_fit"] == 2 * r["labels_per_class"] and r["val_accuracy"] is None and r["epoch"] == 2
+    assert all(r["n_fit"] == 24 and r["val_accuracy"] is not None for r in result["heads"])
+    assert result["pixel_patches"] == 2            # pixels on the grid of mid_block, at stride 2 in the test UNet
+    assert (out / "classify-labels.png").stat().st_size > 0
+    assert "labelled images per class" in capsys.readouterr().out
+
+
+def test_labels_per_class_must_be_positive(unet_dir, labelled_folder, tmp_path, capsys):
+    code = main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--labels-per-class", "0,5",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--labels-per-class takes positive counts" in err and not (tmp_path / "r").exists()

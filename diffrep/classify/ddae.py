@@ -87,9 +87,9 @@ def _pool_saved(features_dir: Path, split: str, cfg: SweepConfig) -> tuple[dict,
     return out, {**meta, "ts": ts, "blocks": blocks}, as_tensor(store.array("labels"))
 
 
-def labelled_splits(data: str, backbone, what: str = "the sweep") -> dict:
-    """The train and test splits, their images fitted to the model (folders: as each image is read)."""
-    splits = {s: load(data, s, channels=backbone.image_channels, size=backbone.image_size) for s in ("train", "test")}
+def labelled_splits(data: str, backbone, what: str = "the sweep", names=("train", "test")) -> dict:
+    """The splits `names`, their images fitted to the model (folders: as each image is read)."""
+    splits = {s: load(data, s, channels=backbone.image_channels, size=backbone.image_size) for s in names}
     for s, d in splits.items():
         if d.labels is None:
             raise DiffrepError(f"{data} has no labels (use class sub-folders); {what} needs them")

@@ -76,7 +76,13 @@ def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: i
     """The `feedback` row: trained on the train split minus the held-out eighth (epoch chosen there),
     test scored once."""
     labels = {s: d.labels for s, d in splits.items()}
-    fit, val = holdout_split(len(labels["train"]), seed=cfg.seed)
+    train_images = splits["train"].images
+    if "val" in splits:   # the data set's own validation split
+        fit, val = torch.arange(len(labels["train"])), torch.arange(len(labels["val"]))
+        val_images, val_labels = splits["val"].images, labels["val"]
+    else:
+        fit, val = holdout_split(len(labels["train"]), seed=cfg.seed)
+        val_images, val_labels = train_images, labels["train"]
     block, t = cfg.blocks[0], cfg.ts[0]
     for p in backbone.denoiser.parameters():
         p.requires_grad_(False)
@@ -88,12 +94,11 @@ def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: i
     head = make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth)
     model = FeedbackClassifier(backbone, block, t, head, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_images = splits["train"].images
     groups = [{"params": model.feedback.parameters(), "lr": default_lr("feedback")},
               {"params": head.parameters(), "lr": default_lr("attention")}]
     fitted = train_classifier(
         _Unwrap(model), lambda: _live_batches(train_images, labels["train"], fit, cfg.train_batch, cfg.workers, gen),
-        lambda: _live_batches(train_images, labels["train"], val, cfg.batch_size, cfg.workers), cfg.epochs,
+        lambda: _live_batches(val_images, val_labels, val, cfg.batch_size, cfg.workers), cfg.epochs,
         default_lr("attention"), device, f"{source_name} feedback", dtype, groups)
     test = accuracy(_Unwrap(model), _live_batches(splits["test"].images, labels["test"],
                                                  torch.arange(len(labels["test"])), cfg.batch_size, cfg.workers),

