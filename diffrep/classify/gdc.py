@@ -8,7 +8,20 @@ several blocks and noise levels, as one table: `diffrep classify`.
 
 Single-map heads (linear and MLP at each pool size, CNN, attention) read the first block at the first
 noise level; `fusion` (DifFormer) reads every block at every level. The maps are extracted once and
-shared by every head.
+shared by every head (only the first cell's when no fusion head is asked for).
+
+Decisions:
+- Validation is the data set's own val split where it has one (`photo-crops`, folders with val/),
+  else a fixed held-out eighth of train. Each head keeps its best epoch there.
+- The pixel baseline reads the image cut into patches on the grid of the first diffusion map (mnist-ddpm's
+  `mid_block`: 8×8 patches of 4×4 pixels, 16 channels each), so every head reads as many positions from
+  pixels as from the network, and the CNN head on them is a CNN trained from scratch on the whole image.
+- `--labels-per-class k`: every cached head is trained again on k images per class (a seeded subset of
+  the fit images, the same for every head and source; with `--augment`, their copies too). With so few
+  labels nothing is chosen on validation: the last epoch is scored. An epoch repeats the subset to at
+  least 1,000 rows so that 1 label per class still gets enough steps.
+- Defaults (12 epochs, 128-wide tokens) fit the 2-core CPU budget; the reference trains 28 epochs at 1,024
+  (`--epochs 28 --width 1024` on a GPU).
 """
 
 from __future__ import annotations
@@ -52,9 +65,13 @@ class ClassifyConfig(RunOn):
     ts: list = option(DEFAULT_TS, "noise levels; single-map heads read the first, fusion all",
                       parse=noise_level, flag="--t")
     pools: list = option([1, 2, 4], "pool sizes p×p of the linear and MLP heads", min=1)
-    epochs: int = option(28, "epochs per head (the learning rate drops ×0.1 at each quarter)", min=1)
-    width: int = option(256, "token width of the attention and fusion heads (the reference: 1024)", min=8)
+    epochs: int = option(12, "epochs per head (the learning rate drops ×0.1 at each quarter; the reference: 28)",
+                         min=1)
+    width: int = option(128, "token width of the attention and fusion heads (the reference: 1024)", min=8)
     depth: int = option(2, "transformer blocks of the attention and fusion heads", min=1)
+    max_side: int = option(MAX_TOKEN_SIDE, "maps are average-pooled to at most this side before any head "
+                                           "(the attention heads' token grid; the reference: 16)", min=1,
+                           max=MAX_TOKEN_SIDE)
     batch_size: int = option(250, "images per forward", min=1)
     train_batch: int = option(64, "images per training step", min=1)
     workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
@@ -315,10 +332,10 @@ def _pixels_like(diffusion_train: dict, cell: Cell, images, image_channels: int)
 
 def _extract_source(cfg: ClassifyConfig, source, splits: dict, out: Path, name: str, state) -> tuple[dict, list]:
     """One source's maps of every split, and of the `--augment` distorted copies of train."""
-    wrapped = MapsAtMostSide(source)
+    wrapped = MapsAtMostSide(source, cfg.max_side)
     feats = {s: _store(cfg, wrapped, d.images, out / "cache" / f"{s}-{name}", s, f"{s} {name}", state)
              for s, d in splits.items()}
-    copies = [_store(cfg, MapsAtMostSide(_reseeded(source, cfg.seed + 1 + c)), splits["train"].images,
+    copies = [_store(cfg, MapsAtMostSide(_reseeded(source, cfg.seed + 1 + c), cfg.max_side), splits["train"].images,
                      out / "cache" / f"train-{name}-copy{c}", "train", f"distorted copy {c + 1} {name}",
                      state, DistortedCopy(cfg.distortion, cfg.seed, c)) for c in range(cfg.augment)]
     return feats, copies
