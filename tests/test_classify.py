@@ -197,7 +197,7 @@ def test_label_efficiency_rows_plot_and_the_data_sets_own_val_split(unet_dir, tm
     data, out = _split_folder(tmp_path / "digits"), tmp_path / "run"
     assert main(["classify", "--model", str(unet_dir), "--data", str(data), "--heads", "linear,cnn", "--pools", "2",
                  "--blocks", "mid_block", "--t", "25", "--epochs", "2", "--labels-per-class", "1,3,all",
-                 "--batch-size", "16", "--out", str(out)]) == 0
+                 "--max-side", "8", "--batch-size", "16", "--out", str(out)]) == 0
     result = json.loads((out / "classify.json").read_text())
     assert result["n_val"] == 8 and "val split" in result["selection"]
     few = [r for r in result["label_efficiency"] if r["labels_per_class"] != "all"]
@@ -206,7 +206,9 @@ def test_label_efficiency_rows_plot_and_the_data_sets_own_val_split(unet_dir, tm
     for r in few:
         assert r["n_fit"] == 2 * r["labels_per_class"] and r["val_accuracy"] is None and r["epoch"] == 2
     assert all(r["n_fit"] == 24 and r["val_accuracy"] is not None for r in result["heads"])
-    assert result["pixel_patches"] == 2            # pixels on the grid of mid_block, at stride 2 in the test UNet
+    store = FeatureStore(out / "cache" / "train-diffusion")
+    assert as_tensor(store.array(store.keys[0])).shape[-2:] == (8, 8)   # the test UNet's 16² mid_block, pooled
+    assert result["pixel_patches"] == 4                                 # pixels on that 8×8 grid: 4×4 patches
     assert (out / "classify-labels.png").stat().st_size > 0
     assert "labelled images per class" in capsys.readouterr().out
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core import image_noise
+from ..core import Featurizer
 from ..data.holdout import holdout_split
 from ..data.images import match_channels
 from ..data.stream import ImageBatches
@@ -41,12 +41,12 @@ class FeedbackClassifier(nn.Module):
         self.head = head
 
     def read(self, images: torch.Tensor, indices) -> torch.Tensor:
-        bb = self.backbone
+        """The read block of pass 2, pooled to the token grid; x_t's noise as the cached features'."""
+        bb, featurizer = self.backbone, Featurizer(self.backbone)
         latents = bb.encode(match_channels(images, bb.image_channels).to(bb.device))
-        eps = image_noise(self.seed, [int(i) for i in indices], 1, self.t, latents.shape[1:])[0].to(latents)
-        model_in, timestep = bb.noise.model_input(bb.noise.add_noise(latents, eps, self.t), self.t)
-        feats = self.feedback.forward_two_passes(bb.denoiser, model_in.to(bb.denoiser.dtype), timestep,
-                                                 [self.read_block], bb.condition(len(images)))
+        x_t = featurizer.noised(latents, self.t, self.seed, [int(i) for i in indices])
+        model_in, timestep, cond = featurizer.denoiser_inputs(x_t, self.t)
+        feats = self.feedback.forward_two_passes(bb.denoiser, model_in, timestep, [self.read_block], cond)
         return pool_to_token_grid(feats[self.read_block].float())
 
     def forward(self, batch) -> torch.Tensor:

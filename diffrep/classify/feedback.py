@@ -46,7 +46,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ..core.backbone import run_denoiser
-from ..core.featurizer import _StopForward, _unwrap   # the featurizer's early stop, shared
+from ..core.featurizer import _unwrap, forward_capturing   # the featurizer's hooks and early stop, shared
 from ..errors import DiffrepError
 
 ENCODER, DECODER = "down_blocks", "up_blocks"
@@ -134,27 +134,9 @@ def feedback_pairs(model: nn.Module, decoder_blocks: list[str]) -> dict[str, str
 
 def _run_capturing(model, modules: dict[str, nn.Module], names: list[str], x, timestep, cond,
                    injections=()) -> dict[str, torch.Tensor]:
-    """One denoiser forward with `injections` ((module, hook) pairs) installed first and a capturing
-    hook on each of `names`; ends after the last of them has run. Every hook is removed on the way
-    out, error or not. Returns {name: first tensor of its output}."""
-    captured = {}
-
-    def capture(name):
-        def hook(_module, _inputs, output):
-            captured[name] = _unwrap(output)
-            if len(captured) == len(names):
-                raise _StopForward
-        return hook
-
-    with contextlib.ExitStack() as stack:
-        for module, hook in injections:
-            stack.callback(module.register_forward_hook(hook).remove)
-        for name in names:
-            stack.callback(modules[name].register_forward_hook(capture(name)).remove)
-        try:
-            run_denoiser(model, x, timestep, cond)
-        except _StopForward:
-            pass
+    """{name: first tensor of its output} for `names`, from one forward with `injections` installed
+    (`forward_capturing`); a block that did not run is an error."""
+    captured = forward_capturing(model, {n: modules[n] for n in names}, x, timestep, cond, injections)
     missing = [name for name in names if name not in captured]
     if missing:
         raise DiffrepError(f"block(s) {', '.join(missing)} did not run in the forward pass; read another block")

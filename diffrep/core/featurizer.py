@@ -63,6 +63,35 @@ def image_noise(seed: int | None, indices, ensemble: int, t, shape) -> torch.Ten
                                      for i in indices]) for k in range(ensemble)])
 
 
+def forward_capturing(model, modules: dict, model_in, timestep, cond, injections=(), convert=_unwrap,
+                      stop_early: bool = True) -> dict:
+    """One `run_denoiser` forward with `injections` ((module, forward hook) pairs) installed and a
+    hook on each module of `modules` ({name: module}) keeping convert(output) (None: not kept); ends
+    after the last of them has run when `stop_early`. Every hook is removed on the way out, error or
+    not. The one hook mechanism of the featurizer and of DifFeed's two passes."""
+    out: dict = {}
+
+    def hook_for(name):
+        def hook(_module, _inputs, output):
+            value = convert(output)
+            if value is not None:
+                out[name] = value
+            if stop_early and len(out) == len(modules):
+                raise _StopForward
+        return hook
+
+    with contextlib.ExitStack() as stack:
+        for module, hook in injections:
+            stack.callback(module.register_forward_hook(hook).remove)
+        for name, module in modules.items():
+            stack.callback(module.register_forward_hook(hook_for(name)).remove)
+        try:
+            run_denoiser(model, model_in, timestep, cond)
+        except _StopForward:
+            pass
+    return out
+
+
 class Featurizer:
     """Features from a backbone at (t, blocks): `extract(images, t, blocks)` -> {name: N×C×h×w}."""
 
@@ -181,8 +210,7 @@ class Featurizer:
         indices = [0] if shared_noise else range(n) if indices is None else [int(i) for i in indices]
         if len(indices) != (1 if shared_noise else n):
             raise DiffrepError(f"{len(indices)} indices for {n} images; give one index per image")
-        eps = image_noise(seed, indices, ensemble, t, latents.shape[1:]).to(latents).expand(ensemble, n, *latents.shape[1:])
-        x_t = self.backbone.noise.add_noise(latents.unsqueeze(0), eps, t).reshape(ensemble * n, *latents.shape[1:])
+        x_t = self.noised(latents, t, seed, indices, ensemble)
         dtype = autocast_dtype(precision or ("bf16" if bf16 else "fp32"), self.backbone.device)
         with torch.autocast(self.backbone.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             feats = self._run(x_t, t, blocks, stop_early=stop_early, prompt=prompt)
@@ -191,28 +219,28 @@ class Featurizer:
     def _run(self, x_t, t, blocks, stop_early=True, shapes_only=False, prompt=None) -> dict:
         """One denoiser forward with hooks on `blocks`; stops after the last of them when `stop_early`."""
         modules = self._candidates()
-        out: dict = {}
         tokens_hw = (x_t.shape[-2] // self.model.config.patch_size,) * 2 if self.is_dit else None
 
-        def hook_for(name):
-            def hook(_module, _inputs, output):
-                feat = _unwrap(output)
-                if self.is_dit and feat.ndim == 3:  # DiT tokens B×N×D -> B×D×h×w
-                    feat = feat.transpose(1, 2).reshape(feat.shape[0], feat.shape[2], *tokens_hw)
-                if feat.ndim == 4:
-                    out[name] = tuple(feat.shape) if shapes_only else feat
-                if stop_early and len(out) == len(blocks):
-                    raise _StopForward
-            return hook
+        def as_map(output):
+            feat = _unwrap(output)
+            if self.is_dit and feat.ndim == 3:  # DiT tokens B×N×D -> B×D×h×w
+                feat = feat.transpose(1, 2).reshape(feat.shape[0], feat.shape[2], *tokens_hw)
+            if feat.ndim != 4:
+                return None
+            return tuple(feat.shape) if shapes_only else feat
 
-        with contextlib.ExitStack() as stack:
-            for name in blocks:
-                stack.callback(modules[name].register_forward_hook(hook_for(name)).remove)
-            model_in, timestep = self.backbone.noise.model_input(x_t, t)
-            model_in = model_in.to(self.model.dtype)   # weights cast to bf16/fp16 on a GPU take inputs of theirs
-            cond = self.backbone.condition(len(x_t), prompt)
-            try:
-                run_denoiser(self.model, model_in, timestep, cond)
-            except _StopForward:
-                pass
-        return out
+        return forward_capturing(self.model, {n: modules[n] for n in blocks}, *self.denoiser_inputs(x_t, t, prompt),
+                                 convert=as_map, stop_early=stop_early)
+
+    def noised(self, latents: torch.Tensor, t, seed: int | None, indices, ensemble: int = 1) -> torch.Tensor:
+        """x_t of `latents` (N×…) at level t, image i's draw k from (seed, indices[i], k, t): ensemble·N×…
+        (one index for all images: the same noise for each)."""
+        n = len(latents)
+        eps = image_noise(seed, indices, ensemble, t, latents.shape[1:]).to(latents).expand(ensemble, n, *latents.shape[1:])
+        return self.backbone.noise.add_noise(latents.unsqueeze(0), eps, t).reshape(ensemble * n, *latents.shape[1:])
+
+    def denoiser_inputs(self, x_t: torch.Tensor, t, prompt: str | None = None) -> tuple:
+        """(model input, timestep, condition): what `run_denoiser` takes for x_t at level t."""
+        model_in, timestep = self.backbone.noise.model_input(x_t, t)
+        model_in = model_in.to(self.model.dtype)   # weights cast to bf16/fp16 on a GPU take inputs of theirs
+        return model_in, timestep, self.backbone.condition(len(x_t), prompt)
