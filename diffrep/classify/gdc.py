@@ -402,7 +402,7 @@ def plot_label_efficiency(result: dict, path: Path) -> None:
     sources = list(dict.fromkeys(s for s, _ in series))
     heads = list(dict.fromkeys(h for _, h in series))
     styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1)), (0, (5, 3))]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for (source, head), acc in series.items():
         ks = [k for k in counts if k in acc]
         ax.plot([xs[k] for k in ks], [100 * acc[k] for k in ks], marker="o", ms=3,
@@ -413,7 +413,8 @@ def plot_label_efficiency(result: dict, path: Path) -> None:
     ax.set_xlabel("labelled images per class")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"label efficiency, {result['model']} on {result['data']}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside the plot, not over the lines
+    fig.tight_layout()
     save_figure(fig, path)
 
 
