@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .core.runtime import processes
 from .errors import DiffrepError
 
 TMP_SUFFIX = ".tmp"
@@ -170,6 +171,14 @@ def run_folder(folder: str | Path, state=None):
         return
     with locked(folder) as folder:
         yield folder
+
+
+def in_run_folder(out: str | Path, device: str, body):
+    """body(folder, device, state) inside run folder `out` (`run_folder`), with this process's
+    accelerate state and device (`core.processes`): how every command that may run under torchrun starts."""
+    state, dev = processes(device)
+    with run_folder(out, state) as folder:
+        return body(folder, dev, state)
 
 
 # ----------------------------------------------------------------------------- results

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..core import Featurizer, RunOn, load_backbone, processes, random_init
+from ..core import Featurizer, RunOn, load_backbone, random_init
 from ..data import DistortedCopy, Distortion, fit_images, load
 from ..errors import DiffrepError
 from ..features import (Cell, DiffusionFeatures, FeatureStore, RawPixels, as_tensor, bytes_per_image, collect_features,
@@ -25,7 +25,7 @@ from ..heads.probe import CHUNK
 from ..heads import augmented_epochs, cross_validated_accuracy, train_probe_grid
 from ..options import add_options, check, from_args, noise_level, option
 from ..plotting import grid_rows, plot_grid
-from ..runs import header, run_folder, write_results
+from ..runs import header, in_run_folder, write_results
 
 DEFAULT_TS = [5, 25, 50, 100, 200]
 PIXELS, RANDOM = "pixels", "random"   # the baselines' feature keys: raw pixels, and (RANDOM, cell)
@@ -116,9 +116,7 @@ def _shard_size(cfg: SweepConfig, source, images, pools) -> int:
 def run_sweep(cfg: SweepConfig, out: str | Path) -> dict | None:
     """The sweep into run folder `out`. Under torchrun every process extracts its shards of the
     features; the main process then trains the probes and returns the result (the others None)."""
-    state, device = processes(cfg.device)
-    with run_folder(out, state) as out:
-        return _sweep(cfg, out, device, state)
+    return in_run_folder(out, cfg.device, lambda folder, device, state: _sweep(cfg, folder, device, state))
 
 
 def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:

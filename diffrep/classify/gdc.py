@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..core import Featurizer, RunOn, autocast_dtype, load_backbone, processes, random_init
+from ..core import Featurizer, RunOn, autocast_dtype, load_backbone, random_init
 from ..data import DistortedCopy, Distortion, has_split
 from ..data.holdout import holdout_split
 from ..errors import DiffrepError
@@ -41,7 +41,7 @@ from ..heads.classifier import (HEADS, MAX_TOKEN_SIDE, accuracy, default_lr, mak
                                 pool_to_token_grid, train_classifier)
 from ..options import add_options, check, from_args, named, noise_level, option
 from ..plotting import pyplot, save_figure
-from ..runs import header, run_folder, write_results
+from ..runs import header, in_run_folder, write_results
 from .ddae import labelled_splits
 from .diffeed import check_model, train_feedback_row
 
@@ -254,9 +254,7 @@ def _layout(cells: list) -> tuple[list, int, int]:
 def run_classify(cfg: ClassifyConfig, out: str | Path) -> dict | None:
     """The table of heads into run folder `out` (classify.json, classify.png, config.json, cache/).
     Under torchrun every process extracts its shards; the main process trains the heads."""
-    state, device = processes(cfg.device)
-    with run_folder(out, state) as out:
-        return _classify(cfg, out, device, state)
+    return in_run_folder(out, cfg.device, lambda folder, device, state: _classify(cfg, folder, device, state))
 
 
 def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:

@@ -22,13 +22,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ...core import Featurizer, load_backbone, processes, random_init
+from ...core import Featurizer, load_backbone, random_init
 from ...data import ImageSet, load_seg_data
 from ...errors import DiffrepError
 from ...features import PEAK, DiffusionFeatures, ImageCache, RawPixels, total_channels
 from ...features.cell import key_from_json, key_to_json
 from ...heads import PixelMLPs, train_heads
-from ...runs import atomic_path, header, peak_rss_mb, run_folder, write_results
+from ...runs import atomic_path, header, peak_rss_mb, in_run_folder, write_results
 from .config import SegConfig, default_levels
 from .pools import PixelPools
 from .select import select_cells
@@ -109,9 +109,7 @@ def train_segmenter(cfg: SegConfig, out: str | Path, data: ImageSet | None = Non
     config.json, heads*.safetensors, segment-train.json, cache/. Under torchrun every process
     extracts its share of the maps; the main process trains the heads and returns the result (the
     others None)."""
-    state, device = processes(cfg.device)
-    with run_folder(out, state) as out:
-        return _train(cfg, out, data, state, device)
+    return in_run_folder(out, cfg.device, lambda folder, device, state: _train(cfg, folder, data, state, device))
 
 
 def _train(cfg: SegConfig, out: Path, data: ImageSet | None, state, device) -> dict | None:
