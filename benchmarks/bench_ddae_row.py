@@ -3,6 +3,7 @@
 t × block probe sweep on each, read off its chosen cell (chosen on train) and final test accuracy.
 
     python benchmarks/bench_ddae_row.py --out runs/ddae-row [--steps 7500] [--models ddpm-unet,edm-unet,ddpm-dit,edm-dit]
+        [--data mnist] [--pretrain-args "--batch-size 128"] [--sweep-args "--blocks mid_block --pools 1,2"]
 
 Runs the two commands as a user would (`diffrep pretrain`, then `diffrep sweep`), each resumable:
 a model folder that is complete is reused and a sweep run that finished is read. EDM models are
@@ -28,7 +29,7 @@ from diffrep.runs import write_json
 
 MODELS = {"ddpm-unet": ("ddpm", "unet"), "edm-unet": ("edm", "unet"), "ddpm-dit": ("ddpm", "dit"),
           "edm-dit": ("edm", "dit")}
-RECIPE = ["--data", "mnist", "--widths", "32,64,64", "--layers-per-block", "2", "--shift", "2"]   # mnist-ddpm's
+RECIPE = ["--widths", "32,64,64", "--layers-per-block", "2", "--shift", "2"]   # mnist-ddpm's
 
 
 def matching_sigmas(ts: list[int]) -> list[float]:
@@ -50,7 +51,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7500)
     ap.add_argument("--models", type=csv_of(str), default=list(MODELS))
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--data", default="mnist", help="'mnist' or a class-folder data set, for pre-training and sweep")
+    ap.add_argument("--pretrain-args", default="", help="more `diffrep pretrain` options, the same for every model")
+    ap.add_argument("--sweep-args", default="", help="more `diffrep sweep` options (not --t: see --ts)")
+    ap.add_argument("--ts", type=csv_of(int), default=DEFAULT_TS,
+                    help="DDPM timesteps of the sweep; EDM models are swept at the matching σ")
     a = ap.parse_args()
+    if "--t" in a.sweep_args.split():
+        ap.error("--sweep-args must not hold --t: pass the DDPM timesteps as --ts (EDM gets the matching σ)")
     out = Path(a.out)
     rows = []
     for name in a.models:
@@ -60,13 +68,13 @@ def main() -> None:
         pre_s = 0.0
         if not (pre / "pretrain.json").exists() or json.loads((pre / "pretrain.json").read_text())["steps"] < a.steps:
             resume = ["--resume"] if (pre / "config.json").exists() else []
-            pre_s = run(["pretrain", *RECIPE, "--objective", objective, "--arch", arch, "--steps", str(a.steps),
+            pre_s = run(["pretrain", "--data", a.data, *RECIPE, *a.pretrain_args.split(), "--objective", objective, "--arch", arch, "--steps", str(a.steps),
                          "--device", a.device, "--out", str(pre), *resume])
-        ts = DEFAULT_TS if objective == "ddpm" else matching_sigmas(DEFAULT_TS)
+        ts = a.ts if objective == "ddpm" else matching_sigmas(a.ts)
         sweep_s = 0.0
         if not (sweep / "sweep.json").exists():
-            sweep_s = run(["sweep", "--model", str(model), "--data", "mnist", "--t", ",".join(map(str, ts)),
-                           "--device", a.device, "--out", str(sweep)])
+            sweep_s = run(["sweep", "--model", str(model), "--data", a.data, "--t", ",".join(map(str, ts)),
+                           "--device", a.device, *a.sweep_args.split(), "--out", str(sweep)])
         result = json.loads((sweep / "sweep.json").read_text())
         best = result["best"]
         rows.append({"model": name, "objective": objective, "arch": arch, "steps": a.steps,
@@ -75,11 +83,12 @@ def main() -> None:
                      "final_accuracy": (best.get("augmented") or {}).get("accuracy", best["accuracy"]),
                      "pixels": result["baselines"]["pixels"], "random_weights": result["baselines"]["random_init"],
                      "pretrain_s": pre_s, "sweep_s": sweep_s})
-        write_json(out / "ddae-row.json", {"steps": a.steps, "ts_ddpm": DEFAULT_TS, "rows": rows})
-    print(f"{'model':<11}{'chosen cell':<28}{'final %':>8}{'pixels %':>9}{'random %':>9}")
+        write_json(out / "ddae-row.json", {"steps": a.steps, "data": a.data, "ts_ddpm": a.ts,
+                                           "pretrain_args": a.pretrain_args, "sweep_args": a.sweep_args, "rows": rows})
+    print(f"{'model':<11}{'chosen cell':<36}{'final %':>8}{'pixels %':>9}{'random %':>9}")
     for r in rows:
         c = r["chosen"]
-        print(f"{r['model']:<11}{'t=%s %s %d×%d' % (c['t'], c['block'], c['pool'], c['pool']):<28}"
+        print(f"{r['model']:<11}{'t=%s %s %d×%d' % (c['t'], c['block'], c['pool'], c['pool']):<36}"
               f"{100 * r['final_accuracy']:>8.1f}{100 * r['pixels']:>9.1f}{100 * r['random_weights']:>9.1f}")
     print(f"wrote {out / 'ddae-row.json'}")
 

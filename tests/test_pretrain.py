@@ -47,6 +47,14 @@ def test_run_writes_a_loadable_diffusers_folder(labelled_folder, tmp_path):
     assert [r["step"] for r in log] == [2, 3]
 
 
+def test_auto_precision_takes_bf16_only_where_it_has_native_kernels(labelled_folder, tmp_path):
+    from diffrep.core.backbone import native_bf16
+    pretrain(tmp_path / "auto", _cfg(labelled_folder, steps=1, precision="auto", device="cpu"))
+    ran = json.loads((tmp_path / "auto" / "pretrain.json").read_text())["config"]["precision"]
+    assert ran == ("bf16" if native_bf16("cpu") else "fp32")
+    assert native_bf16("meta") is False
+
+
 def test_resume_continues_exactly(labelled_folder, tmp_path):
     pretrain(tmp_path / "straight", _cfg(labelled_folder, steps=4, checkpoint_every=2))
     pretrain(tmp_path / "split", _cfg(labelled_folder, steps=2, checkpoint_every=2))

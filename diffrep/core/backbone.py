@@ -66,6 +66,19 @@ def autocast_dtype(precision: str, device: torch.device):
     return PRECISIONS[precision]
 
 
+def native_bf16(device) -> bool:
+    """Whether bf16 runs on native kernels here: any CUDA GPU that supports it, or a CPU with AVX-512 bf16
+    or AMX. Elsewhere (an AVX2 CPU) bf16 autocast is emulated: a 1.5M-parameter UNet's training step
+    took 57 s in bf16 against 2.7 s in fp32 on a 2-core AVX2 EPYC."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
 def weight_dtype(precision: str, device) -> torch.dtype:
     """The dtype the weights are cast to: bf16/fp16 on a GPU (SD-2.1's 5.2 GB of fp32 weights then take
     half), float32 on the CPU, where autocast runs the reduced-precision kernels and nothing is gained

@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from ..core.backbone import autocast_dtype, noise_form, null_class, resolve_device, run_denoiser
+from ..core.backbone import autocast_dtype, native_bf16, noise_form, null_class, resolve_device, run_denoiser
 from ..data import holdout_split, load, pretrain_split, random_crop, random_shift
 from ..errors import DiffrepError
 from ..options import check, option
@@ -56,8 +56,9 @@ class PretrainConfig:
     hold_out: bool = option(True, "train on every train-split image, including the sweep's validation eighth",
                             flag="--no-hold-out")
     checkpoint_every: int = option(250, "steps between checkpoints", min=1)
-    precision: str = option("bf16", "'bf16' or 'fp16' mixed precision (fp16 on GPUs only), or 'fp32'",
-                            choices=("bf16", "fp16", "fp32"))
+    precision: str = option("auto", "'bf16' or 'fp16' mixed precision (fp16 on GPUs only), 'fp32', or 'auto': "
+                                    "bf16 where it has native kernels (CUDA, AVX-512 bf16 or AMX CPUs), else fp32",
+                            choices=("auto", "bf16", "fp16", "fp32"))
     device: str = option("auto", "auto (CUDA when present, else the CPU), cpu or cuda; under torchrun each rank "
                                  "takes its own GPU (accelerate)")
     seed: int = option(0, "seed of the initialisation, batches and noise")
@@ -156,6 +157,10 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
     if data.shape[-1] != cfg.resolution:
         data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
     device = resolve_device(cfg.device)
+    if cfg.precision == "auto":   # resolved here so that pretrain.json records what really ran
+        cfg.precision = "bf16" if native_bf16(device) else "fp32"
+    elif cfg.precision == "bf16" and not native_bf16(device):
+        print(f"note: bf16 has no native kernels on this {device.type}; it runs emulated, many times slower than fp32")
     autocast_dtype(cfg.precision, device)   # refuses fp16 on the CPU
     acc = Accelerator(cpu=device.type == "cpu", mixed_precision="no" if cfg.precision == "fp32" else cfg.precision)
     try:
