@@ -126,7 +126,8 @@ def test_distorted_copies_add_fit_rows_only_and_are_cached_once(unet_dir, labell
     train, copy = {"k": torch.zeros(10, 2)}, {"k": torch.ones(10, 2)}
     fit, val = torch.tensor([0, 2, 4, 6, 8]), torch.tensor([1, 3, 5, 7, 9])
     joined, rows = with_copies(train, [copy], fit, 10)
-    assert joined["k"].shape == (20, 2) and torch.equal(rows, torch.tensor([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]))
+    assert joined["k"].shape == (20, 2) and torch.equal(joined["k"][torch.tensor([9, 10])], torch.tensor([[0., 0], [1, 1]]))
+    assert torch.equal(rows, torch.tensor([0, 2, 4, 6, 8, 10, 12, 14, 16, 18]))
     assert not set(rows.tolist()) & set((val + 10).tolist())       # the validation images' copies stay out
     out = tmp_path / "aug"
     assert main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "linear",
