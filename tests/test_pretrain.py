@@ -180,3 +180,61 @@ def test_crop_trains_on_windows_and_the_model_runs_on_whole_images(labelled_fold
     with pytest.raises(DiffrepError, match="between 1 and the resolution"):
         pretrain(tmp_path / "big", _cfg(labelled_folder, crop=32, mid_attention=False))
     assert not (tmp_path / "attn").exists() and not (tmp_path / "big").exists()
+
+
+@pytest.fixture(scope="module")
+def captioned_folder(tmp_path_factory):
+    """A COCO-panoptic folder of 6 captioned train scenes and 2 val scenes."""
+    from diffrep.data.coco_panoptic import write_split
+    from diffrep.data.panoptic_scenes import categories, scene
+    root = tmp_path_factory.mktemp("captioned")
+    for split, n in (("train", 6), ("val", 2)):
+        write_split(root, split, (scene(split, i) for i in range(n)), categories())
+    return root
+
+
+def _t2i(folder, **kw) -> PretrainConfig:
+    return PretrainConfig(data=str(folder), captions=True, channels=3, **{**TINY, **kw})
+
+
+def test_captioned_run_gives_a_text_to_image_model_that_reads_its_prompts(captioned_folder, tmp_path):
+    from diffusers import UNet2DConditionModel
+    summary = pretrain(tmp_path / "t2i", _t2i(captioned_folder, steps=2, checkpoint_every=2))
+    assert summary["text_encoder"] == "minilm" and summary["captions"] == 6
+    model = tmp_path / "t2i" / "model"
+    assert UNet2DConditionModel.from_pretrained(model / "unet").config.cross_attention_dim == 384
+    assert sum(f.stat().st_size for f in model.rglob("*")) < 5e6   # the bundled encoder is kept by name, not copied
+    backbone = load_backbone(model)
+    grass, brick = backbone.condition(1, "a three on grass"), backbone.condition(1, "a seven on brick wall")
+    assert grass.shape == (1, 32, 384) and not torch.allclose(grass, brick)
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
+    with torch.no_grad():
+        assert not torch.allclose(backbone.denoiser(x, t, grass).sample, backbone.denoiser(x, t, brick).sample)
+    assert (tmp_path / "t2i" / "samples.png").stat().st_size > 0
+
+
+def test_captioned_resume_continues_exactly(captioned_folder, tmp_path):
+    pretrain(tmp_path / "straight", _t2i(captioned_folder, steps=4, checkpoint_every=2))
+    pretrain(tmp_path / "split", _t2i(captioned_folder, steps=2, checkpoint_every=2))
+    pretrain(tmp_path / "split", resume=True, overrides={"steps": 4})
+    a, b = (load_file(str(tmp_path / r / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+            for r in ("straight", "split"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_captions_on_data_without_them_is_refused_in_one_line(labelled_folder, captioned_folder, tmp_path):
+    with pytest.raises(DiffrepError, match="not a COCO-panoptic folder"):
+        pretrain(tmp_path / "a", _t2i(labelled_folder, steps=1))
+    raw = json.loads((captioned_folder / "annotations" / "panoptic_train.json").read_text())
+    for image in raw["images"][:2]:
+        del image["caption"]
+    bare = tmp_path / "bare"
+    import shutil
+    shutil.copytree(captioned_folder, bare)
+    (bare / "annotations" / "panoptic_train.json").write_text(json.dumps(raw))
+    with pytest.raises(DiffrepError, match="2 of 6 images have no caption"):
+        pretrain(tmp_path / "b", _t2i(bare, steps=1))
+    with pytest.raises(DiffrepError, match="--captions trains a text-conditional UNet"):
+        _t2i(captioned_folder, arch="dit").check()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

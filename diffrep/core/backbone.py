@@ -26,6 +26,7 @@ from diffusers import (
 from huggingface_hub import snapshot_download
 
 from ..errors import DiffrepError
+from .text import BY_NAME, TextEncoder, load_text_encoder
 
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 BUNDLED = {name: WEIGHTS_DIR / name for name in ("mnist-ddpm", "scenes-ddpm", "photos-ddpm")}
@@ -233,9 +234,7 @@ class Backbone:
             return torch.zeros(1, 1, dim, device=self.device)
         if not prompt and self._empty_prompt is not None:
             return self._empty_prompt
-        tokens = self.tokenizer(prompt, padding="max_length", truncation=True,
-                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
-        emb = self.text_encoder(tokens.input_ids.to(self.device))[0]
+        emb = TextEncoder(self.text_encoder, self.tokenizer).prompts([prompt])   # as the model was trained on them
         if not prompt:
             self._empty_prompt = emb
         return emb
@@ -295,11 +294,10 @@ def _load_scheduler(candidates: list[Path], where: Path):
 def _load_text(folder: Path):
     if not (folder / "text_encoder").is_dir():
         return None, None
-    if not (folder / "tokenizer").is_dir():
+    if not (folder / "tokenizer").is_dir() and not (folder / "text_encoder" / BY_NAME).is_file():
         raise DiffrepError(f"{folder} has text_encoder/ but no tokenizer/")
-    from transformers import AutoTokenizer, CLIPTextModel   # optional (diffrep[text]); slow to import
-
-    return CLIPTextModel.from_pretrained(folder / "text_encoder"), AutoTokenizer.from_pretrained(folder / "tokenizer")
+    encoder = load_text_encoder(folder)   # CLIP (Stable Diffusion) or a BERT-type encoder (diffrep's scenes-t2i)
+    return encoder.model, encoder.tokenizer
 
 
 def _load_folder(folder: Path) -> Backbone:

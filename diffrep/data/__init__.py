@@ -131,6 +131,18 @@ def load_panoptic(data: str, split: str) -> PanopticSet:
     return PanopticSet(data, split)
 
 
+def load_captioned(data: str, split: str, channels: int = 3, size: int | None = None):
+    """(images as a lazy sequence, their captions) of a captioned panoptic data set's split: what
+    `diffrep pretrain --captions` trains a text-to-image model on. Every image must have a caption."""
+    labelled = load_panoptic(data, split)
+    captions = labelled.captions
+    missing = [i for i, c in enumerate(captions) if not c]
+    if missing:
+        raise DiffrepError(f"{labelled.json_path}: {len(missing)} of {len(captions)} images have no caption (the first: "
+                           f"image {missing[0]}); --captions needs a 'caption' on every image")
+    return labelled.image_files(channels, size), captions
+
+
 def load_pairs(benchmark: str, split: str = "test", n: int | None = None, size: int | None = None,
                seed: int = 0) -> tuple[list[Pair], int | None, str]:
     """Correspondence pairs: `warps` (seeded; n pairs at size×size) or an SPair-71k folder (its split, at
@@ -143,5 +155,5 @@ def load_pairs(benchmark: str, split: str = "test", n: int | None = None, size: 
 
 
 __all__ = ["BUNDLED", "DistortedCopy", "Distortion", "ImageBatches", "ImageFiles", "ImageSet", "Pair", "fit_images", "has_split", "holdout_split", "image_folder", "list_images", "load",
-           "load_pairs", "load_panoptic", "load_seg_data", "PanopticItem", "PanopticSet", "match_channels", "mnist", "pad_to_multiple", "pretrain_split",
+           "load_captioned", "load_pairs", "load_panoptic", "load_seg_data", "PanopticItem", "PanopticSet", "match_channels", "mnist", "pad_to_multiple", "pretrain_split",
            "random_crop", "random_distort", "random_shift", "read_image", "read_mask", "spair_pairs", "warp_pair", "warp_pairs"]

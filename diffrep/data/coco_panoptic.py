@@ -119,6 +119,12 @@ class PanopticSet:
         for i in range(len(self)):
             self[i]
 
+    def image_files(self, channels: int = 3, size: int | None = None):
+        """The split's images in annotation order as a lazy sequence (read as used)."""
+        from .images import ImageFiles
+        return ImageFiles([self.root / "images" / self.split / self._images[a["image_id"]]["file_name"]
+                           for a in self._annotations], channels, size)
+
     @property
     def captions(self) -> list[str | None]:
         return [self._images[a["image_id"]].get("caption") for a in self._annotations]

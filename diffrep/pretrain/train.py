@@ -17,12 +17,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, EDMEulerScheduler, UNet2DModel
+import diffusers
+from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, EDMEulerScheduler,
+                       UNet2DConditionModel, UNet2DModel)
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from ..core.backbone import autocast_dtype, native_bf16, noise_form, null_class, resolve_device, run_denoiser
-from ..data import holdout_split, load, pretrain_split, random_crop, random_shift
+from ..core.text import load_text_encoder
+from ..data import holdout_split, load, load_captioned, pretrain_split, random_crop, random_shift
 from ..errors import DiffrepError
 from ..options import check, option
 from ..plotting import pyplot
@@ -62,6 +65,12 @@ class PretrainConfig:
     device: str = option("auto", "auto (CUDA when present, else the CPU), cpu or cuda; under torchrun each rank "
                                  "takes its own GPU (accelerate)")
     seed: int = option(0, "seed of the initialisation, batches and noise")
+    captions: bool = option(False, "text-to-image: a UNet2DConditionModel on the data's captions ('panoptic-scenes' or "
+                                   "a COCO-panoptic folder with captions), conditioned on a frozen text encoder")
+    text_encoder: str = option("minilm", "with --captions: the frozen text encoder ('minilm': the bundled "
+                                         "all-MiniLM-L6-v2, or a folder with text_encoder/ and tokenizer/)")
+    caption_dropout: float = option(0.1, "with --captions: the fraction of captions replaced by the empty prompt "
+                                         "(classifier-free guidance)", min=0, below=1)
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
@@ -79,12 +88,20 @@ class PretrainConfig:
         if self.crop and (self.arch != "unet" or self.attention or self.mid_attention):
             raise DiffrepError("crop trains on windows for a model that then runs on whole images, which needs a fully "
                                "convolutional UNet: use --arch unet with --no-mid-attention and without --attention")
+        if self.captions and (self.arch != "unet" or self.crop):
+            raise DiffrepError("--captions trains a text-conditional UNet on whole captioned images: use --arch unet "
+                               "and no --crop")
         if self.sample_size % 2 ** (len(self.widths) - 1):
             raise DiffrepError(f"{'crop' if self.crop else 'resolution'} {self.sample_size} is not divisible by "
                                f"{2 ** (len(self.widths) - 1)} ({len(self.widths)} UNet levels)")
 
 
-def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
+CROSS_ATTENTION_MAX_SIDE = 16   # text-to-image UNets cross-attend at the levels this small or smaller (CPU cost)
+
+
+def build_denoiser(cfg: PretrainConfig, text_width: int | None = None) -> torch.nn.Module:
+    if cfg.captions:
+        return _text_to_image_unet(cfg, text_width)
     if cfg.arch == "dit":
         return DiTTransformer2DModel(
             in_channels=cfg.channels, out_channels=cfg.channels, sample_size=cfg.sample_size, patch_size=2,
@@ -99,6 +116,19 @@ def build_denoiser(cfg: PretrainConfig) -> torch.nn.Module:
         block_out_channels=tuple(cfg.widths), down_block_types=tuple(down), up_block_types=tuple(up),
         layers_per_block=cfg.layers_per_block, norm_num_groups=8,
         add_attention=cfg.mid_attention)
+
+
+def _text_to_image_unet(cfg: PretrainConfig, text_width: int) -> UNet2DConditionModel:
+    """Stable Diffusion's layout at small scale: ResNet levels, cross-attention to the prompt's token
+    states at the low-resolution levels and in the middle."""
+    attend = [cfg.sample_size // 2 ** i <= CROSS_ATTENTION_MAX_SIDE for i in range(len(cfg.widths))]
+    attend[-1] = True   # at least the lowest level reads the prompt
+    return UNet2DConditionModel(
+        sample_size=cfg.sample_size, in_channels=cfg.channels, out_channels=cfg.channels,
+        block_out_channels=tuple(cfg.widths), layers_per_block=cfg.layers_per_block, norm_num_groups=8,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attend),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attend)),
+        cross_attention_dim=text_width, attention_head_dim=8)   # diffusers reads this as 8 heads
 
 
 def build_scheduler(cfg: PretrainConfig):
@@ -151,10 +181,14 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
     cfg = cfg or PretrainConfig(**{k: v for k, v in (overrides or {}).items() if v is not None})
     cfg, state = _run_config(out, cfg, resume, overrides or {})
     cfg.check()
-    data = load(cfg.data, pretrain_split(cfg.data), channels=cfg.channels, size=cfg.resolution).images
-    if cfg.hold_out:  # the sweep picks its best cell on these images, so the model must not have seen them
+    captions = None
+    if cfg.captions:   # a captioned set has its own val split: nothing to hold out of train
+        data, captions = load_captioned(cfg.data, "train", cfg.channels, cfg.resolution)
+    else:
+        data = load(cfg.data, pretrain_split(cfg.data), channels=cfg.channels, size=cfg.resolution).images
+    if cfg.hold_out and not cfg.captions:  # the sweep picks its best cell on these images, so the model must not have seen them
         data = data[holdout_split(len(data))[0]]
-    if data.shape[-1] != cfg.resolution:
+    if torch.is_tensor(data) and data.shape[-1] != cfg.resolution:
         data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
     device = resolve_device(cfg.device)
     if cfg.precision == "auto":   # resolved here so that pretrain.json records what really ran
@@ -165,9 +199,9 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
     acc = Accelerator(cpu=device.type == "cpu", mixed_precision="no" if cfg.precision == "fp32" else cfg.precision)
     try:
         if not acc.is_main_process:
-            return _train(acc, out, cfg, state, data, time_limit_s)
+            return _train(acc, out, cfg, state, data, captions, time_limit_s)
         with locked(out):
-            return _train(acc, out, cfg, state, data, time_limit_s)
+            return _train(acc, out, cfg, state, data, captions, time_limit_s)
     finally:  # accelerate keeps its settings process-wide; forget them so that pretrain() can run again here
         AcceleratorState._reset_state()
 
@@ -180,14 +214,16 @@ def _out_of_time(acc, started: float, limit_s: float | None) -> bool:
     return acc.reduce(late, "sum").item() > 0
 
 
-def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.Tensor, time_limit_s: float | None) -> dict:
+def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data, captions: list[str] | None,
+           time_limit_s: float | None) -> dict:
     main = acc.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", dataclasses.asdict(cfg))
 
+    text = load_text_encoder(cfg.text_encoder, acc.device) if cfg.captions else None
     torch.manual_seed(cfg.seed)
-    model, scheduler = build_denoiser(cfg), build_scheduler(cfg)
+    model, scheduler = build_denoiser(cfg, text and text.width), build_scheduler(cfg)
     noise = noise_form(scheduler)
     loss_fn = EDMLoss(noise) if cfg.objective == "edm" else DDPMLoss(noise)
     cond = null_class(model) if isinstance(model, DiTTransformer2DModel) else None
@@ -223,6 +259,10 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         x0 = x0.to(acc.device)
         noise_gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 64 + acc.process_index)
         c = None if cond is None else torch.full((len(x0),), cond, device=acc.device)
+        if text is not None:   # the step's captions, a few replaced by the empty prompt
+            rows = idx[acc.process_index::acc.num_processes]
+            dropped = torch.rand(len(rows), generator=batch_gen) < cfg.caption_dropout
+            c = text.prompts(["" if d else captions[int(i)] for i, d in zip(rows, dropped)])
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         loss = loss_fn(model, x0, noise_gen, c)
@@ -254,11 +294,15 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
         final = acc.unwrap_model(model)
         ema.copy_to(final.parameters())
         final.eval()
-        _save_model(final, scheduler, out / "model")
-        save_sample_grid(final, scheduler, out / "samples.png", seed=cfg.seed)
+        _save_model(final, scheduler, out / "model", text)
+        if text is None:
+            save_sample_grid(final, scheduler, out / "samples.png", seed=cfg.seed)
+        else:
+            save_prompt_grid(final, scheduler, text, sample_prompts(cfg.data), out / "samples.png", seed=cfg.seed)
         summary = {**header("pretrain", out / "model", cfg.data, {"total": round(time.time() - t0, 1)}),
                    "steps": reached, "stopped_by_time_limit": stopped_early, "train_images": len(data),
-                   "final_loss": loss_avg, "processes": acc.num_processes, "config": dataclasses.asdict(cfg)}
+                   "final_loss": loss_avg, "processes": acc.num_processes, "config": dataclasses.asdict(cfg),
+                   **({"text_encoder": str(cfg.text_encoder), "captions": len(set(captions))} if text else {})}
         write_json(out / "pretrain.json", summary)
         print(f"saved {out / 'model'} (final loss {loss_avg:.4f}, {summary['timing_s']['total']:.0f} s); "
               f"samples in {out / 'samples.png'}")
@@ -267,15 +311,29 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data: torch.
     return summary
 
 
-def _save_model(model, scheduler, folder: Path) -> None:
-    """A diffusers pipeline folder (unet/, scheduler/, model_index.json), written beside and renamed."""
+def _save_model(model, scheduler, folder: Path, text=None) -> None:
+    """A diffusers pipeline folder (unet/, scheduler/, model_index.json; text-to-image models also
+    text_encoder/ and tokenizer/), written beside and renamed."""
     with atomic_path(folder) as tmp:
-        DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp)
+        if text is None:
+            DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp)
+            return
+        model.save_pretrained(tmp / "unet")
+        scheduler.save_pretrained(tmp / "scheduler")
+        text.save(tmp)
+        parts = {"unet": ["diffusers", type(model).__name__], "scheduler": ["diffusers", type(scheduler).__name__],
+                 "text_encoder": ["transformers", type(text.model).__name__],
+                 "tokenizer": ["transformers", type(text.tokenizer).__name__]}
+        (tmp / "model_index.json").write_text(json.dumps({"_class_name": "DiffrepTextToImage",
+                                                          "_diffusers_version": diffusers.__version__, **parts}, indent=2))
 
 
 @torch.no_grad()
-def sample(model, scheduler, n: int = 64, steps: int = 50, seed: int = 0) -> torch.Tensor:
-    """n samples in [-1, 1] by DDIM (VP models) or EDM Euler (EDM models) in `steps` steps."""
+def sample(model, scheduler, n: int = 64, steps: int = 50, seed: int = 0, prompt_states=None, empty_states=None,
+           guidance: float = 3.0) -> torch.Tensor:
+    """n samples in [-1, 1] by DDIM (VP models) or EDM Euler (EDM models) in `steps` steps. A
+    text-to-image model takes `prompt_states` (n×L×D) and `empty_states` (1×L×D) and is guided
+    towards the prompt by classifier-free guidance (ε = ε_∅ + w·(ε_prompt − ε_∅))."""
     sched = (EDMEulerScheduler if isinstance(scheduler, EDMEulerScheduler) else DDIMScheduler).from_config(scheduler.config)
     sched.set_timesteps(steps)
     cfg = model.config
@@ -285,7 +343,13 @@ def sample(model, scheduler, n: int = 64, steps: int = 50, seed: int = 0) -> tor
     x = x * sched.init_noise_sigma
     cond = torch.full((n,), null_class(model), device=device) if isinstance(model, DiTTransformer2DModel) else None
     for t in sched.timesteps:
-        out = run_denoiser(model, sched.scale_model_input(x, t), t.expand(n).to(device), cond)
+        x_in = sched.scale_model_input(x, t)
+        if prompt_states is None:
+            out = run_denoiser(model, x_in, t.expand(n).to(device), cond)
+        else:
+            states = torch.cat([empty_states.expand(n, -1, -1), prompt_states]).to(device)
+            empty, prompted = run_denoiser(model, x_in.repeat(2, 1, 1, 1), t.expand(2 * n).to(device), states).chunk(2)
+            out = empty + guidance * (prompted - empty)
         x = sched.step(out, t, x).prev_sample
     return x.clamp(-1, 1)
 
@@ -297,3 +361,33 @@ def save_sample_grid(model, scheduler, path: Path, n: int = 64, seed: int = 0) -
     grid = x[: rows * rows].view(rows, rows, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, rows * w, c)
     with atomic_path(path) as tmp:
         pyplot().imsave(tmp, grid.squeeze(-1).numpy(), cmap="gray" if c == 1 else None, format="png")
+
+
+def sample_prompts(data: str, n: int = 8) -> list[str]:
+    """Prompts for the samples picture: the first captions of the data's val split (unseen in
+    training), else of its train split."""
+    try:
+        return load_captioned(data, "val")[1][:n]
+    except DiffrepError:
+        return load_captioned(data, "train")[1][:n]
+
+
+def save_prompt_grid(model, scheduler, text, prompts: list[str], path: Path, per_prompt: int = 4, seed: int = 0,
+                     guidance: float = 3.0) -> None:
+    """One row per prompt: the prompt, then `per_prompt` samples from it."""
+    states = text.prompts(prompts).repeat_interleave(per_prompt, 0)
+    x = (sample(model, scheduler, len(states), seed=seed, prompt_states=states, empty_states=text.prompts([""]),
+                guidance=guidance).float().cpu() + 1) / 2
+    plt = pyplot()
+    fig, axes = plt.subplots(len(prompts), per_prompt, figsize=(1.6 * per_prompt + 3, 1.6 * len(prompts)), squeeze=False)
+    for i, prompt in enumerate(prompts):
+        for j in range(per_prompt):
+            ax = axes[i, j]
+            ax.imshow(x[i * per_prompt + j].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[i, 0].set_ylabel(prompt, rotation=0, ha="right", va="center", fontsize=7, wrap=True)
+    fig.suptitle(f"samples by prompt (guidance {guidance:g})", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
