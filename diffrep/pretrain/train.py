@@ -363,7 +363,7 @@ def save_sample_grid(model, scheduler, path: Path, n: int = 64, seed: int = 0) -
         pyplot().imsave(tmp, grid.squeeze(-1).numpy(), cmap="gray" if c == 1 else None, format="png")
 
 
-def sample_prompts(data: str, n: int = 8) -> list[str]:
+def sample_prompts(data: str, n: int = 6) -> list[str]:
     """Prompts for the samples picture: the first captions of the data's val split (unseen in
     training), else of its train split."""
     try:
@@ -372,11 +372,11 @@ def sample_prompts(data: str, n: int = 8) -> list[str]:
         return load_captioned(data, "train")[1][:n]
 
 
-def save_prompt_grid(model, scheduler, text, prompts: list[str], path: Path, per_prompt: int = 4, seed: int = 0,
+def save_prompt_grid(model, scheduler, text, prompts: list[str], path: Path, per_prompt: int = 3, seed: int = 0,
                      guidance: float = 3.0) -> None:
     """One row per prompt: the prompt, then `per_prompt` samples from it."""
     states = text.prompts(prompts).repeat_interleave(per_prompt, 0)
-    x = (sample(model, scheduler, len(states), seed=seed, prompt_states=states, empty_states=text.prompts([""]),
+    x = (sample(model, scheduler, len(states), steps=25, seed=seed, prompt_states=states, empty_states=text.prompts([""]),
                 guidance=guidance).float().cpu() + 1) / 2
     plt = pyplot()
     fig, axes = plt.subplots(len(prompts), per_prompt, figsize=(1.6 * per_prompt + 3, 1.6 * len(prompts)), squeeze=False)

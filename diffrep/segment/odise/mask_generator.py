@@ -1,0 +1,171 @@
+"""ODISE's mask generator and mask classifier, built from transformers' Mask2Former parts.
+
+    maps (one per tap, high → low resolution)
+      ─► StrideFusion: 1×1 conv of each to `width` channels, summed per stride (ODISE's bottleneck + sum)
+      ─► Mask2FormerPixelDecoder (multi-scale deformable attention) ─► mask features + 3 scales
+      ─► Mask2FormerTransformerModule (masked attention, `queries` queries) ─► mask logits per layer
+      ─► mask pooling of the mask features under each query's mask ─► MLP ─► unit embedding per query
+      ─► TextClassifier: cosine with the text embeddings of category names / learned temperature,
+         max over synonyms, plus a learned "null" embedding (no object)       (or ClosedSetClassifier)
+
+Decisions:
+- Small by default (width 64, 2 deformable encoder layers, 4 decoder layers, 16 queries: a scene
+  holds at most 3 digits and 3 regions); the reference's 256 / 6 / 9 / 100 are `--width 256
+  --encoder-layers 6 --decoder-layers 9 --queries 100`. Our decoder layer count is ODISE's; transformers
+  counts the initial prediction as one more.
+- Parameters are initialised as transformers' `from_pretrained` would (its `_init_weights` applied to
+  the Mask2Former parts): built alone, the pixel decoder's `level_embed` is otherwise left uninitialised.
+- Every decoder layer's masks are classified (auxiliary losses, as Mask2Former trains).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...errors import DiffrepError
+from ...options import check, option
+
+LOSS_WEIGHTS = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}   # class / mask BCE / dice
+
+
+@dataclass
+class GeneratorConfig:
+    width: int = option(64, "channels of the pixel decoder and queries (a multiple of 32)", min=32)
+    encoder_layers: int = option(2, "deformable-attention layers of the pixel decoder", min=1)
+    decoder_layers: int = option(4, "masked-attention decoder layers", min=1)
+    queries: int = option(16, "object queries (at most this many segments per image)", min=1)
+    heads: int = option(4, "attention heads", min=1)
+    points: int = option(1024, "points sampled per mask in the mask losses (Mask2Former's point loss)", min=16)
+    no_object_weight: float = option(0.1, "weight of the null class in the classification loss", above=0)
+
+    def __post_init__(self):
+        check(self)
+        if self.width % 32:
+            raise DiffrepError(f"width {self.width} must be a multiple of 32 (Mask2Former's GroupNorm of 32 groups)")
+
+
+def mask2former_config(cfg: GeneratorConfig, strides: list[int], classes: int):
+    from transformers import Mask2FormerConfig
+
+    w = cfg.width
+    return Mask2FormerConfig(
+        feature_size=w, mask_feature_size=w, hidden_dim=w, encoder_feedforward_dim=4 * w, dim_feedforward=4 * w,
+        encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers + 1, num_attention_heads=cfg.heads,
+        num_queries=cfg.queries, feature_strides=list(strides), common_stride=strides[0], num_labels=classes,
+        train_num_points=cfg.points, no_object_weight=cfg.no_object_weight, use_auxiliary_loss=True,
+        class_weight=LOSS_WEIGHTS["loss_cross_entropy"], mask_weight=LOSS_WEIGHTS["loss_mask"],
+        dice_weight=LOSS_WEIGHTS["loss_dice"])
+
+
+class StrideFusion(nn.Module):
+    """Maps of any channels → one `width`-channel map per stride (four strides, high → low resolution)."""
+
+    def __init__(self, channels: list[int], strides: list[int], width: int):
+        super().__init__()
+        self.strides = sorted(set(strides))
+        if len(self.strides) != 4:
+            raise ValueError(f"the mask generator reads four strides; the taps give {self.strides}")
+        self.tap_strides = list(strides)
+        self.proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1), nn.GroupNorm(32, width)) for c in channels)
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = {s: 0 for s in self.strides}
+        for proj, stride, x in zip(self.proj, self.tap_strides, maps):
+            out[stride] = out[stride] + proj(x.float())
+        return [out[s] for s in self.strides]
+
+
+class MaskGenerator(nn.Module):
+    """Multi-scale maps → per decoder layer: mask logits (B×Q×H×W at the finest stride) and unit
+    embeddings (B×Q×E) of every query."""
+
+    def __init__(self, channels: list[int], strides: list[int], embed_dim: int, cfg: GeneratorConfig, classes: int):
+        super().__init__()
+        from transformers.models.mask2former.modeling_mask2former import (Mask2FormerPixelDecoder,
+                                                                           Mask2FormerTransformerModule)
+        self.cfg = cfg
+        self.fusion = StrideFusion(channels, strides, cfg.width)
+        self.m2f = mask2former_config(cfg, self.fusion.strides, classes)
+        self.pixel_decoder = Mask2FormerPixelDecoder(self.m2f, feature_channels=[cfg.width] * 4)
+        self.decoder = Mask2FormerTransformerModule(in_features=cfg.width, config=self.m2f)
+        self.embed = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.ReLU(), nn.Linear(cfg.width, embed_dim))
+        _init_like_from_pretrained(self, self.m2f)
+
+    def forward(self, maps: list[torch.Tensor]) -> dict:
+        pixels = self.pixel_decoder(self.fusion(maps))
+        out = self.decoder(list(pixels.multi_scale_features), pixels.mask_features)
+        masks = list(out.masks_queries_logits)
+        embeddings = [F.normalize(self.embed(mask_pool(pixels.mask_features, m)), dim=-1) for m in masks]
+        return {"masks": masks, "embeddings": embeddings}
+
+
+def mask_pool(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """The mean of B×C×H×W features under each of B×Q×H×W soft masks → B×Q×C."""
+    weight = mask_logits.sigmoid()
+    return torch.einsum("bqhw,bchw->bqc", weight, features) / weight.sum((-1, -2)).unsqueeze(-1).clamp(min=1e-6)
+
+
+class TextClassifier(nn.Module):
+    """Logits (B×Q×(K+1)) of query embeddings against a vocabulary's name embeddings: cosine over a
+    learned temperature (init 1/0.07, CLIP's), the best of a category's synonyms, and a learned null
+    embedding as the last class. The vocabulary is an argument: it may change after training."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.null = nn.Parameter(torch.randn(embed_dim) * embed_dim ** -0.5)
+
+    def forward(self, embeddings: torch.Tensor, names: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        scale = self.log_scale.clamp(max=math.log(100)).exp()
+        per_name = embeddings @ names.T.to(embeddings)                           # B×Q×N
+        k = int(owner.max()) + 1
+        per_class = per_name.new_full((*per_name.shape[:2], k), -2.0)
+        per_class = per_class.scatter_reduce(-1, owner.to(per_name.device).expand_as(per_name), per_name, "amax")
+        null = embeddings @ F.normalize(self.null, dim=0)
+        return scale * torch.cat([per_class, null.unsqueeze(-1)], -1)
+
+
+class ClosedSetClassifier(nn.Module):
+    """The baseline: a linear layer over the K training categories (+ null); it cannot name others."""
+
+    def __init__(self, embed_dim: int, classes: int):
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, classes + 1)
+
+    def forward(self, embeddings: torch.Tensor, names=None, owner=None) -> torch.Tensor:
+        return self.linear(embeddings)
+
+
+class PanopticLoss(nn.Module):
+    """Mask2Former's loss (Hungarian matching by scipy, class / mask BCE / dice weighted 2 / 5 / 5)
+    over every decoder layer."""
+
+    def __init__(self, generator: MaskGenerator):
+        super().__init__()
+        from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+        self.loss = Mask2FormerLoss(generator.m2f, LOSS_WEIGHTS)
+
+    def forward(self, masks: list, logits: list, mask_labels: list, class_labels: list) -> tuple[torch.Tensor, dict]:
+        aux = [{"masks_queries_logits": m, "class_queries_logits": c} for m, c in zip(masks[:-1], logits[:-1])]
+        parts = self.loss(masks[-1], logits[-1], mask_labels, class_labels, auxiliary_predictions=aux)
+        total = sum(LOSS_WEIGHTS[k.rsplit("_", 1)[0] if k not in LOSS_WEIGHTS else k] * v for k, v in parts.items())
+        return total, {k: float(v.detach()) for k, v in parts.items() if k in LOSS_WEIGHTS}
+
+
+def _init_like_from_pretrained(model: nn.Module, config) -> None:
+    """transformers' Mask2Former initialisation, applied to its parts inside `model` (and to the
+    decoder's query and level embeddings), nothing else."""
+    from transformers.models.mask2former import modeling_mask2former as m2f
+
+    parts = (m2f.Mask2FormerTransformerModule, m2f.Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+             m2f.Mask2FormerMaskedAttentionDecoderLayer, m2f.Mask2FormerPixelDecoder, m2f.Mask2FormerPredictionBlock)
+    holder = SimpleNamespace(config=config)
+    for name, module in model.named_modules():
+        if isinstance(module, parts) or (isinstance(module, nn.Embedding) and name.startswith("decoder.")):
+            m2f.Mask2FormerPreTrainedModel._init_weights(holder, module)

@@ -1,0 +1,84 @@
+"""ODISE parts: the vocabulary, the Mask2Former mask generator on arbitrary maps, the text classifier."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffrep import DiffrepError
+from diffrep.segment.odise.mask_generator import (ClosedSetClassifier, GeneratorConfig, MaskGenerator, PanopticLoss,
+                                                  TextClassifier, mask_pool)
+from diffrep.segment.odise.vocab import Vocabulary
+
+STRIDES = [1, 2, 4, 8]
+
+
+def test_vocab_parses_synonyms_and_stuff_and_refuses_empty_or_repeated_names():
+    v = Vocabulary.parse("three,digit 3; stuff:grass,lawn")
+    assert [c.names for c in v.categories] == [("three", "digit 3"), ("grass", "lawn")]
+    assert [c.isthing for c in v.categories] == [True, False] and v.ids == [1, 2]
+    with pytest.raises(DiffrepError, match="has an empty name"):
+        Vocabulary.parse("three,;grass")
+    with pytest.raises(DiffrepError, match="has an empty name"):
+        Vocabulary.parse("three;;grass")
+    with pytest.raises(DiffrepError, match="names 'Grass' twice"):
+        Vocabulary.parse("grass;lawn,Grass")
+    with pytest.raises(DiffrepError, match="not in the vocabulary"):
+        v.index_of(7)
+
+
+def _maps(batch=2, side=32):
+    torch.manual_seed(0)
+    return [torch.randn(batch, c, side // s, side // s) for c, s in zip((8, 16, 16, 8), STRIDES)]
+
+
+def test_generator_is_initialised_finite_and_gives_masks_and_unit_embeddings_per_layer():
+    for seed in range(5):   # built alone, transformers leaves level_embed uninitialised: we initialise it
+        torch.manual_seed(seed)
+        g = MaskGenerator([8, 16, 16, 8], STRIDES, 12, GeneratorConfig(width=32, queries=5, decoder_layers=2), 3)
+        assert torch.isfinite(g.pixel_decoder.level_embed).all() and g.pixel_decoder.level_embed.abs().max() < 10
+    out = g(_maps())
+    assert len(out["masks"]) == 3 and out["masks"][-1].shape == (2, 5, 32, 32)   # initial + 2 layers, finest stride
+    assert torch.allclose(out["embeddings"][-1].norm(dim=-1), torch.ones(2, 5), atol=1e-5)
+
+
+def test_text_classifier_takes_the_best_synonym_and_a_vocabulary_of_any_size():
+    clf = TextClassifier(4)
+    names = F.normalize(torch.eye(4)[:3], dim=-1)                  # three names, categories [0, 0, 1]
+    owner = torch.tensor([0, 0, 1])
+    query = torch.tensor([[[0.0, 1.0, 0.0, 0.0]]])                # equal to name 1, a synonym of category 0
+    logits = clf(query, names, owner)
+    assert logits.shape == (1, 1, 3) and logits[0, 0].argmax() == 0
+    more = clf(query, torch.eye(4), torch.arange(4))               # another vocabulary, same weights
+    assert more.shape == (1, 1, 5) and more[0, 0].argmax() == 1
+
+
+def test_mask_pool_averages_under_the_mask():
+    feats = torch.arange(4.0).view(1, 1, 2, 2)
+    logits = torch.tensor([[[[20.0, -20.0], [-20.0, -20.0]], [[-20.0, -20.0], [20.0, 20.0]]]])
+    assert torch.allclose(mask_pool(feats, logits)[0, :, 0], torch.tensor([0.0, 2.5]), atol=1e-4)
+
+
+@pytest.mark.parametrize("classifier", ["text", "closed"])
+def test_a_few_steps_on_one_scene_lower_the_panoptic_loss(classifier):
+    torch.manual_seed(0)
+    g = MaskGenerator([8, 16, 16, 8], STRIDES, 12, GeneratorConfig(width=32, queries=6, decoder_layers=2, points=256), 3)
+    names, owner = F.normalize(torch.randn(3, 12), dim=-1), torch.arange(3)
+    clf = TextClassifier(12) if classifier == "text" else ClosedSetClassifier(12, 3)
+    loss_fn = PanopticLoss(g)
+    masks = torch.zeros(2, 32, 32)
+    masks[0, :, :16], masks[1, :, 16:] = 1, 1
+    labels = torch.tensor([0, 2])
+    maps = _maps(1)
+    opt = torch.optim.AdamW([*g.parameters(), *clf.parameters()], lr=1e-3)
+    losses = []
+    for _ in range(25):
+        out = g(maps)
+        total, parts = loss_fn(out["masks"], [clf(e, names, owner) for e in out["embeddings"]], [masks], [labels])
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(total.item())
+    assert set(parts) == {"loss_cross_entropy", "loss_mask", "loss_dice"}
+    assert losses[-1] < 0.7 * losses[0]
