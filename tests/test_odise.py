@@ -82,3 +82,48 @@ def test_a_few_steps_on_one_scene_lower_the_panoptic_loss(classifier):
         losses.append(total.item())
     assert set(parts) == {"loss_cross_entropy", "loss_mask", "loss_dice"}
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def t2i_dir(tmp_path_factory):
+    """A 4-level text-to-image UNet (pretrain --captions, 1 step) on 6 captioned scenes."""
+    from diffrep.data.coco_panoptic import write_split
+    from diffrep.data.panoptic_scenes import categories, scene
+    from diffrep.pretrain import PretrainConfig, pretrain
+    root = tmp_path_factory.mktemp("t2i")
+    write_split(root / "data", "train", (scene("train", i) for i in range(6)), categories())
+    pretrain(root / "run", PretrainConfig(data=str(root / "data"), captions=True, channels=3, resolution=16,
+                                          widths=(8, 8, 16, 16), layers_per_block=1, batch_size=4, steps=1,
+                                          precision="fp32", warmup=2))
+    return root / "run" / "model"
+
+
+def test_pyramid_reads_four_strides_and_the_captioner_starts_at_the_empty_prompt(t2i_dir):
+    from diffrep import load_backbone
+    from diffrep.core import Featurizer
+    from diffrep.segment.odise.features import DiffusionPyramid
+    featurizer = Featurizer(load_backbone(t2i_dir))
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    implicit, empty = DiffusionPyramid(featurizer, "implicit"), DiffusionPyramid(featurizer, "empty")
+    assert implicit.strides == [1, 2, 4, 8] and [b.name for b in implicit.taps][0].startswith("up_blocks.")
+    a, b = implicit(images), empty(images)
+    assert [m.shape[-1] for m in a] == [16, 8, 4, 2]
+    for x, y in zip(a, b):                                   # α = 0: exactly the empty prompt
+        torch.testing.assert_close(x, y)
+    oracle = DiffusionPyramid(featurizer, "caption")(images, ["a three on grass", "a seven on brick wall"])
+    assert not torch.allclose(oracle[-1], b[-1])
+    with torch.no_grad():
+        implicit.captioner.gate.fill_(0.5)
+    implicit(images)[0].sum().backward()                     # gradients reach the captioner, not the UNet
+    assert implicit.captioner.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in featurizer.model.parameters())
+    with pytest.raises(DiffrepError, match="needs a caption for every image"):
+        DiffusionPyramid(featurizer, "caption")(images)
+
+
+def test_a_unet_with_fewer_than_four_strides_is_refused(unet_dir):
+    from diffrep import load_backbone
+    from diffrep.core import Featurizer
+    from diffrep.segment.odise.features import pyramid_taps
+    with pytest.raises(DiffrepError, match="ODISE reads four strides"):
+        pyramid_taps(Featurizer(load_backbone(unet_dir)))

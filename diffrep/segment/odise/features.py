@@ -1,0 +1,107 @@
+"""ODISE's features: the frozen text-to-image UNet's decoder maps at four strides, one forward at t = 0
+with one fixed noise, conditioned on the empty prompt, an implicit caption, or the true caption.
+
+    images ─► (pass 1, empty prompt, stops after mid_block) ─► pooled mid-block map ─► ImplicitCaptioner
+           ─► cond = empty-prompt states + tanh(α)·(linear(image embedding) + positional embedding)
+           ─► (pass 2, cond) ─► outputs of mid_block, up_blocks.0 … (the inputs of the next decoder blocks)
+
+Decisions:
+- The implicit captioner's image embedding comes from the same diffusion model's first pass (its
+  mid-block map, averaged over space): no pre-trained image encoder (CLIP) can be loaded offline here,
+  and the UNet's bottleneck is the most semantic map it has. The reference also adds the prefix to
+  the time embedding; here only the text tokens are conditioned (one gate, α initialised to 0, so
+  training starts from the empty prompt exactly).
+- Gradients reach the captioner through the frozen UNet (its weights never change), as in ODISE.
+- The taps: for each of the four finest strides, the last top-level decoder-side block at it (for a
+  4-level UNet: mid_block, up_blocks.0, up_blocks.1 and up_blocks.3 at strides 8, 4, 2, 1 of the
+  model's input): the input of the next decoder block, or the decoder's final map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ...core.featurizer import Featurizer, _unwrap, forward_capturing
+from ...errors import DiffrepError
+
+CONDITIONINGS = ("implicit", "empty", "caption")   # implicit captioner, empty prompt, the true caption (oracle)
+
+
+def pyramid_taps(featurizer: Featurizer) -> list:
+    """Four decoder-side top-level blocks, one per stride, finest first (BlockInfo of each)."""
+    info = {b.name: b for b in featurizer.feature_info() if b.top_level}
+    decoder = [n for n in info if n == "mid_block" or n.startswith("up_blocks.")]
+    by_stride = {}
+    for name in decoder:                       # execution order: the latest block of each stride wins
+        by_stride[info[name].stride] = info[name]
+    if len(by_stride) < 4:
+        raise DiffrepError(f"ODISE reads four strides of the decoder; {featurizer.backbone.source} gives "
+                           f"{sorted(by_stride)} (a UNet with at least four levels is needed)")
+    return [by_stride[s] for s in sorted(by_stride)[:4]]
+
+
+class ImplicitCaptioner(nn.Module):
+    """An image embedding → conditioning tokens, gated onto the empty prompt's: at α = 0 the UNet sees
+    exactly the empty prompt."""
+
+    def __init__(self, image_dim: int, empty: torch.Tensor):
+        super().__init__()
+        tokens, width = empty.shape[-2:]
+        self.register_buffer("empty", empty.detach().reshape(1, tokens, width).clone())
+        self.proj = nn.Linear(image_dim, width)
+        self.position = nn.Parameter(torch.randn(tokens, width) * 0.02)
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, image_embedding: torch.Tensor) -> torch.Tensor:
+        prefix = self.proj(image_embedding).unsqueeze(1) + self.position
+        return self.empty + torch.tanh(self.gate) * prefix
+
+
+class DiffusionPyramid(nn.Module):
+    """Images → four maps (finest first) of a frozen text-conditional UNet; `captioner` (trainable)
+    when conditioning is 'implicit'."""
+
+    def __init__(self, featurizer: Featurizer, conditioning: str = "implicit", t: int = 0, seed: int = 0):
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise DiffrepError(f"unknown conditioning {conditioning!r}; use one of {', '.join(CONDITIONINGS)}")
+        self.featurizer, self.conditioning, self.seed = featurizer, conditioning, seed
+        self.t = featurizer.backbone.noise.check(t)
+        self.taps = pyramid_taps(featurizer)
+        featurizer.model.requires_grad_(False)
+        self.captioner = None
+        if conditioning == "implicit":
+            mid = next(b for b in featurizer.feature_info() if b.name == "mid_block")
+            self.captioner = ImplicitCaptioner(mid.channels, featurizer.backbone.condition(1, ""))
+
+    @property
+    def channels(self) -> list[int]:
+        return [b.channels for b in self.taps]
+
+    @property
+    def strides(self) -> list[int]:
+        return [b.stride for b in self.taps]
+
+    def _pass(self, x_t: torch.Tensor, cond, names: list[str]) -> dict:
+        model_in, timestep, empty = self.featurizer.denoiser_inputs(x_t, self.t, "")
+        modules = dict(self.featurizer._candidates())
+        return forward_capturing(self.featurizer.model, {n: modules[n] for n in names}, model_in, timestep,
+                                 empty if cond is None else cond, convert=_unwrap)
+
+    def forward(self, images: torch.Tensor, captions: list[str] | None = None) -> list[torch.Tensor]:
+        backbone = self.featurizer.backbone
+        with torch.no_grad():
+            latents = backbone.encode(images.to(backbone.device))
+            x_t = self.featurizer.noised(latents, self.t, self.seed, [0])   # one fixed noise for every image
+        cond = None
+        if self.conditioning == "caption":
+            if captions is None or any(not c for c in captions):
+                raise DiffrepError("conditioning 'caption' needs a caption for every image")
+            cond = torch.cat([backbone.condition(1, c) for c in captions])
+        elif self.captioner is not None:
+            with torch.no_grad():
+                mid = self._pass(x_t, None, ["mid_block"])["mid_block"]
+            cond = self.captioner(mid.float().mean((-1, -2)))
+        maps = self._pass(x_t, cond, [b.name for b in self.taps])
+        return [maps[b.name].float() for b in self.taps]
