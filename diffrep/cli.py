@@ -23,8 +23,9 @@ from .options import Parser, add_options, check, from_args, noise_level, option
 from .pretrain import cli as pretrain_cli
 from .runs import header, locked, output_file, peak_rss_mb, write_json, write_results
 from .segment.ddpm_seg import cli as ddpm_seg_cli
+from .segment.odise import cli as odise_cli
 
-METHODS = (ddae, gdc, ddpm_seg_cli, dift_cli)   # each adds its commands; a new method adds itself here
+METHODS = (ddae, gdc, ddpm_seg_cli, dift_cli, odise_cli)   # each adds its commands; a new method adds itself here
 
 
 class Commands:

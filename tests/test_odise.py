@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from diffrep import DiffrepError
+from diffrep.data.coco_panoptic import PanopticSet
 from diffrep.segment.odise.mask_generator import (ClosedSetClassifier, GeneratorConfig, MaskGenerator, PanopticLoss,
                                                   TextClassifier, mask_pool)
 from diffrep.segment.odise.vocab import Vocabulary
@@ -127,3 +130,47 @@ def test_a_unet_with_fewer_than_four_strides_is_refused(unet_dir):
     from diffrep.segment.odise.features import pyramid_taps
     with pytest.raises(DiffrepError, match="ODISE reads four strides"):
         pyramid_taps(Featurizer(load_backbone(unet_dir)))
+
+
+@pytest.fixture(scope="module")
+def panoptic_folder(t2i_dir):
+    from diffrep.data.coco_panoptic import write_split
+    from diffrep.data.panoptic_scenes import categories, scene
+    root = t2i_dir.parent.parent / "data"   # the t2i fixture's train split, plus val and test
+    for split, n in (("val", 2), ("test", 2)):
+        write_split(root, split, (scene(split, i) for i in range(n)), categories())
+    return root
+
+
+def test_train_eval_predict_end_to_end_with_held_out_categories(t2i_dir, panoptic_folder, tmp_path):
+    from diffrep.cli import main
+    run = tmp_path / "run"
+    tiny = ["--width", "32", "--queries", "6", "--decoder-layers", "1", "--encoder-layers", "1", "--points", "64"]
+    assert main(["panoptic", "train", "--model", str(t2i_dir), "--data", str(panoptic_folder), "--epochs", "1",
+                 "--batch-size", "3", "--train-images", "3", "--val-images", "1", *tiny, "--out", str(run)]) == 0
+    train = json.loads((run / "panoptic-train.json").read_text())
+    assert sorted(train["held_out"]) == [9, 10, 13] and len(train["train_vocab"]) == 13   # eight, nine, gravel
+    assert (run / "odise.safetensors").is_file() and (run / "panoptic-val.png").stat().st_size > 0
+    assert main(["panoptic", "eval", "--run", str(run)]) == 0
+    scores = json.loads((run / "panoptic-eval.json").read_text())
+    assert scores["split"] == "test" and set(scores["summary"]) == {"all", "seen", "unseen", "things", "stuff"}
+    assert all(0 <= r["pq"] <= 1 for r in scores["per_category"].values())
+    image = panoptic_folder / "images" / "test" / "test-000000.png"
+    out = tmp_path / "pred"
+    assert main(["panoptic", "predict", "--run", str(run), str(image), "--vocab", "three,digit 3;stuff:sand",
+                 "--out", str(out)]) == 0
+    predicted = PanopticSet(out, "predicted")
+    assert [c["name"] for c in predicted.categories] == ["three", "sand"] and len(predicted) == 1
+    predicted.check_all()
+
+
+def test_bad_vocabularies_and_held_out_names_fail_in_one_line_before_any_work(t2i_dir, panoptic_folder, tmp_path,
+                                                                            capsys):
+    from diffrep.cli import main
+    assert main(["panoptic", "train", "--model", str(t2i_dir), "--data", str(panoptic_folder), "--held-out",
+                 "seven,unicorn", "--out", str(tmp_path / "r")]) == 2
+    assert "--held-out unicorn: no such category" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    for vocab, problem in (("three;;grass", "empty name"), ("grass;Grass", "names 'Grass' twice")):
+        assert main(["panoptic", "predict", "--run", str(tmp_path), "x.png", "--vocab", vocab,
+                     "--out", str(tmp_path / "p")]) == 2
+        assert problem in capsys.readouterr().err and not (tmp_path / "p").exists()

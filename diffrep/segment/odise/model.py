@@ -1,0 +1,140 @@
+"""The ODISE model: a feature source (the diffusion pyramid, or a baseline's), the mask generator and
+a mask classifier, with what it was trained on; saved as one safetensors file of its trainable
+weights plus the config that rebuilds the frozen parts.
+
+Sources (the same mask generator on each, in the same run):
+- `diffusion`: the text-to-image UNet's decoder pyramid (`features.DiffusionPyramid`);
+- `random`: the same UNet with freshly initialised weights, empty prompt;
+- `pixels`: the image itself at the four strides, cut into s×s patches (space-to-depth: 3·s² channels),
+  so the generator reads as many positions as from the UNet and learns everything else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ...core import Featurizer, RunOn, load_backbone, random_init, resolve_device
+from ...core.text import load_text_encoder
+from ...errors import DiffrepError
+from ...options import check, option
+from .features import CONDITIONINGS, DiffusionPyramid
+from .mask_generator import ClosedSetClassifier, GeneratorConfig, MaskGenerator, TextClassifier
+from .vocab import Vocabulary
+
+SOURCES = ("diffusion", "pixels", "random")
+CLASSIFIERS = ("text", "closed")
+PIXEL_STRIDES = (1, 2, 4, 8)
+
+
+@dataclass
+class PanopticConfig(RunOn):
+    model: str = option("scenes-t2i", "text-to-image diffusion model: bundled name, diffusers folder or hub id")
+    data: str = option("panoptic-scenes", "'panoptic-scenes' or a COCO-panoptic folder (train / val / test)")
+    held_out: list = option(["eight", "nine", "gravel"], "category names left out of training (their segments are "
+                            "unlabelled there), named again at evaluation: the open-vocabulary test",
+                            )
+    source: str = option("diffusion", "features: diffusion, pixels (raw image patches) or random (random-weight UNet)",
+                         choices=SOURCES)
+    conditioning: str = option("implicit", "the UNet's text input: implicit (captioner), empty (prompt) or caption "
+                                           "(the true caption: an oracle)", choices=CONDITIONINGS)
+    classifier: str = option("text", "mask classifier: text (names' embeddings, open vocabulary) or closed "
+                                     "(a linear layer over the training categories)", choices=CLASSIFIERS)
+    t: int = option(0, "noise level of the features (ODISE: 0, with one fixed noise)", min=0)
+    epochs: int = option(12, "passes over the training scenes", min=1)
+    batch_size: int = option(8, "scenes per step", min=1)
+    lr: float = option(3e-4, "AdamW learning rate (cosine decay)", above=0)
+    train_images: int = option(0, "use the first N training scenes (0: all)", min=0)
+    val_images: int = option(0, "score the first N validation scenes each epoch (0: all)", min=0)
+    seed: int = option(0, "seed of the initialisation and the batch order")
+    generator: GeneratorConfig = option(GeneratorConfig(), "the mask generator's size", cli=False)
+
+    def __post_init__(self):
+        check(self)
+
+
+class PixelPyramid(nn.Module):
+    """The image at strides 1, 2, 4, 8: s×s patches stacked as channels."""
+    channels = [3 * s * s for s in PIXEL_STRIDES]
+    strides = list(PIXEL_STRIDES)
+    captioner = None
+
+    def forward(self, images: torch.Tensor, captions=None) -> list[torch.Tensor]:
+        return [images if s == 1 else F.pixel_unshuffle(images, s) for s in PIXEL_STRIDES]
+
+
+def build_source(cfg: PanopticConfig, backbone):
+    if cfg.source == "pixels":
+        return PixelPyramid()
+    if cfg.source == "random":
+        return DiffusionPyramid(Featurizer(random_init(backbone, cfg.seed)), "empty", cfg.t, cfg.seed)
+    return DiffusionPyramid(Featurizer(backbone), cfg.conditioning, cfg.t, cfg.seed)
+
+
+def name_encoder(backbone, device):
+    """The text encoder that embeds category names: the diffusion model's own where it has one (as
+    ODISE names masks with the text encoder of its diffusion model's family), else the bundled one."""
+    from ...core.text import TextEncoder
+    if backbone is not None and backbone.text_encoder is not None:
+        return TextEncoder(backbone.text_encoder, backbone.tokenizer)
+    return load_text_encoder("minilm", device)
+
+
+class PanopticModel(nn.Module):
+    """images → per decoder layer (mask logits B×Q×h×w, class logits B×Q×(K+1)) for a vocabulary."""
+
+    def __init__(self, source: nn.Module, embed_dim: int, cfg: PanopticConfig, train_classes: int):
+        super().__init__()
+        self.source, self.cfg = source, cfg
+        self.generator = MaskGenerator(source.channels, source.strides, embed_dim, cfg.generator, train_classes)
+        self.classifier = TextClassifier(embed_dim) if cfg.classifier == "text" else \
+            ClosedSetClassifier(embed_dim, train_classes)
+
+    def forward(self, images, captions, names, owner) -> dict:
+        out = self.generator(self.source(images, captions))
+        out["logits"] = [self.classifier(e, names, owner) for e in out["embeddings"]]
+        return out
+
+    def _parts(self) -> dict:
+        parts = {"generator": self.generator, "classifier": self.classifier}
+        if getattr(self.source, "captioner", None) is not None:
+            parts["captioner"] = self.source.captioner
+        return parts
+
+    def trainable(self) -> dict:
+        """The weights that training changes (the UNet's stay frozen): generator, classifier, captioner."""
+        return {f"{p}.{k}": v for p, m in self._parts().items() for k, v in m.state_dict().items()}
+
+    def load_trainable(self, weights: dict) -> None:
+        for part, module in self._parts().items():
+            module.load_state_dict({k[len(part) + 1:]: v for k, v in weights.items() if k.startswith(part + ".")})
+
+    def save(self, folder: Path, train_vocab: Vocabulary) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.trainable().items()}, str(folder / "odise.safetensors"))
+        (folder / "odise.json").write_text(json.dumps({"config": asdict(self.cfg), "train_vocab": train_vocab.as_json()},
+                                                      indent=2))
+
+
+def load_model(run: str | Path, device: str = "auto"):
+    """(model, its config, the training vocabulary, the backbone or None) of a `panoptic train` run."""
+    from .vocab import Category
+    run = Path(run)
+    meta_path = run / "odise.json"
+    if not meta_path.is_file():
+        raise DiffrepError(f"{run} is not a `diffrep panoptic train` run (no odise.json)")
+    meta = json.loads(meta_path.read_text())
+    raw = dict(meta["config"])
+    raw["generator"] = GeneratorConfig(**raw["generator"])
+    raw["device"] = device
+    cfg = PanopticConfig(**raw)
+    vocab = Vocabulary([Category(c["id"], tuple(c["names"]), c["isthing"]) for c in meta["train_vocab"]])
+    backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)
+    model = PanopticModel(build_source(cfg, backbone), name_encoder(backbone, "cpu").width, cfg, len(vocab))
+    model.load_trainable(load_file(str(run / "odise.safetensors")))
+    return model.eval().to(resolve_device(device)), cfg, vocab, backbone

@@ -1,0 +1,161 @@
+"""`diffrep panoptic train`: the mask generator (and captioner, classifier) trained on the train split
+with some categories held out; the epoch kept is the best on the val split's PQ over the categories
+seen in training (the held-out ones are never used to choose anything).
+
+Held-out categories stay in the training images, unlabelled: their segments are no target, so the
+model learns to call them "no object" or to confuse them with a seen category, which is what the
+open-vocabulary test measures.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ...core import load_backbone, resolve_device
+from ...data import load_panoptic
+from ...errors import DiffrepError
+from ...runs import header, locked, write_json
+from .evaluate import PanopticScores, images_of, panoptic_maps, plot_overlays, target_maps
+from .mask_generator import PanopticLoss
+from .model import PanopticConfig, PanopticModel, build_source, name_encoder
+from .vocab import Vocabulary
+
+
+def split_vocabulary(categories: list[dict], held_out: list[str], where: str) -> tuple[Vocabulary, Vocabulary]:
+    """(the full vocabulary, the training one without the held-out categories, named by any of their names)."""
+    full = Vocabulary.from_categories(categories, where)
+    by_name = {n.lower(): c.id for c in full.categories for n in c.names}
+    unknown = [h for h in held_out if h.lower() not in by_name]
+    if unknown:
+        raise DiffrepError(f"--held-out {', '.join(unknown)}: no such category in {where} "
+                           f"(it has {', '.join(c.name for c in full.categories)})")
+    held = {by_name[h.lower()] for h in held_out}
+    train = full.subset([i for i in full.ids if i not in held])
+    if not len(train):
+        raise DiffrepError("--held-out leaves no category to train on")
+    return full, train
+
+
+def targets(items, vocab: Vocabulary, device) -> tuple[list, list]:
+    """Per image: the masks (n×H×W float) of its segments whose category is in `vocab`, and their
+    indices in it (what Mask2Former's loss matches queries against)."""
+    wanted = set(vocab.ids)
+    masks, labels = [], []
+    for it in items:
+        keep = [(sid, cid) for sid, cid in it.segments.items() if cid in wanted and (it.segment_ids == sid).any()]
+        h, w = it.segment_ids.shape
+        masks.append(torch.stack([(it.segment_ids == s).float() for s, _ in keep]).to(device) if keep
+                     else torch.zeros(0, h, w, device=device))
+        labels.append(torch.tensor([vocab.index_of(c) for _, c in keep], dtype=torch.long, device=device))
+    return masks, labels
+
+
+def model_side(backbone, data_side: int) -> int:
+    """The side images are fed at: the diffusion model's own (pixels: the data's)."""
+    if backbone is None:
+        return data_side
+    size = backbone.denoiser.config.sample_size
+    return (size if isinstance(size, int) else size[0]) * backbone.vae_factor
+
+
+@torch.no_grad()
+def score(model, data, vocab: Vocabulary, unseen: set, names, owner, side: int, device, batch: int,
+          limit: int = 0, keep: int = 0) -> tuple[dict, list, torch.Tensor | None]:
+    """PQ etc. of `model` on `data` (its first `limit` items; 0: all) naming with `vocab`; returns the
+    first `keep` items and their predictions too (for pictures)."""
+    model.eval()
+    scores = PanopticScores(vocab, unseen)
+    n = min(limit, len(data)) if limit else len(data)
+    kept, kept_preds = [], []
+    for start in range(0, n, batch):
+        items = [data[i] for i in range(start, min(n, start + batch))]
+        out = model(images_of(items, side).to(device), [it.caption for it in items], names, owner)
+        preds = panoptic_maps(out, vocab, tuple(items[0].segment_ids.shape))
+        scores.update(preds, target_maps(items))
+        if len(kept) < keep:
+            kept += items[:keep - len(kept)]
+            kept_preds.append(preds[:keep])
+    model.train()
+    return scores.compute(), kept, (torch.cat(kept_preds)[:keep] if kept_preds else None)
+
+
+def run_panoptic_train(cfg: PanopticConfig, out: str | Path) -> dict:
+    out = Path(out)
+    train, val = load_panoptic(cfg.data, "train"), load_panoptic(cfg.data, "val")
+    full, train_vocab = split_vocabulary(train.categories, cfg.held_out, str(train.json_path))
+    print(f"checking {len(train)} train and {len(val)} val scenes", flush=True)
+    train.check_all()
+    val.check_all()
+    with locked(out):
+        return _train(cfg, out, train, val, full, train_vocab)
+
+
+def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary) -> dict:
+    device = resolve_device(cfg.device)
+    backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)
+    text = name_encoder(backbone, device)
+    names, owner = train_vocab.name_table(text)
+    full_names, full_owner = full.name_table(text)
+    unseen = set(full.ids) - set(train_vocab.ids)
+    torch.manual_seed(cfg.seed)
+    model = PanopticModel(build_source(cfg, backbone), text.width, cfg, len(train_vocab)).to(device)
+    loss_fn = PanopticLoss(model.generator).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = min(cfg.train_images, len(train)) if cfg.train_images else len(train)
+    steps_per_epoch = -(-n // cfg.batch_size)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    side = model_side(backbone, train[0].image.shape[-1])
+    print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters on {n} scenes ({cfg.source} features, "
+          f"{cfg.conditioning} conditioning, {cfg.classifier} classifier; held out: {', '.join(cfg.held_out)})",
+          flush=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history, best, started = [], None, time.time()
+    for epoch in range(1, cfg.epochs + 1):
+        order = torch.randperm(n, generator=gen).tolist()
+        losses = []
+        for start in tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False):
+            items = [train[i] for i in order[start:start + cfg.batch_size]]
+            result = model(images_of(items, side).to(device), [it.caption for it in items], names, owner)
+            total, parts = loss_fn(result["masks"], result["logits"], *targets(items, train_vocab, device))
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(total.item())
+        val_scores, _, _ = score(model, val, full, unseen, full_names, full_owner, side, device, cfg.batch_size,
+                                 cfg.val_images)
+        seen_pq = val_scores["summary"]["seen"]["pq"]
+        history.append({"epoch": epoch, "loss": sum(losses) / len(losses), "val": val_scores["summary"],
+                        "elapsed_s": round(time.time() - started, 1)})
+        print(f"epoch {epoch}: loss {history[-1]['loss']:.3f}, val PQ seen {100 * seen_pq:.1f} "
+              f"(unseen {_pct(val_scores['summary']['unseen']['pq'])}, all {_pct(val_scores['summary']['all']['pq'])})",
+              flush=True)
+        if best is None or seen_pq > best[0]:
+            best = (seen_pq, epoch, copy.deepcopy(model.trainable()))
+    model.load_trainable(best[2])
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out, train_vocab)
+    val_scores, kept, preds = score(model, val, full, unseen, full_names, full_owner, side, device, cfg.batch_size,
+                                    cfg.val_images, keep=6)
+    plot_overlays(kept, preds, full, out / "panoptic-val.png")
+    summary = {**header("panoptic-train", cfg.model if backbone else "pixels", cfg.data,
+                        {"total": round(time.time() - started, 1)}),
+               "config": cfg, "train_vocab": train_vocab.as_json(), "held_out": sorted(unseen),
+               "best_epoch": best[1], "val": val_scores, "history": history,
+               "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+    write_json(out / "panoptic-train.json", summary)
+    print(f"kept epoch {best[1]} (val PQ seen {100 * best[0]:.1f}); wrote {out / 'odise.safetensors'}, "
+          f"{out / 'panoptic-train.json'}, {out / 'panoptic-val.png'}")
+    return summary
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
