@@ -174,3 +174,30 @@ def test_bad_vocabularies_and_held_out_names_fail_in_one_line_before_any_work(t2
         assert main(["panoptic", "predict", "--run", str(tmp_path), "x.png", "--vocab", vocab,
                      "--out", str(tmp_path / "p")]) == 2
         assert problem in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_ensemble_weights_move_between_classifier_and_zero_shot_scores():
+    from diffrep.segment.odise.scorer import ensemble
+    logits = torch.log(torch.tensor([[[0.6, 0.2, 0.2]]]))           # two classes + null (0.2)
+    zero_shot = torch.tensor([[[-5.0, 5.0]]])                      # the scorer prefers class 1
+    seen = torch.tensor([False, False])
+    kept = ensemble(logits, zero_shot, seen, alpha=0.0).exp()
+    assert torch.allclose(kept, torch.tensor([[[0.6, 0.2, 0.2]]]), atol=1e-5)   # α = 0: the classifier alone
+    moved = ensemble(logits, zero_shot, torch.tensor([False, True]), alpha=0.0, beta=1.0).exp()
+    assert moved[0, 0, 1] > moved[0, 0, 0] and torch.isclose(moved[0, 0, 2], torch.tensor(0.2))
+    assert torch.isclose(moved.sum(), torch.tensor(1.0))
+
+
+def test_zero_shot_scorer_prefers_the_category_whose_prompt_denoises_the_mask_best(t2i_dir):
+    from diffrep import load_backbone
+    from diffrep.segment.odise.scorer import DenoisingScorer, _best_synonym
+    errors = torch.tensor([[3.0, 1.0], [2.0, 2.0], [0.5, 4.0]]).view(3, 1, 2, 1)      # 3 names, 2 pixels
+    best = _best_synonym(errors, torch.tensor([0, 0, 1]), 2)        # names 0, 1 are synonyms of category 0
+    assert torch.equal(best.flatten(), torch.tensor([2.0, 1.0, 0.5, 4.0]))
+    scorer = DenoisingScorer(load_backbone(t2i_dir), Vocabulary.parse("three;stuff:grass;stuff:brick wall"), ts=(100,),
+                             draws=1)
+    err = scorer.errors(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert err.shape == (2, 3, 16, 16) and (err >= 0).all()
+    fake = torch.stack([torch.full((16, 16), 1.0), torch.full((16, 16), 0.2), torch.full((16, 16), 0.6)])[None]
+    logits = scorer.mask_logits(fake, torch.full((1, 1, 8, 8), 5.0))
+    assert logits[0, 0].argmax() == 1

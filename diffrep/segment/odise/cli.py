@@ -15,7 +15,8 @@ from ...runs import header, write_json
 from .evaluate import images_of, panoptic_maps, plot_overlays
 from .mask_generator import GeneratorConfig
 from .model import PanopticConfig, load_model, name_encoder
-from .train import model_side, run_panoptic_train, score, split_vocabulary
+from .scorer import DenoisingScorer
+from .train import _pct, model_side, run_panoptic_train, score, split_vocabulary
 from .vocab import Vocabulary
 
 
@@ -25,9 +26,10 @@ def _train(args) -> None:
 
 
 def evaluate(run: str, split: str = "test", vocab_text: str | None = None, device: str = "auto",
-             out: str | None = None) -> dict:
+             out: str | None = None, zero_shot: bool = False, weights=(0.3, 0.7)) -> dict:
     """Scores of a trained run on a split (once), naming with the data set's full vocabulary (or
-    `vocab_text`, whose names must match the data's categories)."""
+    `vocab_text`, whose names must match the data's categories); `zero_shot`: ensembled with the
+    diffusion model's own zero-shot scores (α seen, β unseen)."""
     model, cfg, train_vocab, backbone = load_model(run, device)
     data = load_panoptic(cfg.data, split)
     data.check_all()
@@ -39,12 +41,19 @@ def evaluate(run: str, split: str = "test", vocab_text: str | None = None, devic
     unseen = set(vocab.ids) - set(train_vocab.ids)
     side = model_side(backbone, data[0].image.shape[-1])
     print(f"scoring {len(data)} {split} scenes of {cfg.data} with {len(vocab)} categories", flush=True)
-    scores, kept, preds = score(model, data, vocab, unseen, names, owner, side, dev, cfg.batch_size, keep=6)
+    scorer = None
+    if zero_shot:
+        if backbone is None:
+            raise DiffrepError("--zero-shot scores masks with the diffusion model; this run has none (pixels)")
+        scorer = DenoisingScorer(backbone, vocab)
+    scores, kept, preds = score(model, data, vocab, unseen, names, owner, side, dev, cfg.batch_size, keep=6,
+                                scorer=scorer, weights=weights)
     folder = Path(out or run)
     folder.mkdir(parents=True, exist_ok=True)
     plot_overlays(kept, preds, vocab, folder / f"panoptic-{split}.png")
     result = {**header("panoptic-eval", cfg.model, cfg.data, {}), "run": str(run), "split": split,
               "source": cfg.source, "conditioning": cfg.conditioning, "classifier": cfg.classifier,
+              "zero_shot": {"alpha": weights[0], "beta": weights[1]} if zero_shot else None,
               "vocab": vocab.as_json(), "unseen": sorted(unseen), **scores}
     write_json(folder / "panoptic-eval.json", result)
     s = scores["summary"]
@@ -98,10 +107,6 @@ def predict(run: str, images: list[str], vocab_text: str, out: str, device: str 
     return root
 
 
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
-
-
 def register(commands) -> None:
     pan = commands.group("panoptic", help="ODISE: open-vocabulary panoptic segmentation from a text-to-image model")
     p = pan.add("train", _train, help="train the mask generator, captioner and mask classifier (categories held out)")
@@ -109,13 +114,17 @@ def register(commands) -> None:
     add_options(p, GeneratorConfig)
     p.add_argument("--out", required=True, help="run folder: odise.safetensors, odise.json, panoptic-train.json, "
                                                 "panoptic-val.png")
-    p = pan.add("eval", lambda a: evaluate(a.run, a.split, a.vocab, a.device, a.out),
+    p = pan.add("eval", lambda a: evaluate(a.run, a.split, a.vocab, a.device, a.out, a.zero_shot, (a.alpha, a.beta)),
                 help="PQ / SQ / RQ (seen and unseen categories) and mIoU of a run on a split, scored once")
     p.add_argument("--run", required=True, help="a `diffrep panoptic train` run folder")
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--vocab", default=None, help="'name,synonym;name;…' (default: the data set's categories)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="folder for panoptic-eval.json and pictures (default: the run)")
+    p.add_argument("--zero-shot", action="store_true", help="ensemble the classifier with the diffusion model's "
+                                                             "zero-shot mask scores (denoising error per category prompt)")
+    p.add_argument("--alpha", type=float, default=0.3, help="with --zero-shot: its weight for seen categories")
+    p.add_argument("--beta", type=float, default=0.7, help="with --zero-shot: its weight for unseen categories")
     p = pan.add("predict", lambda a: predict(a.run, a.images, a.vocab, a.out, a.device),
                 help="panoptic labels for image files, naming with any vocabulary")
     p.add_argument("--run", required=True)

@@ -23,6 +23,7 @@ from ...errors import DiffrepError
 from ...runs import header, locked, write_json
 from .evaluate import PanopticScores, images_of, panoptic_maps, plot_overlays, target_maps
 from .mask_generator import PanopticLoss
+from .scorer import ensemble
 from .model import PanopticConfig, PanopticModel, build_source, name_encoder
 from .vocab import Vocabulary
 
@@ -66,16 +67,22 @@ def model_side(backbone, data_side: int) -> int:
 
 @torch.no_grad()
 def score(model, data, vocab: Vocabulary, unseen: set, names, owner, side: int, device, batch: int,
-          limit: int = 0, keep: int = 0) -> tuple[dict, list, torch.Tensor | None]:
+          limit: int = 0, keep: int = 0, scorer=None, weights=(0.3, 0.7)) -> tuple[dict, list, torch.Tensor | None]:
     """PQ etc. of `model` on `data` (its first `limit` items; 0: all) naming with `vocab`; returns the
-    first `keep` items and their predictions too (for pictures)."""
+    first `keep` items and their predictions too (for pictures). `scorer` (a DenoisingScorer of the
+    same vocabulary): its zero-shot scores are ensembled in, with weights (α seen, β unseen)."""
+    unseen_mask = torch.tensor([c.id in unseen for c in vocab.categories])
     model.eval()
     scores = PanopticScores(vocab, unseen)
     n = min(limit, len(data)) if limit else len(data)
     kept, kept_preds = [], []
     for start in range(0, n, batch):
         items = [data[i] for i in range(start, min(n, start + batch))]
-        out = model(images_of(items, side).to(device), [it.caption for it in items], names, owner)
+        images = images_of(items, side).to(device)
+        out = model(images, [it.caption for it in items], names, owner)
+        if scorer is not None:
+            zero_shot = scorer.mask_logits(scorer.errors(images), out["masks"][-1])
+            out["logits"][-1] = ensemble(out["logits"][-1], zero_shot, unseen_mask, *weights)
         preds = panoptic_maps(out, vocab, tuple(items[0].segment_ids.shape))
         scores.update(preds, target_maps(items))
         if len(kept) < keep:
