@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ...core import Featurizer, RunOn, load_backbone, random_init, resolve_device
+from ...core import Featurizer, RunOn, autocast_dtype, load_backbone, random_init, resolve_device
 from ...core.text import load_text_encoder
 from ...errors import DiffrepError
 from ...options import check, option
@@ -97,7 +97,10 @@ class PanopticModel(nn.Module):
             ClosedSetClassifier(embed_dim, train_classes)
 
     def forward(self, images, captions, names, owner) -> dict:
-        out = self.generator(self.source(images, captions))
+        dtype = autocast_dtype(self.cfg.precision, images.device)   # the frozen UNet's forward only
+        with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            maps = self.source(images, captions)
+        out = self.generator([m.float() for m in maps])
         out["logits"] = [self.classifier(e, names, owner) for e in out["embeddings"]]
         return out
 
