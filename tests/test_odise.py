@@ -201,3 +201,20 @@ def test_zero_shot_scorer_prefers_the_category_whose_prompt_denoises_the_mask_be
     fake = torch.stack([torch.full((16, 16), 1.0), torch.full((16, 16), 0.2), torch.full((16, 16), 0.6)])[None]
     logits = scorer.mask_logits(fake, torch.full((1, 1, 8, 8), 5.0))
     assert logits[0, 0].argmax() == 1
+
+
+def test_fixed_features_are_cached_once_and_reused(panoptic_folder, tmp_path):
+    from diffrep.cli import main
+    run = tmp_path / "pixels"
+    args = ["panoptic", "train", "--source", "pixels", "--data", str(panoptic_folder), "--epochs", "1", "--batch-size",
+            "3", "--train-images", "3", "--val-images", "2", "--width", "32", "--queries", "4", "--decoder-layers", "1",
+            "--encoder-layers", "1", "--points", "64", "--out", str(run)]
+    assert main(args) == 0
+    shards = sorted((run / "cache" / "train").glob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    first = json.loads((run / "panoptic-train.json").read_text())
+    assert first["model"] == "pixels" and not (run / "cache" / "test").exists()
+    assert main(args) == 0
+    assert shards and [p.stat().st_mtime_ns for p in shards] == stamps   # read back, not computed again
+    again = json.loads((run / "panoptic-train.json").read_text())
+    assert again["val"]["summary"] == first["val"]["summary"]    # the same seed, the same features: the same run

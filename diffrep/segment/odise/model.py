@@ -100,9 +100,18 @@ class PanopticModel(nn.Module):
         dtype = autocast_dtype(self.cfg.precision, images.device)   # the frozen UNet's forward only
         with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             maps = self.source(images, captions)
+        return self.heads(maps, names, owner)
+
+    def heads(self, maps: list, names, owner) -> dict:
+        """What follows the features (the cached path starts here)."""
         out = self.generator([m.float() for m in maps])
         out["logits"] = [self.classifier(e, names, owner) for e in out["embeddings"]]
         return out
+
+    @property
+    def live(self) -> bool:
+        """Whether the features must be computed at every step (the captioner trains through them)."""
+        return getattr(self.source, "captioner", None) is not None
 
     def _parts(self) -> dict:
         parts = {"generator": self.generator, "classifier": self.classifier}

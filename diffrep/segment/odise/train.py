@@ -21,6 +21,7 @@ from ...core import load_backbone, resolve_device
 from ...data import load_panoptic
 from ...errors import DiffrepError
 from ...runs import header, locked, write_json
+from .cache import cached_pyramid, rows
 from .evaluate import PanopticScores, images_of, panoptic_maps, plot_overlays, target_maps
 from .mask_generator import PanopticLoss
 from .scorer import ensemble
@@ -67,10 +68,12 @@ def model_side(backbone, data_side: int) -> int:
 
 @torch.no_grad()
 def score(model, data, vocab: Vocabulary, unseen: set, names, owner, side: int, device, batch: int,
-          limit: int = 0, keep: int = 0, scorer=None, weights=(0.3, 0.7)) -> tuple[dict, list, torch.Tensor | None]:
+          limit: int = 0, keep: int = 0, scorer=None, weights=(0.3, 0.7),
+          features: list | None = None) -> tuple[dict, list, torch.Tensor | None]:
     """PQ etc. of `model` on `data` (its first `limit` items; 0: all) naming with `vocab`; returns the
     first `keep` items and their predictions too (for pictures). `scorer` (a DenoisingScorer of the
-    same vocabulary): its zero-shot scores are ensembled in, with weights (α seen, β unseen)."""
+    same vocabulary): its zero-shot scores are ensembled in, with weights (α seen, β unseen).
+    `features`: the items' cached pyramid levels (else computed from the images)."""
     unseen_mask = torch.tensor([c.id in unseen for c in vocab.categories])
     model.eval()
     scores = PanopticScores(vocab, unseen)
@@ -79,7 +82,10 @@ def score(model, data, vocab: Vocabulary, unseen: set, names, owner, side: int, 
     for start in range(0, n, batch):
         items = [data[i] for i in range(start, min(n, start + batch))]
         images = images_of(items, side).to(device)
-        out = model(images, [it.caption for it in items], names, owner)
+        if features is None:
+            out = model(images, [it.caption for it in items], names, owner)
+        else:
+            out = model.heads(rows(features, range(start, start + len(items)), device), names, owner)
         if scorer is not None:
             zero_shot = scorer.mask_logits(scorer.errors(images), out["masks"][-1])
             out["logits"][-1] = ensemble(out["logits"][-1], zero_shot, unseen_mask, *weights)
@@ -103,6 +109,7 @@ def run_panoptic_train(cfg: PanopticConfig, out: str | Path) -> dict:
         return _train(cfg, out, train, val, full, train_vocab)
 
 
+
 def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary) -> dict:
     device = resolve_device(cfg.device)
     backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)
@@ -119,6 +126,15 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     side = model_side(backbone, train[0].image.shape[-1])
+    n_val = min(cfg.val_images, len(val)) if cfg.val_images else len(val)
+    train_maps = val_maps = None
+    if not model.live:   # nothing before the generator trains: compute each scene's maps once
+        identity = {"source": cfg.source, "model": str(cfg.model), "conditioning": cfg.conditioning, "t": cfg.t,
+                    "seed": cfg.seed, "side": side, "data": str(cfg.data)}
+        train_maps = cached_pyramid(model.source, train, n, side, out / "cache" / "train", {**identity, "split": "train"},
+                                    cfg.batch_size)
+        val_maps = cached_pyramid(model.source, val, n_val, side, out / "cache" / "val", {**identity, "split": "val"},
+                                  cfg.batch_size)
     print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters on {n} scenes ({cfg.source} features, "
           f"{cfg.conditioning} conditioning, {cfg.classifier} classifier; held out: {', '.join(cfg.held_out)})",
           flush=True)
@@ -128,8 +144,12 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
         order = torch.randperm(n, generator=gen).tolist()
         losses = []
         for start in tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False):
-            items = [train[i] for i in order[start:start + cfg.batch_size]]
-            result = model(images_of(items, side).to(device), [it.caption for it in items], names, owner)
+            batch = order[start:start + cfg.batch_size]
+            items = [train[i] for i in batch]
+            if train_maps is None:
+                result = model(images_of(items, side).to(device), [it.caption for it in items], names, owner)
+            else:
+                result = model.heads(rows(train_maps, batch, device), names, owner)
             total, parts = loss_fn(result["masks"], result["logits"], *targets(items, train_vocab, device))
             opt.zero_grad(set_to_none=True)
             total.backward()
@@ -138,7 +158,7 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
             sched.step()
             losses.append(total.item())
         val_scores, _, _ = score(model, val, full, unseen, full_names, full_owner, side, device, cfg.batch_size,
-                                 cfg.val_images)
+                                 cfg.val_images, features=val_maps)
         seen_pq = val_scores["summary"]["seen"]["pq"]
         history.append({"epoch": epoch, "loss": sum(losses) / len(losses), "val": val_scores["summary"],
                         "elapsed_s": round(time.time() - started, 1)})
@@ -151,7 +171,7 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     out.mkdir(parents=True, exist_ok=True)
     model.save(out, train_vocab)
     val_scores, kept, preds = score(model, val, full, unseen, full_names, full_owner, side, device, cfg.batch_size,
-                                    cfg.val_images, keep=6)
+                                    cfg.val_images, keep=6, features=val_maps)
     plot_overlays(kept, preds, full, out / "panoptic-val.png")
     summary = {**header("panoptic-train", cfg.model if backbone else "pixels", cfg.data,
                         {"total": round(time.time() - started, 1)}),
