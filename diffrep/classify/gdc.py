@@ -43,6 +43,7 @@ from ..options import add_options, check, from_args, named, noise_level, option
 from ..runs import header, in_run_folder, write_results
 from .ddae import labelled_splits
 from .diffeed import check_model, train_feedback_row
+from .difformer import fusion_layout, fusion_spec
 from .report import format_label_efficiency, format_table, plot_label_efficiency, plot_table
 
 DEFAULT_TS = [25, 50, 100]
@@ -142,7 +143,7 @@ def _head_specs(cfg: ClassifyConfig, cells: list) -> list[dict]:
         elif kind == "feedback":
             continue   # trained live, not from the store: diffeed
         elif kind == "fusion":
-            specs.append({"name": "fusion", "kind": kind, "pool": None, "cells": cells})
+            specs.append(fusion_spec(cells))
         else:
             specs.append({"name": kind, "kind": kind, "pool": None, "cells": first})
     return specs
@@ -226,7 +227,7 @@ def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict
     for spec in _head_specs(cfg, cells):
         if spec["kind"] == "fusion" and source_name == PIXELS:
             continue   # one map: nothing to fuse
-        order, n_blocks, n_levels = _layout(spec["cells"])
+        order, n_blocks, n_levels = fusion_layout(spec["cells"])
         shapes = [tuple(feats["train"][c].shape[1:]) for c in order[:n_blocks]]
         torch.manual_seed(cfg.seed)
         head = make_head(spec["kind"], shapes, n_levels, classes, spec["pool"] or 1, cfg.width, cfg.depth)
@@ -245,15 +246,6 @@ def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict
         print(f"  {desc:<32} test {100 * score:.2f}%  ({shown}{rows[-1]['parameters']:,} parameters, "
               f"{fitted['train_s']:.0f} s)")
     return rows
-
-
-def _layout(cells: list) -> tuple[list, int, int]:
-    """(cells level by level, blocks within a level: the order FusionHead reads them in; number of
-    blocks; number of levels). Raw pixels are one map."""
-    if not all(isinstance(c, Cell) for c in cells):
-        return list(cells), len(cells), 1
-    levels, blocks = list(dict.fromkeys(c.t for c in cells)), list(dict.fromkeys(c.block for c in cells))
-    return [Cell(t, b) for t in levels for b in blocks], len(blocks), len(levels)
 
 
 def run_classify(cfg: ClassifyConfig, out: str | Path) -> dict | None:

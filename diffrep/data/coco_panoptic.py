@@ -29,6 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DiffrepError
+from .images import ImageFiles
 
 VOID = 0   # segment id 0: unlabelled pixels, scored by nobody
 
@@ -121,7 +122,6 @@ class PanopticSet:
 
     def image_files(self, channels: int = 3, size: int | None = None):
         """The split's images in annotation order as a lazy sequence (read as used)."""
-        from .images import ImageFiles
         return ImageFiles([self.root / "images" / self.split / self._images[a["image_id"]]["file_name"]
                            for a in self._annotations], channels, size)
 

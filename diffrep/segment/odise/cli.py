@@ -17,7 +17,7 @@ from .mask_generator import GeneratorConfig
 from .model import PanopticConfig, load_model, name_encoder
 from .scorer import DenoisingScorer
 from .train import _pct, model_side, run_panoptic_train, score, split_vocabulary
-from .vocab import Vocabulary
+from .vocab import Category, Vocabulary
 
 
 def _train(args) -> None:
@@ -65,7 +65,6 @@ def evaluate(run: str, split: str = "test", vocab_text: str | None = None, devic
 
 def _matched(vocab: Vocabulary, full: Vocabulary) -> Vocabulary:
     """A parsed vocabulary with the data's category ids (matched by any name), so predictions score."""
-    from .vocab import Category
     by_name = {n.lower(): c for c in full.categories for n in c.names}
     cats = []
     for c in vocab.categories:

@@ -14,6 +14,7 @@ import types
 
 import numpy as np
 import torch
+from torchmetrics.detection import PanopticQuality
 
 from ...plotting import pyplot, save_figure
 from .vocab import Vocabulary
@@ -64,7 +65,6 @@ class PanopticScores:
     """PQ / SQ / RQ per category and a confusion matrix for mIoU, accumulated batch by batch."""
 
     def __init__(self, vocab: Vocabulary, unseen: set[int]):
-        from torchmetrics.detection import PanopticQuality
         self.vocab, self.unseen = vocab, unseen
         things = {c.id for c in vocab.categories if c.isthing}
         stuffs = {c.id for c in vocab.categories if not c.isthing}

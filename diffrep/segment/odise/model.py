@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ...core import Featurizer, RunOn, autocast_dtype, load_backbone, random_init, resolve_device
-from ...core.text import load_text_encoder
+from ...core.text import TextEncoder, load_text_encoder
 from ...errors import DiffrepError
 from ...options import check, option
 from .features import CONDITIONINGS, DiffusionPyramid
 from .mask_generator import ClosedSetClassifier, GeneratorConfig, MaskGenerator, TextClassifier
-from .vocab import Vocabulary
+from .vocab import Category, Vocabulary
 
 SOURCES = ("diffusion", "pixels", "random")
 CLASSIFIERS = ("text", "closed")
@@ -80,7 +80,6 @@ def build_source(cfg: PanopticConfig, backbone):
 def name_encoder(backbone, device):
     """The text encoder that embeds category names: the diffusion model's own where it has one (as
     ODISE names masks with the text encoder of its diffusion model's family), else the bundled one."""
-    from ...core.text import TextEncoder
     if backbone is not None and backbone.text_encoder is not None:
         return TextEncoder(backbone.text_encoder, backbone.tokenizer)
     return load_text_encoder("minilm", device)
@@ -135,7 +134,6 @@ class PanopticModel(nn.Module):
 
 def load_model(run: str | Path, device: str = "auto"):
     """(model, its config, the training vocabulary, the backbone or None) of a `panoptic train` run."""
-    from .vocab import Category
     run = Path(run)
     meta_path = run / "odise.json"
     if not meta_path.is_file():
