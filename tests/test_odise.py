@@ -124,12 +124,15 @@ def test_pyramid_reads_four_strides_and_the_captioner_starts_at_the_empty_prompt
         DiffusionPyramid(featurizer, "caption")(images)
 
 
-def test_a_unet_with_fewer_than_four_strides_is_refused(unet_dir):
+def test_a_unet_with_fewer_than_four_strides_or_no_text_input_is_refused(unet_dir):
     from diffrep import load_backbone
     from diffrep.core import Featurizer
-    from diffrep.segment.odise.features import pyramid_taps
+    from diffrep.segment.odise.features import DiffusionPyramid, pyramid_taps
+    featurizer = Featurizer(load_backbone(unet_dir))
     with pytest.raises(DiffrepError, match="ODISE reads four strides"):
-        pyramid_taps(Featurizer(load_backbone(unet_dir)))
+        pyramid_taps(featurizer)
+    with pytest.raises(DiffrepError, match="'implicit' needs a text-conditional UNet.*use --conditioning empty"):
+        DiffusionPyramid(featurizer, "implicit")
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from diffusers import UNet2DConditionModel
 
 from ...core.featurizer import Featurizer, _unwrap, forward_capturing
 from ...errors import DiffrepError
@@ -66,6 +67,10 @@ class DiffusionPyramid(nn.Module):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise DiffrepError(f"unknown conditioning {conditioning!r}; use one of {', '.join(CONDITIONINGS)}")
+        if conditioning != "empty" and not isinstance(featurizer.model, UNet2DConditionModel):
+            raise DiffrepError(f"conditioning {conditioning!r} needs a text-conditional UNet (UNet2DConditionModel); "
+                               f"{featurizer.backbone.source} holds a {type(featurizer.model).__name__}: use "
+                               "--conditioning empty")
         self.featurizer, self.conditioning, self.seed = featurizer, conditioning, seed
         self.t = featurizer.backbone.noise.check(t)
         self.taps = pyramid_taps(featurizer)
