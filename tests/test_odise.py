@@ -221,3 +221,18 @@ def test_fixed_features_are_cached_once_and_reused(panoptic_folder, tmp_path):
     assert shards and [p.stat().st_mtime_ns for p in shards] == stamps   # read back, not computed again
     again = json.loads((run / "panoptic-train.json").read_text())
     assert again["val"]["summary"] == first["val"]["summary"]    # the same seed, the same features: the same run
+
+
+def test_baselines_train_in_the_same_run_and_eval_tables_them(t2i_dir, panoptic_folder, tmp_path):
+    from diffrep.cli import main
+    run = tmp_path / "run"
+    assert main(["panoptic", "train", "--model", str(t2i_dir), "--data", str(panoptic_folder), "--baselines",
+                 "--epochs", "1", "--batch-size", "3", "--train-images", "3", "--val-images", "1", "--width", "32",
+                 "--queries", "4", "--decoder-layers", "1", "--encoder-layers", "1", "--points", "64",
+                 "--out", str(run)]) == 0
+    names = {"pixels", "random-weights", "empty-prompt", "oracle-caption", "closed-set"}
+    assert set(json.loads((run / "panoptic-train.json").read_text())["baselines"]) == names
+    assert main(["panoptic", "eval", "--run", str(run)]) == 0
+    table = json.loads((run / "panoptic-eval.json").read_text())["table"]
+    assert set(table) == names | {"odise"} and (run / "panoptic-table.png").stat().st_size > 0
+    assert json.loads((run / "baselines" / "pixels" / "odise.json").read_text())["config"]["source"] == "pixels"

@@ -12,7 +12,7 @@ from ...data.coco_panoptic import write_split
 from ...errors import DiffrepError
 from ...options import add_options, from_args
 from ...runs import header, write_json
-from .evaluate import images_of, panoptic_maps, plot_overlays
+from .evaluate import format_table, images_of, panoptic_maps, plot_overlays, plot_table
 from .mask_generator import GeneratorConfig
 from .model import PanopticConfig, load_model, name_encoder
 from .scorer import DenoisingScorer
@@ -27,6 +27,27 @@ def _train(args) -> None:
 
 def evaluate(run: str, split: str = "test", vocab_text: str | None = None, device: str = "auto",
              out: str | None = None, zero_shot: bool = False, weights=(0.3, 0.7)) -> dict:
+    """`evaluate_one` on the run and on each of its baselines (train --baselines), with a table."""
+    result = evaluate_one(run, split, vocab_text, device, out, zero_shot, weights)
+    folder = Path(out or run)
+    found = sorted(p for p in (Path(run) / "baselines").glob("*") if (p / "odise.json").is_file())
+    if not found:
+        return result
+    rows = {"odise": result["summary"]}
+    for b in found:
+        print(f"baseline {b.name}:", flush=True)
+        no_model = load_model(b, device)[1].source == "pixels"
+        rows[b.name] = evaluate_one(b, split, vocab_text, device, folder / "baselines" / b.name,
+                                    zero_shot and not no_model, weights)["summary"]
+    result["table"] = rows
+    write_json(folder / "panoptic-eval.json", result)
+    plot_table(rows, folder / "panoptic-table.png", split)
+    print(format_table(rows, split))
+    return result
+
+
+def evaluate_one(run: str, split: str = "test", vocab_text: str | None = None, device: str = "auto",
+                 out: str | None = None, zero_shot: bool = False, weights=(0.3, 0.7)) -> dict:
     """Scores of a trained run on a split (once), naming with the data set's full vocabulary (or
     `vocab_text`, whose names must match the data's categories); `zero_shot`: ensembled with the
     diffusion model's own zero-shot scores (α seen, β unseen)."""

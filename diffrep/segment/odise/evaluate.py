@@ -145,3 +145,31 @@ def _overlay(ax, seg: torch.Tensor, names: dict) -> None:
         ax.text(xs.mean(), ys.mean(), names.get(cid, str(cid)), fontsize=5, ha="center", va="center",
                 color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "linewidth": 0})
     ax.imshow(colour)
+
+
+TABLE_COLUMNS = (("all", "pq"), ("seen", "pq"), ("unseen", "pq"), ("things", "pq"), ("stuff", "pq"), ("all", "iou"))
+
+
+def format_table(rows: dict, split: str) -> str:
+    """One line per run (the main one, then its baselines): PQ all / seen / unseen / things / stuff, mIoU."""
+    head = f"{split} scenes: " + f"{'run':<16}" + "".join(f"{g + ' ' + k.upper():>12}" for g, k in TABLE_COLUMNS)
+    lines = [head]
+    for name, summary in rows.items():
+        cells = [summary[g][k] for g, k in TABLE_COLUMNS]
+        lines.append(" " * (len(split) + 9) + f"{name:<16}" + "".join(f"{'—' if v is None else f'{100 * v:.1f}':>12}"
+                                                                        for v in cells))
+    return "\n".join(lines)
+
+
+def plot_table(rows: dict, path, split: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(rows)
+    for i, (name, summary) in enumerate(rows.items()):
+        values = [100 * (summary[g]["pq"] or 0) for g in ("all", "seen", "unseen")]
+        ax.bar([j + i * width for j in range(3)], values, width, label=name)
+    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(3)], ["PQ all", "PQ seen", "PQ unseen"])
+    ax.set_ylabel(f"{split} PQ (%)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -29,6 +29,10 @@ from .mask_generator import ClosedSetClassifier, GeneratorConfig, MaskGenerator,
 from .vocab import Category, Vocabulary
 
 SOURCES = ("diffusion", "pixels", "random")
+# the baselines and ablations trained beside the main run: name -> what changes
+BASELINES = {"pixels": {"source": "pixels"}, "random-weights": {"source": "random", "conditioning": "empty"},
+             "empty-prompt": {"conditioning": "empty"}, "oracle-caption": {"conditioning": "caption"},
+             "closed-set": {"classifier": "closed"}}
 CLASSIFIERS = ("text", "closed")
 PIXEL_STRIDES = (1, 2, 4, 8)
 
@@ -53,6 +57,9 @@ class PanopticConfig(RunOn):
     train_images: int = option(0, "use the first N training scenes (0: all)", min=0)
     val_images: int = option(0, "score the first N validation scenes each epoch (0: all)", min=0)
     seed: int = option(0, "seed of the initialisation and the batch order")
+    baselines: bool = option(False, "also train, into <out>/baselines/, the same generator on raw pixels and on the "
+                                    "random-weight UNet, with the empty prompt and the true caption (oracle) instead "
+                                    "of the implicit captioner, and with a closed-set classifier; `eval` scores them all")
     generator: GeneratorConfig = option(GeneratorConfig(), "the mask generator's size", cli=False)
 
     def __post_init__(self):

@@ -10,6 +10,7 @@ open-vocabulary test measures.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import resource
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from .cache import cached_pyramid, rows
 from .evaluate import PanopticScores, images_of, panoptic_maps, plot_overlays, target_maps
 from .mask_generator import PanopticLoss
 from .scorer import ensemble
-from .model import PanopticConfig, PanopticModel, build_source, name_encoder
+from .model import BASELINES, PanopticConfig, PanopticModel, build_source, name_encoder
 from .vocab import Vocabulary
 
 
@@ -106,11 +107,28 @@ def run_panoptic_train(cfg: PanopticConfig, out: str | Path) -> dict:
     train.check_all()
     val.check_all()
     with locked(out):
-        return _train(cfg, out, train, val, full, train_vocab)
+        summary = _train(cfg, out, train, val, full, train_vocab)
+        if cfg.baselines:
+            summary["baselines"] = _train_baselines(cfg, out, train, val, full, train_vocab)
+            write_json(out / "panoptic-train.json", summary)
+        return summary
+
+
+def _train_baselines(cfg: PanopticConfig, out: Path, train, val, full, train_vocab) -> dict:
+    """Each baseline's run in out/baselines/<name>, and its val scores (the main run's beside it)."""
+    table = {}
+    for name, change in BASELINES.items():
+        if all(getattr(cfg, k) == v for k, v in change.items()):
+            continue   # the main run is already this one
+        print(f"baseline {name}: {change}", flush=True)
+        variant = dataclasses.replace(cfg, baselines=False, **change)
+        table[name] = _train(variant, out / "baselines" / name, train, val, full, train_vocab)["val"]["summary"]
+    return table
 
 
 
 def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)
     text = name_encoder(backbone, device)
@@ -168,7 +186,6 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
         if best is None or seen_pq > best[0]:
             best = (seen_pq, epoch, copy.deepcopy(model.trainable()))
     model.load_trainable(best[2])
-    out.mkdir(parents=True, exist_ok=True)
     model.save(out, train_vocab)
     val_scores, kept, preds = score(model, val, full, unseen, full_names, full_owner, side, device, cfg.batch_size,
                                     cfg.val_images, keep=6, features=val_maps)
