@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ def evaluate(run: str, split: str = "test", vocab_text: str | None = None, devic
     rows = {"odise": result["summary"]}
     for b in found:
         print(f"baseline {b.name}:", flush=True)
-        no_model = load_model(b, device)[1].source == "pixels"
+        no_model = json.loads((b / "odise.json").read_text())["config"]["source"] == "pixels"   # not a second load
         rows[b.name] = evaluate_one(b, split, vocab_text, device, folder / "baselines" / b.name,
                                     zero_shot and not no_model, weights)["summary"]
     result["table"] = rows

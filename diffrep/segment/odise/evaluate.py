@@ -73,6 +73,9 @@ class PanopticScores:
         self.order = sorted(things) + sorted(stuffs)    # torchmetrics' order of per-class results
         self.index = {cid: i for i, cid in enumerate(vocab.ids)}
         self.confusion = torch.zeros(len(vocab), len(vocab), dtype=torch.long)
+        self.lut = torch.full((max(vocab.ids) + 1,), -1, dtype=torch.long)   # category id -> vocabulary index
+        for cid, i in self.index.items():
+            self.lut[cid] = i
         self.seen_in_target: set[int] = set()
 
     def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
@@ -80,10 +83,7 @@ class PanopticScores:
         p, t = preds[..., 0].flatten(), targets[..., 0].flatten()
         self.seen_in_target |= set(t.unique().tolist()) - {UNLABELLED}
         keep = (t != UNLABELLED) & (p != UNLABELLED)
-        lut = torch.full((max(self.vocab.ids) + 1,), -1, dtype=torch.long)
-        for cid, i in self.index.items():
-            lut[cid] = i
-        pi, ti = lut[p[keep]], lut[t[keep]]
+        pi, ti = self.lut[p[keep]], self.lut[t[keep]]
         self.confusion += torch.bincount(ti * len(self.vocab) + pi, minlength=len(self.vocab) ** 2).view(
             len(self.vocab), len(self.vocab))
 
