@@ -116,9 +116,16 @@ def test_pyramid_reads_four_strides_and_the_captioner_starts_at_the_empty_prompt
     oracle = DiffusionPyramid(featurizer, "caption")(images, ["a three on grass", "a seven on brick wall"])
     assert not torch.allclose(oracle[-1], b[-1])
     with torch.no_grad():
+        implicit.captioner.time_gate.fill_(0.5)              # the time-embedding gate alone moves the maps
+    timed = implicit(images)
+    assert not torch.allclose(timed[0], b[0])
+    assert not featurizer.model.time_embedding._forward_hooks   # the hook lives for one pass only
+    torch.testing.assert_close(empty(images)[0], b[0])
+    with torch.no_grad():
         implicit.captioner.gate.fill_(0.5)
     implicit(images)[0].sum().backward()                     # gradients reach the captioner, not the UNet
     assert implicit.captioner.proj.weight.grad.abs().sum() > 0
+    assert implicit.captioner.time_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in featurizer.model.parameters())
     with pytest.raises(DiffrepError, match="needs a caption for every image"):
         DiffusionPyramid(featurizer, "caption")(images)

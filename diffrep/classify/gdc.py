@@ -36,7 +36,7 @@ from ..core import Featurizer, RunOn, autocast_dtype, load_backbone, random_init
 from ..data import DistortedCopy, Distortion, has_split
 from ..data.holdout import holdout_split
 from ..errors import DiffrepError
-from ..features import Cell, DiffusionFeatures, PixelPatches, ShardedArray, as_tensor, default_shard_size, extract_to_store, in_memory
+from ..features import Cell, DiffusionFeatures, PixelPatches, ShardedArray, as_tensor, maps_in_store
 from ..heads.classifier import (HEADS, MAX_TOKEN_SIDE, accuracy, default_lr, make_head, parameter_count,
                                 pool_to_token_grid, train_classifier)
 from ..options import add_options, check, from_args, named, noise_level, option
@@ -117,11 +117,7 @@ def _store(cfg: ClassifyConfig, source, images, folder: Path, split: str, desc: 
     `copy` (a DistortedCopy) distorts each image as it is read."""
     identity = {"model": cfg.model, "data": cfg.data, "split": split, "source": source.identity(),
                 "copy": None if copy is None else {"index": copy.copy, "distortion": asdict(cfg.distortion)}}
-    one = source.maps(torch.as_tensor(images[0])[None], indices=torch.zeros(1, dtype=torch.long))
-    per_image = sum(m[0].numel() * 4 for m in one.values())   # float32 bytes of one image's maps
-    store = extract_to_store(source, images, folder, identity, None, default_shard_size(per_image), cfg.batch_size,
-                             cfg.workers, state=state, desc=desc, transform=copy)
-    return in_memory({k: store.array(k) for k in store.keys})
+    return maps_in_store(source, images, folder, identity, cfg.batch_size, cfg.workers, state, desc, copy)
 
 
 def _reseeded(source, seed: int):

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ..core.runtime import barrier, release_memory
 from ..data.stream import ImageBatches
 from .cell import Cell
-from .shards import FeatureStore, ShardWriter
+from .shards import FeatureStore, ShardWriter, in_memory
 
 SHARD_BYTES = 64 * 2 ** 20   # a shard holds about this many bytes of features (at most MAX_SHARD images): the
                              # rows of the shard being filled are what extraction holds beyond one batch
@@ -88,6 +88,17 @@ def extract_to_store(source, images, folder: str | Path, identity: dict, pools: 
         writer.finish(meta)
     barrier(state)
     return FeatureStore(folder)
+
+
+def maps_in_store(source, images, folder: str | Path, identity: dict, batch_size: int, workers: int = 0, state=None,
+                  desc: str = "features", transform=None) -> dict:
+    """Full (unpooled) maps of `images` through the sharded store at `folder` (resumed or reused),
+    each key as one array, in memory when it fits: shards are sized from one image's maps."""
+    one = source.maps(torch.as_tensor(images[0])[None], indices=torch.zeros(1, dtype=torch.long))
+    per_image = sum(m[0].numel() * 4 for m in one.values())   # float32 bytes of one image's maps
+    store = extract_to_store(source, images, folder, identity, None, default_shard_size(per_image), batch_size,
+                             workers, state=state, desc=desc, transform=transform)
+    return in_memory({k: store.array(k) for k in store.keys})
 
 
 def _fill(pending: dict, s: int, rows: range, idx, feats: dict) -> None:

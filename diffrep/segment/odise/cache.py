@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ...features import as_tensor, default_shard_size, extract_to_store, in_memory
+from ...features import as_tensor, maps_in_store
 
 LEVELS = ("stride1", "stride2", "stride4", "stride8")
 
@@ -34,11 +34,7 @@ def cached_pyramid(pyramid, data, n: int, side: int, folder: Path, identity: dic
     """The first n scenes' maps (finest first), each level as one array (in RAM when it fits)."""
     images = data.image_files(3, side)[:n] if n < len(data) else data.image_files(3, side)
     source = PyramidSource(pyramid, data.captions, identity)
-    one = source.maps(torch.as_tensor(images[0])[None], indices=torch.zeros(1, dtype=torch.long))
-    per_image = sum(m[0].numel() * 4 for m in one.values())
-    store = extract_to_store(source, images, folder, identity, None, default_shard_size(per_image), batch,
-                             desc=f"features {folder.name}")
-    arrays = in_memory({k: store.array(k) for k in store.keys})
+    arrays = maps_in_store(source, images, folder, identity, batch, desc=f"features {folder.name}")
     return [arrays[level] for level in LEVELS]
 
 

@@ -8,9 +8,10 @@ with one fixed noise, conditioned on the empty prompt, an implicit caption, or t
 Decisions:
 - The implicit captioner's image embedding comes from the same diffusion model's first pass (its
   mid-block map, averaged over space): no pre-trained image encoder (CLIP) can be loaded offline here,
-  and the UNet's bottleneck is the most semantic map it has. The reference also adds the prefix to
-  the time embedding; here only the text tokens are conditioned (one gate, α initialised to 0, so
-  training starts from the empty prompt exactly).
+  and the UNet's bottleneck is the most semantic map it has. As in ODISE the embedding conditions
+  both the text tokens and the time embedding, each through its own zero-initialised tanh gate, so
+  training starts from the empty prompt exactly. The time embedding is reached by a forward hook on
+  the UNet's `time_embedding` module for the second pass only (no copied forward).
 - Gradients reach the captioner through the frozen UNet (its weights never change), as in ODISE.
 - The taps: for each of the four finest strides, the last top-level decoder-side block at it (for a
   4-level UNet: mid_block, up_blocks.0, up_blocks.1 and up_blocks.3 at strides 8, 4, 2, 1 of the
@@ -46,17 +47,23 @@ class ImplicitCaptioner(nn.Module):
     """An image embedding → conditioning tokens, gated onto the empty prompt's: at α = 0 the UNet sees
     exactly the empty prompt."""
 
-    def __init__(self, image_dim: int, empty: torch.Tensor):
+    def __init__(self, image_dim: int, empty: torch.Tensor, time_dim: int):
         super().__init__()
         tokens, width = empty.shape[-2:]
         self.register_buffer("empty", empty.detach().reshape(1, tokens, width).clone())
         self.proj = nn.Linear(image_dim, width)
         self.position = nn.Parameter(torch.randn(tokens, width) * 0.02)
         self.gate = nn.Parameter(torch.zeros(()))
+        self.time_proj = nn.Linear(image_dim, time_dim)
+        self.time_gate = nn.Parameter(torch.zeros(()))
 
     def forward(self, image_embedding: torch.Tensor) -> torch.Tensor:
         prefix = self.proj(image_embedding).unsqueeze(1) + self.position
         return self.empty + torch.tanh(self.gate) * prefix
+
+    def time_offset(self, image_embedding: torch.Tensor) -> torch.Tensor:
+        """What is added to the UNet's time embedding (B×time_dim): zero while the gate is closed."""
+        return torch.tanh(self.time_gate) * self.time_proj(image_embedding)
 
 
 class DiffusionPyramid(nn.Module):
@@ -78,7 +85,8 @@ class DiffusionPyramid(nn.Module):
         self.captioner = None
         if conditioning == "implicit":
             mid = next(b for b in featurizer.feature_info() if b.name == "mid_block")
-            self.captioner = ImplicitCaptioner(mid.channels, featurizer.backbone.condition(1, ""))
+            time_dim = featurizer.model.time_embedding.linear_2.out_features
+            self.captioner = ImplicitCaptioner(mid.channels, featurizer.backbone.condition(1, ""), time_dim)
 
     @property
     def channels(self) -> list[int]:
@@ -99,7 +107,7 @@ class DiffusionPyramid(nn.Module):
         with torch.no_grad():
             latents = backbone.encode(images.to(backbone.device))
             x_t = self.featurizer.noised(latents, self.t, self.seed, [0])   # one fixed noise for every image
-        cond = None
+        cond, time_offset = None, None
         if self.conditioning == "caption":
             if captions is None or any(not c for c in captions):
                 raise DiffrepError("conditioning 'caption' needs a caption for every image")
@@ -107,6 +115,15 @@ class DiffusionPyramid(nn.Module):
         elif self.captioner is not None:
             with torch.no_grad():
                 mid = self._pass(x_t, None, ["mid_block"])["mid_block"]
-            cond = self.captioner(mid.float().mean((-1, -2)))
-        maps = self._pass(x_t, cond, [b.name for b in self.taps])
+            embedding = mid.float().mean((-1, -2))
+            cond, time_offset = self.captioner(embedding), self.captioner.time_offset(embedding)
+        hook = None
+        if time_offset is not None:   # the time embedding is B×D: the batch was expanded before it
+            add = lambda module, args, out: out + time_offset.to(out.dtype)  # noqa: E731
+            hook = self.featurizer.model.time_embedding.register_forward_hook(add)
+        try:
+            maps = self._pass(x_t, cond, [b.name for b in self.taps])
+        finally:
+            if hook is not None:
+                hook.remove()
         return [maps[b.name].float() for b in self.taps]
