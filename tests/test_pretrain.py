@@ -238,3 +238,22 @@ def test_captions_on_data_without_them_is_refused_in_one_line(labelled_folder, c
     with pytest.raises(DiffrepError, match="--captions trains a text-conditional UNet"):
         _t2i(captioned_folder, arch="dit").check()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_init_from_starts_at_a_saved_models_weights_and_refuses_another_architecture(captioned_folder, tmp_path):
+    pretrain(tmp_path / "first", _t2i(captioned_folder, steps=2, checkpoint_every=2))
+    source = load_file(str(tmp_path / "first" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    pretrain(tmp_path / "next", _t2i(captioned_folder, steps=1, lr=1e-12, init_from=str(tmp_path / "first" / "model")))
+    continued = load_file(str(tmp_path / "next" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    fresh = pretrain(tmp_path / "fresh", _t2i(captioned_folder, steps=1, lr=1e-12))
+    assert fresh["config"]["init_from"] == ""
+    scratch = load_file(str(tmp_path / "fresh" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    for k in source:   # a step at lr 1e-12 leaves the weights where they started
+        torch.testing.assert_close(continued[k], source[k], rtol=0, atol=1e-6)
+    assert any(not torch.allclose(scratch[k], source[k]) for k in source)
+    with pytest.raises(DiffrepError, match="its architecture differs"):
+        pretrain(tmp_path / "wide", _t2i(captioned_folder, steps=1, widths=(16, 16, 16, 16),
+                                        init_from=str(tmp_path / "first" / "model")))
+    with pytest.raises(DiffrepError, match="no diffusers denoiser weights"):
+        pretrain(tmp_path / "none", _t2i(captioned_folder, steps=1, init_from=str(tmp_path)))
+    assert not (tmp_path / "wide").exists() and not (tmp_path / "none").exists()

@@ -21,6 +21,7 @@ import diffusers
 from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, EDMEulerScheduler,
                        UNet2DConditionModel, UNet2DModel)
 from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file as load_safetensors
 from tqdm import tqdm
 
 from ..core.backbone import autocast_dtype, native_bf16, noise_form, null_class, resolve_device, run_denoiser
@@ -69,6 +70,10 @@ class PretrainConfig:
                                    "a COCO-panoptic folder with captions), conditioned on a frozen text encoder")
     text_encoder: str = option("minilm", "with --captions: the frozen text encoder ('minilm': the bundled "
                                          "all-MiniLM-L6-v2, or a folder with text_encoder/ and tokenizer/)")
+    init_from: str = option("", "start from the weights of a saved model (a bundled name or a folder this command "
+                                "wrote, same architecture): both the weights and their EMA begin there, the optimiser "
+                                "and the step count afresh; how a run continues after its checkpoint is gone",
+                            metavar="MODEL")
     caption_dropout: float = option(0.1, "with --captions: the fraction of captions replaced by the empty prompt "
                                          "(classifier-free guidance)", min=0, below=1)
 
@@ -217,10 +222,6 @@ def _out_of_time(acc, started: float, limit_s: float | None) -> bool:
 def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data, captions: list[str] | None,
            time_limit_s: float | None) -> dict:
     main = acc.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", dataclasses.asdict(cfg))
-
     text = load_text_encoder(cfg.text_encoder, acc.device) if cfg.captions else None
     torch.manual_seed(cfg.seed)
     model, scheduler = build_denoiser(cfg, text and text.width), build_scheduler(cfg)
@@ -230,6 +231,12 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data, captio
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
     start, elapsed, loss_avg = 0, 0.0, None
+    if state is None and cfg.init_from:
+        _load_initial_weights(model, cfg.init_from)
+        ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
+    if main:   # written once the model is built, so that a refused --init-from leaves no run behind
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", dataclasses.asdict(cfg))
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -309,6 +316,24 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data, captio
     acc.wait_for_everyone()
     acc.end_training()
     return summary
+
+
+def _load_initial_weights(model: torch.nn.Module, spec: str) -> None:
+    """`model`'s weights from the denoiser of a saved model, refused in one line when it is missing or
+    its architecture differs."""
+    from ..core.backbone import BUNDLED
+    folder = Path(BUNDLED.get(spec, spec))
+    weights = next((f for sub in ("unet", "transformer", ".") for f in [folder / sub / "diffusion_pytorch_model.safetensors"]
+                    if f.is_file()), None)
+    if weights is None:
+        raise DiffrepError(f"--init-from {spec}: no diffusers denoiser weights (unet/diffusion_pytorch_model.safetensors) "
+                           "in that folder")
+    try:
+        model.load_state_dict(load_safetensors(str(weights)))
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise DiffrepError(f"--init-from {spec}: its architecture differs from this run's ({first}); pass the "
+                           "widths, layers and options it was trained with") from None
 
 
 def _save_model(model, scheduler, folder: Path, text=None) -> None:
