@@ -92,7 +92,7 @@ class TextEncoder:
 def load_text_encoder(source: str | Path = MINILM, device="cpu") -> TextEncoder:
     """`minilm` (bundled), a folder with text_encoder/ and tokenizer/ (a diffusers pipeline), or a
     transformers model folder (config.json and its tokenizer files side by side)."""
-    from transformers import AutoModel, AutoTokenizer, CLIPTextModel   # optional (diffrep[text]); slow to import
+    from transformers import AutoModel, AutoTokenizer, CLIPTextModel   # imported here: slow to import
 
     by_name = Path(source) / "text_encoder" / BY_NAME
     if str(source) != MINILM and by_name.is_file():   # a model trained with the bundled encoder
