@@ -163,18 +163,8 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
         losses = []
         for start in tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False):
             batch = order[start:start + cfg.batch_size]
-            items = [train[i] for i in batch]
-            if train_maps is None:
-                result = model(images_of(items, side).to(device), [it.caption for it in items], names, owner)
-            else:
-                result = model.heads(rows(train_maps, batch, device), names, owner)
-            total, parts = loss_fn(result["masks"], result["logits"], *targets(items, train_vocab, device))
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(total.item())
+            losses.append(_step(model, loss_fn, opt, sched, params, train, batch, train_maps, names, owner,
+                                train_vocab, side, device))
         val_scores, _, _ = score(model, val, full, unseen, full_names, full_owner, side, device, cfg.batch_size,
                                  cfg.val_images, features=val_maps)
         seen_pq = val_scores["summary"]["seen"]["pq"]
@@ -199,6 +189,24 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     print(f"kept epoch {best[1]} (val PQ seen {100 * best[0]:.1f}); wrote {out / 'odise.safetensors'}, "
           f"{out / 'panoptic-train.json'}, {out / 'panoptic-val.png'}")
     return summary
+
+
+def _step(model, loss_fn, opt, sched, params, train, batch: list, train_maps, names, owner, train_vocab,
+          side: int, device) -> float:
+    """One optimiser step on the scenes `batch`: their pyramid live (a trainable captioner) or read
+    from the cache."""
+    items = [train[i] for i in batch]
+    if train_maps is None:
+        result = model(images_of(items, side).to(device), [it.caption for it in items], names, owner)
+    else:
+        result = model.heads(rows(train_maps, batch, device), names, owner)
+    total, _ = loss_fn(result["masks"], result["logits"], *targets(items, train_vocab, device))
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return total.item()
 
 
 def _pct(x) -> str:
