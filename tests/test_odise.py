@@ -220,14 +220,35 @@ def test_fixed_features_are_cached_once_and_reused(panoptic_folder, tmp_path):
             "3", "--train-images", "3", "--val-images", "2", "--width", "32", "--queries", "4", "--decoder-layers", "1",
             "--encoder-layers", "1", "--points", "64", "--out", str(run)]
     assert main(args) == 0
-    shards = sorted((run / "cache" / "train").glob("*.safetensors"))
+    shards = sorted((run / "cache" / "pixels-train").glob("*.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in shards]
     first = json.loads((run / "panoptic-train.json").read_text())
-    assert first["model"] == "pixels" and not (run / "cache" / "test").exists()
+    assert first["model"] == "pixels" and not (run / "cache" / "pixels-test").exists()
     assert main(args) == 0
     assert shards and [p.stat().st_mtime_ns for p in shards] == stamps   # read back, not computed again
     again = json.loads((run / "panoptic-train.json").read_text())
     assert again["val"]["summary"] == first["val"]["summary"]    # the same seed, the same features: the same run
+
+
+def test_captioner_epochs_read_cached_empty_prompt_maps_until_the_captioner_trains(t2i_dir, panoptic_folder, tmp_path,
+                                                                                   monkeypatch):
+    from diffrep.cli import main
+    from diffrep.segment.odise.features import DiffusionPyramid
+    live = []
+    forward = DiffusionPyramid.forward
+    monkeypatch.setattr(DiffusionPyramid, "forward",
+                        lambda self, *a, **k: live.append(self.captioner is not None) or forward(self, *a, **k))
+    args = ["panoptic", "train", "--model", str(t2i_dir), "--data", str(panoptic_folder), "--epochs", "2",
+            "--batch-size", "3", "--train-images", "3", "--val-images", "1", "--width", "32", "--queries", "4",
+            "--decoder-layers", "1", "--encoder-layers", "1", "--points", "64"]
+    assert main([*args, "--captioner-epochs", "1", "--out", str(tmp_path / "late")]) == 0
+    assert (tmp_path / "late" / "cache" / "diffusion-empty-train").is_dir()
+    assert sum(live) == 3          # epoch 2's step and val pass, and the final val pass; epoch 1 read the cache
+    live.clear()
+    assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    assert sum(live) == 5 and not (tmp_path / "all" / "cache").exists()
+    assert main([*args, "--captioner-epochs", "3", "--out", str(tmp_path / "bad")]) == 2   # a usage error
+    assert not (tmp_path / "bad").exists()
 
 
 def test_baselines_train_in_the_same_run_and_eval_tables_them(t2i_dir, panoptic_folder, tmp_path):
@@ -243,3 +264,17 @@ def test_baselines_train_in_the_same_run_and_eval_tables_them(t2i_dir, panoptic_
     table = json.loads((run / "panoptic-eval.json").read_text())["table"]
     assert set(table) == names | {"odise"} and (run / "panoptic-table.png").stat().st_size > 0
     assert json.loads((run / "baselines" / "pixels" / "odise.json").read_text())["config"]["source"] == "pixels"
+
+
+def test_the_bundled_text_to_image_model_loads_by_name_and_reads_its_prompts():
+    from diffusers import UNet2DConditionModel
+    from diffrep import load_backbone
+    from diffrep.core import Featurizer
+    bb = load_backbone("scenes-t2i")
+    assert isinstance(bb.denoiser, UNet2DConditionModel) and bb.image_channels == 3 and bb.image_size == 64
+    grass, brick = bb.condition(1, "a three on grass"), bb.condition(1, "a seven on brick wall")
+    x, t = torch.randn(1, 3, 64, 64), torch.tensor([500])
+    with torch.no_grad():   # trained: the prompt changes the prediction
+        assert not torch.allclose(bb.denoiser(x, t, grass).sample, bb.denoiser(x, t, brick).sample)
+    from diffrep.segment.odise.features import pyramid_taps
+    assert [b.stride for b in pyramid_taps(Featurizer(bb))] == [1, 2, 4, 8]

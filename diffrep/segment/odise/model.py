@@ -52,6 +52,9 @@ class PanopticConfig(RunOn):
                                      "(a linear layer over the training categories)", choices=CLASSIFIERS)
     t: int = option(0, "noise level of the features (ODISE: 0, with one fixed noise)", min=0)
     epochs: int = option(12, "passes over the training scenes", min=1)
+    captioner_epochs: int = option(0, "with the implicit captioner: train it (live, through the UNet) in the last N "
+                                      "epochs only; the earlier ones read cached empty-prompt maps, which is what the "
+                                      "captioner gives while its gates are closed (0: every epoch live, as ODISE)", min=0)
     batch_size: int = option(8, "scenes per step", min=1)
     lr: float = option(3e-4, "AdamW learning rate (cosine decay)", above=0)
     train_images: int = option(0, "use the first N training scenes (0: all)", min=0)
@@ -64,6 +67,8 @@ class PanopticConfig(RunOn):
 
     def __post_init__(self):
         check(self)
+        if self.captioner_epochs > self.epochs:
+            raise DiffrepError(f"--captioner-epochs {self.captioner_epochs} exceeds --epochs {self.epochs}")
 
 
 class PixelPyramid(nn.Module):

@@ -24,6 +24,7 @@ from ...errors import DiffrepError
 from ...runs import header, locked, write_json
 from .cache import cached_pyramid, rows
 from .evaluate import PanopticScores, images_of, panoptic_maps, plot_overlays, target_maps
+from .features import DiffusionPyramid
 from .mask_generator import PanopticLoss
 from .scorer import ensemble
 from .model import BASELINES, PanopticConfig, PanopticModel, build_source, name_encoder
@@ -122,12 +123,23 @@ def _train_baselines(cfg: PanopticConfig, out: Path, train, val, full, train_voc
             continue   # the main run is already this one
         print(f"baseline {name}: {change}", flush=True)
         variant = dataclasses.replace(cfg, baselines=False, **change)
-        table[name] = _train(variant, out / "baselines" / name, train, val, full, train_vocab)["val"]["summary"]
+        table[name] = _train(variant, out / "baselines" / name, train, val, full, train_vocab,
+                             cache_root=out / "cache")["val"]["summary"]
     return table
 
 
 
-def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary) -> dict:
+def _cached_maps(source, cfg, conditioning: str, train: tuple, val: tuple, side: int, root: Path) -> tuple[list, list]:
+    """The (train, val) scenes' pyramids computed once into the store under `root`, named by what they
+    are, so that runs of one `train --baselines` with the same features share them."""
+    name = cfg.source if cfg.source == "pixels" else f"{cfg.source}-{conditioning}"
+    identity = {"source": cfg.source, "model": str(cfg.model), "conditioning": conditioning, "t": cfg.t,
+                "seed": cfg.seed, "side": side, "data": str(cfg.data)}
+    return tuple(cached_pyramid(source, data, n, side, root / f"{name}-{split}", {**identity, "split": split},
+                                cfg.batch_size) for split, (data, n) in (("train", train), ("val", val)))
+
+
+def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary, cache_root: Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)
@@ -146,13 +158,14 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     side = model_side(backbone, train[0].image.shape[-1])
     n_val = min(cfg.val_images, len(val)) if cfg.val_images else len(val)
     train_maps = val_maps = None
+    live_from = cfg.epochs - cfg.captioner_epochs + 1 if model.live and cfg.captioner_epochs else 1
     if not model.live:   # nothing before the generator trains: compute each scene's maps once
-        identity = {"source": cfg.source, "model": str(cfg.model), "conditioning": cfg.conditioning, "t": cfg.t,
-                    "seed": cfg.seed, "side": side, "data": str(cfg.data)}
-        train_maps = cached_pyramid(model.source, train, n, side, out / "cache" / "train", {**identity, "split": "train"},
-                                    cfg.batch_size)
-        val_maps = cached_pyramid(model.source, val, n_val, side, out / "cache" / "val", {**identity, "split": "val"},
-                                  cfg.batch_size)
+        train_maps, val_maps = _cached_maps(model.source, cfg, cfg.conditioning, (train, n), (val, n_val), side,
+                                            cache_root or out / "cache")
+    elif live_from > 1:  # the captioner's gates are closed until it trains: these epochs read empty-prompt maps
+        closed = DiffusionPyramid(model.source.featurizer, "empty", cfg.t, cfg.seed)
+        train_maps, val_maps = _cached_maps(closed, cfg, "empty", (train, n), (val, n_val), side,
+                                            cache_root or out / "cache")
     print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters on {n} scenes ({cfg.source} features, "
           f"{cfg.conditioning} conditioning, {cfg.classifier} classifier; held out: {', '.join(cfg.held_out)})",
           flush=True)
@@ -160,13 +173,14 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     history, best, started = [], None, time.time()
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n, generator=gen).tolist()
+        cached = train_maps is not None and (not model.live or epoch < live_from)
         losses = []
         for start in tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False):
             batch = order[start:start + cfg.batch_size]
-            losses.append(_step(model, loss_fn, opt, sched, params, train, batch, train_maps, names, owner,
-                                train_vocab, side, device))
+            losses.append(_step(model, loss_fn, opt, sched, params, train, batch, train_maps if cached else None,
+                                names, owner, train_vocab, side, device))
         val_scores, _, _ = score(model, val, full, unseen, full_names, full_owner, side, device, cfg.batch_size,
-                                 cfg.val_images, features=val_maps)
+                                 cfg.val_images, features=val_maps if cached else None)
         seen_pq = val_scores["summary"]["seen"]["pq"]
         history.append({"epoch": epoch, "loss": sum(losses) / len(losses), "val": val_scores["summary"],
                         "elapsed_s": round(time.time() - started, 1)})
@@ -178,7 +192,7 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     model.load_trainable(best[2])
     model.save(out, train_vocab)
     val_scores, kept, preds = score(model, val, full, unseen, full_names, full_owner, side, device, cfg.batch_size,
-                                    cfg.val_images, keep=6, features=val_maps)
+                                    cfg.val_images, keep=6, features=None if model.live else val_maps)
     plot_overlays(kept, preds, full, out / "panoptic-val.png")
     summary = {**header("panoptic-train", cfg.model if backbone else "pixels", cfg.data,
                         {"total": round(time.time() - started, 1)}),
