@@ -257,3 +257,15 @@ def test_init_from_starts_at_a_saved_models_weights_and_refuses_another_architec
     with pytest.raises(DiffrepError, match="no diffusers denoiser weights"):
         pretrain(tmp_path / "none", _t2i(captioned_folder, steps=1, init_from=str(tmp_path)))
     assert not (tmp_path / "wide").exists() and not (tmp_path / "none").exists()
+
+
+def test_prompt_cache_gives_the_encoders_states_and_falls_back_when_too_large():
+    from diffrep.core.text import PromptCache, load_text_encoder
+    text = load_text_encoder("minilm")
+    captions = ["a three on grass", "a seven on brick wall", "a three on grass"]
+    cached = PromptCache(text, captions, budget=2 ** 30)
+    asked = ["a seven on brick wall", "", "a three on grass"]
+    assert cached.table is not None and len(cached.table) == 3        # unique captions and the empty prompt
+    torch.testing.assert_close(cached(asked), text.prompts(asked), rtol=1e-4, atol=1e-5)
+    assert PromptCache(text, captions, budget=1).table is None        # over budget: encoded at each call
+    torch.testing.assert_close(PromptCache(text, captions, budget=1)(asked), text.prompts(asked))

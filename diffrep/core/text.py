@@ -89,6 +89,25 @@ class TextEncoder:
         self.tokenizer.save_pretrained(folder / "tokenizer")
 
 
+class PromptCache:
+    """The token states of a fixed set of prompts (a training set's captions and the empty prompt),
+    encoded once when they fit `budget` bytes, else at each call: the encoder is frozen, so a step
+    gets the same states either way, without the encoder's forward (on a CPU a large part of a small
+    text-to-image model's step)."""
+
+    def __init__(self, text: TextEncoder, prompts: list[str], budget: int, batch: int = 256):
+        unique = sorted(set(prompts) | {""})
+        self.text, self.table = text, None
+        if len(unique) * text.max_length * text.width * 4 <= budget:
+            self.index = {p: i for i, p in enumerate(unique)}
+            self.table = torch.cat([text.prompts(unique[i:i + batch]) for i in range(0, len(unique), batch)])
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        if self.table is None:
+            return self.text.prompts(prompts)
+        return self.table[[self.index[p] for p in prompts]]
+
+
 def load_text_encoder(source: str | Path = MINILM, device="cpu") -> TextEncoder:
     """`minilm` (bundled), a folder with text_encoder/ and tokenizer/ (a diffusers pipeline), or a
     transformers model folder (config.json and its tokenizer files side by side)."""

@@ -25,14 +25,16 @@ from safetensors.torch import load_file as load_safetensors
 from tqdm import tqdm
 
 from ..core.backbone import autocast_dtype, native_bf16, noise_form, null_class, resolve_device, run_denoiser
-from ..core.text import load_text_encoder
+from ..core.text import PromptCache, load_text_encoder
 from ..data import holdout_split, load, load_captioned, pretrain_split, random_crop, random_shift
 from ..errors import DiffrepError
+from ..features.shards import memory_budget
 from ..options import check, option
 from ..plotting import pyplot
 from ..runs import atomic_path, header, locked, read_json, save_torch, write_json
 from .losses import DDPMLoss, EDMLoss
 
+PROMPT_CACHE_BYTES = 2 ** 30   # the captions' token states are kept in memory up to this size
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "device")   # what --resume may change
 
 
@@ -223,6 +225,8 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data, captio
            time_limit_s: float | None) -> dict:
     main = acc.is_main_process
     text = load_text_encoder(cfg.text_encoder, acc.device) if cfg.captions else None
+    if text is not None:
+        prompt_states = PromptCache(text, captions, min(PROMPT_CACHE_BYTES, memory_budget() // 4))
     torch.manual_seed(cfg.seed)
     model, scheduler = build_denoiser(cfg, text and text.width), build_scheduler(cfg)
     noise = noise_form(scheduler)
@@ -269,7 +273,7 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data, captio
         if text is not None:   # the step's captions, a few replaced by the empty prompt
             rows = idx[acc.process_index::acc.num_processes]
             dropped = torch.rand(len(rows), generator=batch_gen) < cfg.caption_dropout
-            c = text.prompts(["" if d else captions[int(i)] for i, d in zip(rows, dropped)])
+            c = prompt_states(["" if d else captions[int(i)] for i, d in zip(rows, dropped)])
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         loss = loss_fn(model, x0, noise_gen, c)
