@@ -271,9 +271,9 @@ def test_the_bundled_text_to_image_model_loads_by_name_and_reads_its_prompts():
     from diffrep import load_backbone
     from diffrep.core import Featurizer
     bb = load_backbone("scenes-t2i")
-    assert isinstance(bb.denoiser, UNet2DConditionModel) and bb.image_channels == 3 and bb.image_size == 64
+    assert isinstance(bb.denoiser, UNet2DConditionModel) and bb.image_channels == 3 and bb.image_size == 32
     grass, brick = bb.condition(1, "a three on grass"), bb.condition(1, "a seven on brick wall")
-    x, t = torch.randn(1, 3, 64, 64), torch.tensor([500])
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
     with torch.no_grad():   # trained: the prompt changes the prediction
         assert not torch.allclose(bb.denoiser(x, t, grass).sample, bb.denoiser(x, t, brick).sample)
     from diffrep.segment.odise.features import pyramid_taps

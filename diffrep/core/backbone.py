@@ -29,7 +29,7 @@ from ..errors import DiffrepError
 from .text import BY_NAME, TextEncoder, load_text_encoder
 
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
-BUNDLED = {name: WEIGHTS_DIR / name for name in ("mnist-ddpm", "scenes-ddpm", "photos-ddpm")}
+BUNDLED = {name: WEIGHTS_DIR / name for name in ("mnist-ddpm", "scenes-ddpm", "photos-ddpm", "scenes-t2i")}
 DENOISERS = {cls.__name__: cls for cls in (UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel)}
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype (None: off)
