@@ -24,7 +24,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file as load_safetensors
 from tqdm import tqdm
 
-from ..core.backbone import autocast_dtype, native_bf16, noise_form, null_class, resolve_device, run_denoiser
+from ..core.backbone import BUNDLED, autocast_dtype, native_bf16, noise_form, null_class, resolve_device, run_denoiser
 from ..core.text import PromptCache, load_text_encoder
 from ..data import holdout_split, load, load_captioned, pretrain_split, random_crop, random_shift
 from ..errors import DiffrepError
@@ -325,7 +325,6 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data, captio
 def _load_initial_weights(model: torch.nn.Module, spec: str) -> None:
     """`model`'s weights from the denoiser of a saved model, refused in one line when it is missing or
     its architecture differs."""
-    from ..core.backbone import BUNDLED
     folder = Path(BUNDLED.get(spec, spec))
     weights = next((f for sub in ("unet", "transformer", ".") for f in [folder / sub / "diffusion_pytorch_model.safetensors"]
                     if f.is_file()), None)
