@@ -21,10 +21,9 @@ import diffusers
 from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransformer2DModel, EDMEulerScheduler,
                        UNet2DConditionModel, UNet2DModel)
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file as load_safetensors
 from tqdm import tqdm
 
-from ..core.backbone import BUNDLED, autocast_dtype, native_bf16, noise_form, null_class, resolve_device, run_denoiser
+from ..core.backbone import autocast_dtype, load_backbone, native_bf16, noise_form, null_class, resolve_device, run_denoiser
 from ..core.text import PromptCache, load_text_encoder
 from ..data import holdout_split, load, load_captioned, pretrain_split, random_crop, random_shift
 from ..errors import DiffrepError
@@ -323,16 +322,15 @@ def _train(acc, out: Path, cfg: PretrainConfig, state: dict | None, data, captio
 
 
 def _load_initial_weights(model: torch.nn.Module, spec: str) -> None:
-    """`model`'s weights from the denoiser of a saved model, refused in one line when it is missing or
-    its architecture differs."""
-    folder = Path(BUNDLED.get(spec, spec))
-    weights = next((f for sub in ("unet", "transformer", ".") for f in [folder / sub / "diffusion_pytorch_model.safetensors"]
-                    if f.is_file()), None)
-    if weights is None:
-        raise DiffrepError(f"--init-from {spec}: no diffusers denoiser weights (unet/diffusion_pytorch_model.safetensors) "
-                           "in that folder")
+    """`model`'s weights from the denoiser of a saved model (anything `load_backbone` reads: a bundled
+    name, a diffusers or run folder, a hub id), refused in one line when it is missing or its
+    architecture differs."""
     try:
-        model.load_state_dict(load_safetensors(str(weights)))
+        weights = load_backbone(spec).denoiser.state_dict()
+    except DiffrepError as err:
+        raise DiffrepError(f"--init-from {spec}: no diffusers denoiser weights there ({err})") from None
+    try:
+        model.load_state_dict(weights)
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise DiffrepError(f"--init-from {spec}: its architecture differs from this run's ({first}); pass the "

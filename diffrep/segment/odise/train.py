@@ -159,12 +159,14 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     n_val = min(cfg.val_images, len(val)) if cfg.val_images else len(val)
     train_maps = val_maps = None
     live_from = cfg.epochs - cfg.captioner_epochs + 1 if model.live and cfg.captioner_epochs else 1
+    cached = None
     if not model.live:   # nothing before the generator trains: compute each scene's maps once
-        train_maps, val_maps = _cached_maps(model.source, cfg, cfg.conditioning, (train, n), (val, n_val), side,
-                                            cache_root or out / "cache")
+        cached = model.source, cfg.conditioning
     elif live_from > 1:  # the captioner's gates are closed until it trains: these epochs read empty-prompt maps
-        closed = DiffusionPyramid(model.source.featurizer, "empty", cfg.t, cfg.seed)
-        train_maps, val_maps = _cached_maps(closed, cfg, "empty", (train, n), (val, n_val), side,
+        cached = DiffusionPyramid(model.source.featurizer, "empty", cfg.t, cfg.seed), "empty"
+    if cached is not None:
+        source, conditioning = cached
+        train_maps, val_maps = _cached_maps(source, cfg, conditioning, (train, n), (val, n_val), side,
                                             cache_root or out / "cache")
     print(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters on {n} scenes ({cfg.source} features, "
           f"{cfg.conditioning} conditioning, {cfg.classifier} classifier; held out: {', '.join(cfg.held_out)})",
