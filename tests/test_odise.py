@@ -63,6 +63,26 @@ def test_mask_pool_averages_under_the_mask():
     assert torch.allclose(mask_pool(feats, logits)[0, :, 0], torch.tensor([0.0, 2.5]), atol=1e-4)
 
 
+def test_grid_mask_pool_keeps_the_layout_inside_the_mask_box():
+    feats = torch.arange(36.0).view(1, 1, 6, 6)
+    logits = torch.full((1, 1, 6, 6), -30.0)
+    logits[0, 0, 1:4, 2:5] = 30.0                                  # a 3×3 box: one pixel per grid cell
+    logits[0, 0, 2, 3] = -30.0                                     # its centre cell left empty
+    cells = mask_pool(feats, logits, grid=3)[0, 0]
+    assert cells.shape == (9,)
+    expected = feats[0, 0, 1:4, 2:5].flatten().clone()
+    expected[4] = 0.0
+    assert torch.allclose(cells, expected, atol=1e-3)
+    # two masks of the same average but mirrored layout: the plain average cannot tell them apart
+    left, right = torch.full((2, 1, 1, 4, 4), -30.0)
+    left[..., :, 0], right[..., :, 3] = 30.0, 30.0
+    flat = torch.ones(1, 1, 4, 4) * torch.tensor([0.0, 1.0, 1.0, 0.0])
+    flat[..., 0] = torch.arange(4.0)                               # the mask column's features vary down it
+    flat[..., 3] = torch.arange(4.0).flip(0)
+    pooled = [mask_pool(flat, m, grid) for m in (left, right) for grid in (1, 2)]
+    assert torch.allclose(pooled[0], pooled[2]) and not torch.allclose(pooled[1], pooled[3])
+
+
 @pytest.mark.parametrize("classifier", ["text", "closed"])
 def test_a_few_steps_on_one_scene_lower_the_panoptic_loss(classifier):
     torch.manual_seed(0)
@@ -263,7 +283,9 @@ def test_baselines_train_in_the_same_run_and_eval_tables_them(t2i_dir, panoptic_
     assert main(["panoptic", "eval", "--run", str(run)]) == 0
     table = json.loads((run / "panoptic-eval.json").read_text())["table"]
     assert set(table) == names | {"odise"} and (run / "panoptic-table.png").stat().st_size > 0
-    assert json.loads((run / "baselines" / "pixels" / "odise.json").read_text())["config"]["source"] == "pixels"
+    pixels = json.loads((run / "baselines" / "pixels" / "odise.json").read_text())["config"]
+    side = json.loads((run / "panoptic-train.json").read_text())["image_side"]
+    assert pixels["source"] == "pixels" and pixels["image_side"] == side > 0   # the image the UNet reads
 
 
 def test_the_bundled_text_to_image_model_loads_by_name_and_reads_its_prompts():

@@ -61,7 +61,7 @@ def evaluate_one(run: str, split: str = "test", vocab_text: str | None = None, d
     model.to(dev)
     names, owner = vocab.name_table(name_encoder(backbone, dev))
     unseen = set(vocab.ids) - set(train_vocab.ids)
-    side = model_side(backbone, data[0].image.shape[-1])
+    side = model_side(cfg, backbone, data[0].image.shape[-1])
     print(f"scoring {len(data)} {split} scenes of {cfg.data} with {len(vocab)} categories", flush=True)
     scorer = None
     if zero_shot:
@@ -108,7 +108,7 @@ def predict(run: str, images: list[str], vocab_text: str, out: str, device: str 
     names, owner = vocab.name_table(name_encoder(backbone, dev))
     files = [Path(p) for p in images]
     tensors = [read_image(p, 3, None)[0] for p in files]
-    side = model_side(backbone, tensors[0].shape[-1])
+    side = model_side(cfg, backbone, tensors[0].shape[-1])
 
     def labelled():
         for path, image in zip(files, tensors):

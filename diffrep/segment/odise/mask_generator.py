@@ -4,7 +4,8 @@
       ─► StrideFusion: 1×1 conv of each to `width` channels, summed per stride (ODISE's bottleneck + sum)
       ─► Mask2FormerPixelDecoder (multi-scale deformable attention) ─► mask features + 3 scales
       ─► Mask2FormerTransformerModule (masked attention, `queries` queries) ─► mask logits per layer
-      ─► mask pooling of the mask features under each query's mask ─► MLP ─► unit embedding per query
+      ─► grid mask pooling of the mask features under each query's mask (a G×G grid over the mask's
+         box), projected, + the query's decoder state ─► MLP ─► unit embedding per query
       ─► TextClassifier: cosine with the text embeddings of category names / learned temperature,
          max over synonyms, plus a learned "null" embedding (no object)       (or ClosedSetClassifier)
 
@@ -16,6 +17,13 @@ Decisions:
 - Parameters are initialised as transformers' `from_pretrained` would (its `_init_weights` applied to
   the Mask2Former parts): built alone, the pixel decoder's `level_embed` is otherwise left uninitialised.
 - Every decoder layer's masks are classified (auxiliary losses, as Mask2Former trains).
+- Mask pooling keeps the mask's layout: the features under the mask are averaged in each cell of a
+  3×3 grid over the mask's bounding box (`pool_grid`; 1 is ODISE's plain mask average). ODISE's
+  Stable Diffusion features name a whole object in one pooled vector; a small UNet's do not: a linear
+  probe on the pooled features of the true digit masks of the bundled scenes tells the digits apart
+  31% of the time (val; chance 10%) with the plain average and 77% with the 3×3 grid. The box is taken
+  from the thresholded mask without gradient (as detectors' RoI boxes); the soft mask weights the
+  average, so gradients still reach the masks. As in ODISE the query's decoder state is added.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class GeneratorConfig:
     heads: int = option(4, "attention heads", min=1)
     points: int = option(1024, "points sampled per mask in the mask losses (Mask2Former's point loss)", min=16)
     no_object_weight: float = option(0.1, "weight of the null class in the classification loss", above=0)
+    pool_grid: int = option(3, "mask pooling averages the features in a G×G grid over the mask's box "
+                               "(1: one average under the mask, as ODISE)", min=1)
 
     def __post_init__(self):
         check(self)
@@ -94,21 +104,57 @@ class MaskGenerator(nn.Module):
         self.m2f = mask2former_config(cfg, self.fusion.strides, classes)
         self.pixel_decoder = Mask2FormerPixelDecoder(self.m2f, feature_channels=[cfg.width] * 4)
         self.decoder = Mask2FormerTransformerModule(in_features=cfg.width, config=self.m2f)
+        pooled = cfg.pool_grid ** 2 * cfg.width * 5   # the mask features and the four fused maps
+        self.pool_proj = nn.Sequential(nn.LayerNorm(pooled), nn.Linear(pooled, cfg.width))
         self.embed = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.ReLU(), nn.Linear(cfg.width, embed_dim))
         _init_like_from_pretrained(self, self.m2f)
 
     def forward(self, maps: list[torch.Tensor]) -> dict:
-        pixels = self.pixel_decoder(self.fusion(maps))
+        fused = self.fusion(maps)
+        pixels = self.pixel_decoder(fused)
         out = self.decoder(list(pixels.multi_scale_features), pixels.mask_features)
         masks = list(out.masks_queries_logits)
-        embeddings = [F.normalize(self.embed(mask_pool(pixels.mask_features, m)), dim=-1) for m in masks]
+        # what is pooled: the mask features and the fused source maps themselves (the diffusion features
+        # reach the classifier directly, not only through what the pixel decoder keeps for masks)
+        size = pixels.mask_features.shape[-2:]
+        pooled_from = torch.cat([pixels.mask_features] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                                                          for f in fused], 1)
+        # the pooled features (the mask's appearance and layout), projected, plus the query's decoder
+        # state (what masked attention gathered over the scene), then the embedding MLP
+        states = [h.transpose(0, 1) for h in out.intermediate_hidden_states]   # Q×B×C → B×Q×C, one per layer
+        g = self.cfg.pool_grid
+        embeddings = [F.normalize(self.embed(self.pool_proj(mask_pool(pooled_from, m, g)) + h), dim=-1)
+                      for m, h in zip(masks, states)]
         return {"masks": masks, "embeddings": embeddings}
 
 
-def mask_pool(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    """The mean of B×C×H×W features under each of B×Q×H×W soft masks → B×Q×C."""
+def mask_pool(features: torch.Tensor, mask_logits: torch.Tensor, grid: int = 1) -> torch.Tensor:
+    """The means of B×C×H×W features under each of B×Q×H×W soft masks, one per cell of a grid×grid
+    split of the mask's bounding box (where its logit > 0; the whole image if nowhere) → B×Q×(grid²·C),
+    cell-major; an empty cell gives zeros."""
     weight = mask_logits.sigmoid()
-    return torch.einsum("bqhw,bchw->bqc", weight, features) / weight.sum((-1, -2)).unsqueeze(-1).clamp(min=1e-6)
+    if grid > 1:
+        on = (mask_logits > 0).detach()
+        cell_y = _grid_cells(on.any(-1), grid)                 # B×Q×G×H: which rows fall in each grid row
+        cell_x = _grid_cells(on.any(-2), grid)                 # B×Q×G×W
+        weight = weight[:, :, None, None] * cell_y[:, :, :, None, :, None] * cell_x[:, :, None, :, None, :]
+        weight = weight.flatten(2, 3)                          # B×Q×G²×H×W
+    else:
+        weight = weight.unsqueeze(2)
+    pooled = torch.einsum("bqghw,bchw->bqgc", weight, features) / weight.sum((-1, -2)).unsqueeze(-1).clamp(min=1e-6)
+    return pooled.flatten(2)
+
+
+def _grid_cells(inside: torch.Tensor, grid: int) -> torch.Tensor:
+    """B×Q×L booleans (the mask's rows or columns) → B×Q×grid×L: one-hot of the grid cell each
+    position of the mask's span [first, last] falls in (all zero outside it)."""
+    n = inside.shape[-1]
+    found = inside.any(-1, keepdim=True)
+    first = torch.where(found, inside.float().argmax(-1, keepdim=True), 0)
+    last = torch.where(found, n - 1 - inside.flip(-1).float().argmax(-1, keepdim=True), n - 1)
+    pos = torch.arange(n, device=inside.device)
+    cell = torch.div((pos - first) * grid, last - first + 1, rounding_mode="floor")   # B×Q×L, in span: 0..grid-1
+    return (cell.unsqueeze(-2) == torch.arange(grid, device=inside.device)[:, None]).float()
 
 
 class TextClassifier(nn.Module):

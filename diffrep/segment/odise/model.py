@@ -50,6 +50,9 @@ class PanopticConfig(RunOn):
                                            "(the true caption: an oracle)", choices=CONDITIONINGS)
     classifier: str = option("text", "mask classifier: text (names' embeddings, open vocabulary) or closed "
                                      "(a linear layer over the training categories)", choices=CLASSIFIERS)
+    image_side: int = option(0, "side the images are fed at (0: the diffusion model's own; pixels: the data's); "
+                                "`--baselines` feeds the pixel baseline the main run's side, the image the UNet reads",
+                             min=0)
     t: int = option(0, "noise level of the features (ODISE: 0, with one fixed noise)", min=0)
     epochs: int = option(12, "passes over the training scenes", min=1)
     captioner_epochs: int = option(0, "with the implicit captioner: train it (live, through the UNet) in the last N "

@@ -60,8 +60,10 @@ def targets(items, vocab: Vocabulary, device) -> tuple[list, list]:
     return masks, labels
 
 
-def model_side(backbone, data_side: int) -> int:
-    """The side images are fed at: the diffusion model's own (pixels: the data's)."""
+def model_side(cfg, backbone, data_side: int) -> int:
+    """The side images are fed at: `--image-side`, else the diffusion model's own (pixels: the data's)."""
+    if cfg.image_side:
+        return cfg.image_side
     if backbone is None:
         return data_side
     size = backbone.denoiser.config.sample_size
@@ -110,17 +112,20 @@ def run_panoptic_train(cfg: PanopticConfig, out: str | Path) -> dict:
     with locked(out):
         summary = _train(cfg, out, train, val, full, train_vocab)
         if cfg.baselines:
-            summary["baselines"] = _train_baselines(cfg, out, train, val, full, train_vocab)
+            summary["baselines"] = _train_baselines(cfg, out, train, val, full, train_vocab, summary["image_side"])
             write_json(out / "panoptic-train.json", summary)
         return summary
 
 
-def _train_baselines(cfg: PanopticConfig, out: Path, train, val, full, train_vocab) -> dict:
-    """Each baseline's run in out/baselines/<name>, and its val scores (the main run's beside it)."""
+def _train_baselines(cfg: PanopticConfig, out: Path, train, val, full, train_vocab, side: int) -> dict:
+    """Each baseline's run in out/baselines/<name>, and its val scores (the main run's beside it);
+    `side`: the side the main run fed its images at."""
     table = {}
     for name, change in BASELINES.items():
         if all(getattr(cfg, k) == v for k, v in change.items()):
             continue   # the main run is already this one
+        if change.get("source") == "pixels" and not cfg.image_side:
+            change = {**change, "image_side": side}   # the image the diffusion model reads, no more
         print(f"baseline {name}: {change}", flush=True)
         variant = dataclasses.replace(cfg, baselines=False, **change)
         table[name] = _train(variant, out / "baselines" / name, train, val, full, train_vocab,
@@ -155,7 +160,7 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     steps_per_epoch = -(-n // cfg.batch_size)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-    side = model_side(backbone, train[0].image.shape[-1])
+    side = model_side(cfg, backbone, train[0].image.shape[-1])
     n_val = min(cfg.val_images, len(val)) if cfg.val_images else len(val)
     train_maps = val_maps = None
     live_from = cfg.epochs - cfg.captioner_epochs + 1 if model.live and cfg.captioner_epochs else 1
@@ -199,7 +204,7 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     summary = {**header("panoptic-train", cfg.model if backbone else "pixels", cfg.data,
                         {"total": round(time.time() - started, 1)}),
                "config": cfg, "train_vocab": train_vocab.as_json(), "held_out": sorted(unseen),
-               "best_epoch": best[1], "val": val_scores, "history": history,
+               "image_side": side, "best_epoch": best[1], "val": val_scores, "history": history,
                "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
     write_json(out / "panoptic-train.json", summary)
     print(f"kept epoch {best[1]} (val PQ seen {100 * best[0]:.1f}); wrote {out / 'odise.safetensors'}, "
