@@ -107,6 +107,32 @@ def test_a_few_steps_on_one_scene_lower_the_panoptic_loss(classifier):
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_teacher_forced_class_loss_reads_the_true_masks_and_trains_the_classifier():
+    torch.manual_seed(0)
+    g = MaskGenerator([8, 16, 16, 8], STRIDES, 12, GeneratorConfig(width=32, queries=6, decoder_layers=2, points=256), 3)
+    names, owner = F.normalize(torch.randn(3, 12), dim=-1), torch.arange(3)
+    clf = TextClassifier(12)
+    loss_fn = PanopticLoss(g)
+    masks = torch.zeros(2, 32, 32)
+    masks[0, :, :16], masks[1, :, 16:] = 1, 1
+    maps = _maps(1)
+    out = g(maps)
+    logits = [clf(e, names, owner) for e in out["embeddings"]]
+    out["logits"] = logits
+    loss = loss_fn.true_masks(g, lambda e: clf(e, names, owner), out, [masks], [torch.tensor([0, 2])])
+    assert loss.ndim == 0 and loss > 0
+    loss.backward()
+    assert g.pool_proj[1].weight.grad.abs().sum() > 0 and clf.log_scale.grad is not None
+    # the true masks, not the predicted ones, are pooled: swapping the labels of the two halves changes it
+    out = g(maps)
+    out["logits"] = [clf(e, names, owner) for e in out["embeddings"]]
+    swapped = loss_fn.true_masks(g, lambda e: clf(e, names, owner), out, [masks.flip(0)], [torch.tensor([0, 2])])
+    assert not torch.isclose(swapped, loss.detach())
+    empty = loss_fn.true_masks(g, lambda e: clf(e, names, owner), out, [torch.zeros(0, 32, 32)],
+                               [torch.zeros(0, dtype=torch.long)])
+    assert float(empty) == 0.0
+
+
 @pytest.fixture(scope="module")
 def t2i_dir(tmp_path_factory):
     """A 4-level text-to-image UNet (pretrain --captions, 1 step) on 6 captioned scenes."""
@@ -265,7 +291,7 @@ def test_captioner_epochs_read_cached_empty_prompt_maps_until_the_captioner_trai
     assert (tmp_path / "late" / "cache" / "diffusion-empty-train").is_dir()
     assert sum(live) == 3          # epoch 2's step and val pass, and the final val pass; epoch 1 read the cache
     live.clear()
-    assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    assert main([*args, "--captioner-epochs", "0", "--out", str(tmp_path / "all")]) == 0
     assert sum(live) == 5 and not (tmp_path / "all" / "cache").exists()
     assert main([*args, "--captioner-epochs", "3", "--out", str(tmp_path / "bad")]) == 2   # a usage error
     assert not (tmp_path / "bad").exists()

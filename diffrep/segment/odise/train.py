@@ -221,7 +221,12 @@ def _step(model, loss_fn, opt, sched, params, train, batch: list, train_maps, na
         result = model(images_of(items, side).to(device), [it.caption for it in items], names, owner)
     else:
         result = model.heads(rows(train_maps, batch, device), names, owner)
-    total, _ = loss_fn(result["masks"], result["logits"], *targets(items, train_vocab, device))
+    mask_labels, class_labels = targets(items, train_vocab, device)
+    total, _ = loss_fn(result["masks"], result["logits"], mask_labels, class_labels)
+    weight = model.cfg.generator.true_mask_weight
+    if weight:
+        classify = lambda e: model.classifier(e, names, owner)  # noqa: E731
+        total = total + weight * loss_fn.true_masks(model.generator, classify, result, mask_labels, class_labels)
     opt.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
