@@ -326,3 +326,14 @@ def test_the_bundled_text_to_image_model_loads_by_name_and_reads_its_prompts():
         assert not torch.allclose(bb.denoiser(x, t, grass).sample, bb.denoiser(x, t, brick).sample)
     from diffrep.segment.odise.features import pyramid_taps
     assert [b.stride for b in pyramid_taps(Featurizer(bb))] == [1, 2, 4, 8]
+
+
+def test_closed_set_logits_are_mapped_onto_another_vocabulary_by_name():
+    from diffrep.segment.odise.model import closed_set_columns
+    train = Vocabulary.parse("zero;one;stuff:grass,lawn")
+    full = Vocabulary.parse("zero;one;eight;stuff:lawn")          # another order and ids, a synonym, a new name
+    logits = torch.tensor([[[1.0, 2.0, 3.0, 0.5]]])                 # zero, one, grass, null
+    mapped = closed_set_columns(logits, train, full)
+    assert mapped.shape == (1, 1, 5)
+    assert mapped[0, 0].tolist()[:2] == [1.0, 2.0] and mapped[0, 0, 3] == 3.0 and mapped[0, 0, 4] == 0.5
+    assert mapped[0, 0, 2] < -1e3                                  # "eight" was never trained: it cannot win

@@ -114,7 +114,7 @@ def predict(run: str, images: list[str], vocab_text: str, out: str, device: str 
         for path, image in zip(files, tensors):
             item = type("Item", (), {"image": image})
             with torch.no_grad():
-                result = model(images_of([item], side).to(dev), None, names, owner)
+                result = model(images_of([item], side).to(dev), None, names, owner, vocab)
             seg = panoptic_maps(result, vocab, tuple(image.shape[-2:]))[0]
             ids = seg[..., 1].numpy()
             segments = {int(s): int(seg[..., 0][seg[..., 1] == s][0]) for s in set(ids.ravel().tolist()) - {0}}

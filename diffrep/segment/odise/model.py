@@ -103,23 +103,28 @@ def name_encoder(backbone, device):
 class PanopticModel(nn.Module):
     """images → per decoder layer (mask logits B×Q×h×w, class logits B×Q×(K+1)) for a vocabulary."""
 
-    def __init__(self, source: nn.Module, embed_dim: int, cfg: PanopticConfig, train_classes: int):
+    def __init__(self, source: nn.Module, embed_dim: int, cfg: PanopticConfig, train_vocab: Vocabulary):
         super().__init__()
-        self.source, self.cfg = source, cfg
-        self.generator = MaskGenerator(source.channels, source.strides, embed_dim, cfg.generator, train_classes)
+        self.source, self.cfg, self.train_vocab = source, cfg, train_vocab
+        classes = len(train_vocab)
+        self.generator = MaskGenerator(source.channels, source.strides, embed_dim, cfg.generator, classes)
         self.classifier = TextClassifier(embed_dim) if cfg.classifier == "text" else \
-            ClosedSetClassifier(embed_dim, train_classes)
+            ClosedSetClassifier(embed_dim, classes)
 
-    def forward(self, images, captions, names, owner) -> dict:
+    def forward(self, images, captions, names, owner, vocab: Vocabulary | None = None) -> dict:
         dtype = autocast_dtype(self.cfg.precision, images.device)   # the frozen UNet's forward only
         with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             maps = self.source(images, captions)
-        return self.heads(maps, names, owner)
+        return self.heads(maps, names, owner, vocab)
 
-    def heads(self, maps: list, names, owner) -> dict:
-        """What follows the features (the cached path starts here)."""
+    def heads(self, maps: list, names, owner, vocab: Vocabulary | None = None) -> dict:
+        """What follows the features (the cached path starts here). `vocab`: the vocabulary the logits
+        are for (default: the training one); the text classifier reads it from `names`, the closed-set
+        one has the training categories' columns only and is mapped onto it by name."""
         out = self.generator([m.float() for m in maps])
         out["logits"] = [self.classifier(e, names, owner) for e in out["embeddings"]]
+        if isinstance(self.classifier, ClosedSetClassifier) and vocab is not None:
+            out["logits"] = [closed_set_columns(c, self.train_vocab, vocab) for c in out["logits"]]
         return out
 
     @property
@@ -147,6 +152,20 @@ class PanopticModel(nn.Module):
                                                       indent=2))
 
 
+def closed_set_columns(logits: torch.Tensor, train_vocab: Vocabulary, vocab: Vocabulary) -> torch.Tensor:
+    """Closed-set logits over the training categories (+ null) → over `vocab`'s (+ null): a category
+    takes the column of the training category that shares one of its names; one it was never trained
+    on gets a logit it can never win with (the closed-set classifier cannot name it)."""
+    by_name = {n.lower(): i for i, c in enumerate(train_vocab.categories) for n in c.names}
+    out = logits.new_full((*logits.shape[:-1], len(vocab) + 1), -1e4)
+    for j, c in enumerate(vocab.categories):
+        i = next((by_name[n.lower()] for n in c.names if n.lower() in by_name), None)
+        if i is not None:
+            out[..., j] = logits[..., i]
+    out[..., -1] = logits[..., -1]
+    return out
+
+
 def load_model(run: str | Path, device: str = "auto"):
     """(model, its config, the training vocabulary, the backbone or None) of a `panoptic train` run."""
     run = Path(run)
@@ -160,6 +179,6 @@ def load_model(run: str | Path, device: str = "auto"):
     cfg = PanopticConfig(**raw)
     vocab = Vocabulary([Category(c["id"], tuple(c["names"]), c["isthing"]) for c in meta["train_vocab"]])
     backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)
-    model = PanopticModel(build_source(cfg, backbone), name_encoder(backbone, "cpu").width, cfg, len(vocab))
+    model = PanopticModel(build_source(cfg, backbone), name_encoder(backbone, "cpu").width, cfg, vocab)
     model.load_trainable(load_file(str(run / "odise.safetensors")))
     return model.eval().to(resolve_device(device)), cfg, vocab, backbone

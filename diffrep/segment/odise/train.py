@@ -87,9 +87,9 @@ def score(model, data, vocab: Vocabulary, unseen: set, names, owner, side: int, 
         items = [data[i] for i in range(start, min(n, start + batch))]
         images = images_of(items, side).to(device)
         if features is None:
-            out = model(images, [it.caption for it in items], names, owner)
+            out = model(images, [it.caption for it in items], names, owner, vocab)
         else:
-            out = model.heads(rows(features, range(start, start + len(items)), device), names, owner)
+            out = model.heads(rows(features, range(start, start + len(items)), device), names, owner, vocab)
         if scorer is not None:
             zero_shot = scorer.mask_logits(scorer.errors(images), out["masks"][-1])
             out["logits"][-1] = ensemble(out["logits"][-1], zero_shot, unseen_mask, *weights)
@@ -153,7 +153,7 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     full_names, full_owner = full.name_table(text)
     unseen = set(full.ids) - set(train_vocab.ids)
     torch.manual_seed(cfg.seed)
-    model = PanopticModel(build_source(cfg, backbone), text.width, cfg, len(train_vocab)).to(device)
+    model = PanopticModel(build_source(cfg, backbone), text.width, cfg, train_vocab).to(device)
     loss_fn = PanopticLoss(model.generator).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     n = min(cfg.train_images, len(train)) if cfg.train_images else len(train)
