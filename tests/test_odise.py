@@ -211,6 +211,11 @@ def test_train_eval_predict_end_to_end_with_held_out_categories(t2i_dir, panopti
     scores = json.loads((run / "panoptic-eval.json").read_text())
     assert scores["split"] == "test" and set(scores["summary"]) == {"all", "seen", "unseen", "things", "stuff"}
     assert all(0 <= r["pq"] <= 1 for r in scores["per_category"].values())
+    assert scores["timing_s"]["total"] > 0
+    assert main(["panoptic", "eval", "--run", str(run), "--split", "val", "--zero-shot", "--relative",
+                 "--zero-shot-temperature", "10", "--out", str(tmp_path / "zs")]) == 0
+    ensembled = json.loads((tmp_path / "zs" / "panoptic-eval.json").read_text())
+    assert ensembled["zero_shot"] == {"alpha": 0.3, "beta": 0.7, "temperature": 10.0, "relative": True}
     image = panoptic_folder / "images" / "test" / "test-000000.png"
     out = tmp_path / "pred"
     assert main(["panoptic", "predict", "--run", str(run), str(image), "--vocab", "three,digit 3;stuff:sand",
@@ -257,6 +262,25 @@ def test_zero_shot_scorer_prefers_the_category_whose_prompt_denoises_the_mask_be
     fake = torch.stack([torch.full((16, 16), 1.0), torch.full((16, 16), 0.2), torch.full((16, 16), 0.6)])[None]
     logits = scorer.mask_logits(fake, torch.full((1, 1, 8, 8), 5.0))
     assert logits[0, 0].argmax() == 1
+
+
+def test_relative_zero_shot_scores_ignore_a_prompt_that_denoises_everywhere_better(t2i_dir):
+    from diffrep import load_backbone
+    from diffrep.segment.odise.scorer import DenoisingScorer
+    vocab = Vocabulary.parse("three;eight")
+    errors = torch.stack([torch.full((4, 4), 1.0), torch.full((4, 4), 0.5)])[None]       # "eight": lower everywhere
+    errors[0, 0, :2, :2] = 0.3          # "three" is the better prompt only on the top-left corner
+    corner = torch.full((1, 1, 4, 4), -20.0)
+    corner[..., :2, :2] = 20.0
+    absolute = DenoisingScorer(load_backbone(t2i_dir), vocab, ts=(100,), draws=1)
+    relative = DenoisingScorer(load_backbone(t2i_dir), vocab, ts=(100,), draws=1, relative=True)
+    assert absolute.mask_logits(errors, corner)[0, 0].argmax() == 0    # 0.3 against 0.5: three
+    whole = torch.full((1, 1, 4, 4), 20.0)
+    assert absolute.mask_logits(errors, whole)[0, 0].argmax() == 1
+    assert relative.mask_logits(errors, corner)[0, 0].argmax() == 0
+    errors[0, 0, :2, :2] = 0.6          # now eight is lower on the corner too, but by less than elsewhere
+    assert absolute.mask_logits(errors, corner)[0, 0].argmax() == 1
+    assert relative.mask_logits(errors, corner)[0, 0].argmax() == 0
 
 
 def test_fixed_features_are_cached_once_and_reused(panoptic_folder, tmp_path):

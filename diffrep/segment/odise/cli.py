@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -27,9 +28,11 @@ def _train(args) -> None:
 
 
 def evaluate(run: str, split: str = "test", vocab_text: str | None = None, device: str = "auto",
-             out: str | None = None, zero_shot: bool = False, weights=(0.3, 0.7)) -> dict:
+             out: str | None = None, zero_shot: bool = False, weights=(0.3, 0.7),
+             scorer_options: dict | None = None) -> dict:
     """`evaluate_one` on the run and on each of its baselines (train --baselines), with a table."""
-    result = evaluate_one(run, split, vocab_text, device, out, zero_shot, weights)
+    start = time.perf_counter()
+    result = evaluate_one(run, split, vocab_text, device, out, zero_shot, weights, scorer_options)
     folder = Path(out or run)
     found = sorted(p for p in (Path(run) / "baselines").glob("*") if (p / "odise.json").is_file())
     if not found:
@@ -39,8 +42,9 @@ def evaluate(run: str, split: str = "test", vocab_text: str | None = None, devic
         print(f"baseline {b.name}:", flush=True)
         no_model = json.loads((b / "odise.json").read_text())["config"]["source"] == "pixels"   # not a second load
         rows[b.name] = evaluate_one(b, split, vocab_text, device, folder / "baselines" / b.name,
-                                    zero_shot and not no_model, weights)["summary"]
+                                    zero_shot and not no_model, weights, scorer_options)["summary"]
     result["table"] = rows
+    result["timing_s"]["with_baselines"] = round(time.perf_counter() - start, 1)
     write_json(folder / "panoptic-eval.json", result)
     plot_table(rows, folder / "panoptic-table.png", split)
     print(format_table(rows, split))
@@ -48,10 +52,13 @@ def evaluate(run: str, split: str = "test", vocab_text: str | None = None, devic
 
 
 def evaluate_one(run: str, split: str = "test", vocab_text: str | None = None, device: str = "auto",
-                 out: str | None = None, zero_shot: bool = False, weights=(0.3, 0.7)) -> dict:
+                 out: str | None = None, zero_shot: bool = False, weights=(0.3, 0.7),
+                 scorer_options: dict | None = None) -> dict:
     """Scores of a trained run on a split (once), naming with the data set's full vocabulary (or
     `vocab_text`, whose names must match the data's categories); `zero_shot`: ensembled with the
-    diffusion model's own zero-shot scores (α seen, β unseen)."""
+    diffusion model's own zero-shot scores (α seen, β unseen; `scorer_options`: DenoisingScorer's
+    temperature and relative)."""
+    start = time.perf_counter()
     model, cfg, train_vocab, backbone = load_model(run, device)
     data = load_panoptic(cfg.data, split)
     data.check_all()
@@ -67,15 +74,16 @@ def evaluate_one(run: str, split: str = "test", vocab_text: str | None = None, d
     if zero_shot:
         if backbone is None:
             raise DiffrepError("--zero-shot scores masks with the diffusion model; this run has none (pixels)")
-        scorer = DenoisingScorer(backbone, vocab)
+        scorer = DenoisingScorer(backbone, vocab, **(scorer_options or {}))
     scores, kept, preds = score(model, data, vocab, unseen, names, owner, side, dev, cfg.batch_size, keep=6,
                                 scorer=scorer, weights=weights)
     folder = Path(out or run)
     folder.mkdir(parents=True, exist_ok=True)
     plot_overlays(kept, preds, vocab, folder / f"panoptic-{split}.png")
-    result = {**header("panoptic-eval", cfg.model, cfg.data, {}), "run": str(run), "split": split,
+    timing = {"total": round(time.perf_counter() - start, 1)}
+    result = {**header("panoptic-eval", cfg.model, cfg.data, timing), "run": str(run), "split": split,
               "source": cfg.source, "conditioning": cfg.conditioning, "classifier": cfg.classifier,
-              "zero_shot": {"alpha": weights[0], "beta": weights[1]} if zero_shot else None,
+              "zero_shot": {"alpha": weights[0], "beta": weights[1], **(scorer_options or {})} if zero_shot else None,
               "vocab": vocab.as_json(), "unseen": sorted(unseen), **scores}
     write_json(folder / "panoptic-eval.json", result)
     s = scores["summary"]
@@ -135,7 +143,8 @@ def register(commands) -> None:
     add_options(p, GeneratorConfig)
     p.add_argument("--out", required=True, help="run folder: odise.safetensors, odise.json, panoptic-train.json, "
                                                 "panoptic-val.png")
-    p = pan.add("eval", lambda a: evaluate(a.run, a.split, a.vocab, a.device, a.out, a.zero_shot, (a.alpha, a.beta)),
+    p = pan.add("eval", lambda a: evaluate(a.run, a.split, a.vocab, a.device, a.out, a.zero_shot, (a.alpha, a.beta),
+                                           {"temperature": a.zero_shot_temperature, "relative": a.relative}),
                 help="PQ / SQ / RQ (seen and unseen categories) and mIoU of a run on a split, scored once")
     p.add_argument("--run", required=True, help="a `diffrep panoptic train` run folder")
     p.add_argument("--split", default="test", choices=("val", "test"))
@@ -146,6 +155,10 @@ def register(commands) -> None:
                                                              "zero-shot mask scores (denoising error per category prompt)")
     p.add_argument("--alpha", type=float, default=0.3, help="with --zero-shot: its weight for seen categories")
     p.add_argument("--beta", type=float, default=0.7, help="with --zero-shot: its weight for unseen categories")
+    p.add_argument("--zero-shot-temperature", type=float, default=3.0,
+                   help="with --zero-shot: the scale of its standardised mask scores before their softmax")
+    p.add_argument("--relative", action="store_true", help="with --zero-shot: each prompt's error under a mask "
+                                                            "less its error over the whole image")
     p = pan.add("predict", lambda a: predict(a.run, a.images, a.vocab, a.out, a.device),
                 help="panoptic labels for image files, naming with any vocabulary")
     p.add_argument("--run", required=True)

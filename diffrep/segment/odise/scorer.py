@@ -27,11 +27,11 @@ DEFAULT_TS = (200, 500)
 
 class DenoisingScorer:
     def __init__(self, backbone, vocab: Vocabulary, ts=DEFAULT_TS, draws: int = 2, seed: int = 0,
-                 temperature: float = 3.0):
+                 temperature: float = 3.0, relative: bool = False):
         if not isinstance(backbone.noise, VPNoise):
             raise DiffrepError("the zero-shot scorer reads noise-prediction errors: it needs a DDPM-type (VP) model")
         self.backbone, self.vocab, self.ts, self.draws, self.seed = backbone, vocab, list(ts), draws, seed
-        self.temperature = temperature
+        self.temperature, self.relative = temperature, relative
         names = [(i, n) for i, c in enumerate(vocab.categories) for n in c.names]
         self.owner = torch.tensor([i for i, _ in names])
         self.prompts = torch.cat([backbone.condition(1, PROMPT.format(n)) for _, n in names])   # N×L×D
@@ -58,6 +58,8 @@ class DenoisingScorer:
         """B×Q×K logits of each query's mask for each category from B×K×h×w errors."""
         masks = F.interpolate(mask_logits.float(), size=errors.shape[-2:], mode="bilinear", align_corners=False).sigmoid()
         per_mask = torch.einsum("bqhw,bkhw->bqk", masks, errors) / masks.sum((-1, -2)).unsqueeze(-1).clamp(min=1e-6)
+        if self.relative:   # a prompt that denoises the whole image better is no evidence for this mask
+            per_mask = per_mask - errors.mean((-1, -2)).unsqueeze(1)
         centred = per_mask - per_mask.mean(-1, keepdim=True)
         return -self.temperature * centred / per_mask.std(-1, keepdim=True).clamp(min=1e-8)
 
