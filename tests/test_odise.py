@@ -333,6 +333,9 @@ def test_baselines_train_in_the_same_run_and_eval_tables_them(t2i_dir, panoptic_
     assert main(["panoptic", "eval", "--run", str(run)]) == 0
     table = json.loads((run / "panoptic-eval.json").read_text())["table"]
     assert set(table) == names | {"odise"} and (run / "panoptic-table.png").stat().st_size > 0
+    assert main(["panoptic", "eval", "--run", str(run), "--no-baselines", "--out", str(tmp_path / "alone")]) == 0
+    assert "table" not in json.loads((tmp_path / "alone" / "panoptic-eval.json").read_text())
+    assert not (tmp_path / "alone" / "baselines").exists()
     pixels = json.loads((run / "baselines" / "pixels" / "odise.json").read_text())["config"]
     side = json.loads((run / "panoptic-train.json").read_text())["image_side"]
     assert pixels["source"] == "pixels" and pixels["image_side"] == side > 0   # the image the UNet reads

@@ -29,13 +29,14 @@ def _train(args) -> None:
 
 def evaluate(run: str, split: str = "test", vocab_text: str | None = None, device: str = "auto",
              out: str | None = None, zero_shot: bool = False, weights=(0.3, 0.7),
-             scorer_options: dict | None = None) -> dict:
-    """`evaluate_one` on the run and on each of its baselines (train --baselines), with a table."""
+             scorer_options: dict | None = None, baselines: bool = True) -> dict:
+    """`evaluate_one` on the run and on each of its baselines (train --baselines; `baselines` False: the
+    run alone), with a table."""
     start = time.perf_counter()
     result = evaluate_one(run, split, vocab_text, device, out, zero_shot, weights, scorer_options)
     folder = Path(out or run)
     found = sorted(p for p in (Path(run) / "baselines").glob("*") if (p / "odise.json").is_file())
-    if not found:
+    if not found or not baselines:
         return result
     rows = {"odise": result["summary"]}
     for b in found:
@@ -144,13 +145,15 @@ def register(commands) -> None:
     p.add_argument("--out", required=True, help="run folder: odise.safetensors, odise.json, panoptic-train.json, "
                                                 "panoptic-val.png")
     p = pan.add("eval", lambda a: evaluate(a.run, a.split, a.vocab, a.device, a.out, a.zero_shot, (a.alpha, a.beta),
-                                           {"temperature": a.zero_shot_temperature, "relative": a.relative}),
+                                           {"temperature": a.zero_shot_temperature, "relative": a.relative},
+                                           not a.no_baselines),
                 help="PQ / SQ / RQ (seen and unseen categories) and mIoU of a run on a split, scored once")
     p.add_argument("--run", required=True, help="a `diffrep panoptic train` run folder")
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--vocab", default=None, help="'name,synonym;name;…' (default: the data set's categories)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="folder for panoptic-eval.json and pictures (default: the run)")
+    p.add_argument("--no-baselines", action="store_true", help="score the run alone, not the baselines in it")
     p.add_argument("--zero-shot", action="store_true", help="ensemble the classifier with the diffusion model's "
                                                              "zero-shot mask scores (denoising error per category prompt)")
     p.add_argument("--alpha", type=float, default=0.3, help="with --zero-shot: its weight for seen categories")
