@@ -31,10 +31,10 @@ from diffrep.runs import write_json
 from diffrep.segment.odise.evaluate import images_of
 from diffrep.segment.odise.features import DiffusionPyramid
 from diffrep.segment.odise.mask_generator import StrideFusion, TextClassifier, mask_pool
-from diffrep.segment.odise.model import load_model, name_encoder
+from diffrep.segment.odise.model import PanopticConfig, load_model, name_encoder
 from diffrep.segment.odise.train import split_vocabulary
 
-SIDE, WIDTH, HELD_OUT = 32, 64, ["eight", "nine", "gravel"]
+SIDE, WIDTH, HELD_OUT = 32, 64, PanopticConfig().held_out
 
 
 def digit_segments(pyramid, generator, split: str, n: int, vocab) -> list:

@@ -26,10 +26,11 @@ from diffrep.core import load_backbone
 from diffrep.data import load_panoptic
 from diffrep.runs import header, write_json
 from diffrep.segment.odise.evaluate import images_of
+from diffrep.segment.odise.model import PanopticConfig
 from diffrep.segment.odise.scorer import DenoisingScorer
 from diffrep.segment.odise.train import split_vocabulary
 
-HELD_OUT = ["eight", "nine", "gravel"]
+HELD_OUT = PanopticConfig().held_out   # the categories `panoptic train` leaves out by default
 
 
 def segment_logits(scorer, items, side: int) -> list:
@@ -77,12 +78,11 @@ def main() -> None:
     vocab, train_vocab = split_vocabulary(data.categories, HELD_OUT, str(data.json_path))
     unseen = set(vocab.ids) - set(train_vocab.ids)
     scorer = DenoisingScorer(backbone, vocab, relative=args.relative)
-    size = backbone.denoiser.config.sample_size
-    side = (size if isinstance(size, int) else size[0]) * backbone.vae_factor
     pairs = []
     n = min(args.images, len(data))
     for first in range(0, n, args.batch):
-        pairs += segment_logits(scorer, [data[i] for i in range(first, min(n, first + args.batch))], side)
+        pairs += segment_logits(scorer, [data[i] for i in range(first, min(n, first + args.batch))],
+                                backbone.image_size)
         print(f"{min(n, first + args.batch)}/{n} scenes, {len(pairs)} segments", flush=True)
     scores = tally(pairs, vocab, unseen)
     confusion = defaultdict(lambda: defaultdict(int))   # true name → predicted name → segments

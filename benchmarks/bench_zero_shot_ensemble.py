@@ -48,21 +48,28 @@ def outputs(run: str, images: int, batch: int):
     return vocab, unseen, scorer, batches
 
 
+def pq(vocab, unseen: set, batches, mix) -> dict:
+    """PQ all / seen / unseen of the batches with each batch's class logits replaced by `mix(batch)`."""
+    scores = PanopticScores(vocab, unseen)
+    for batch in batches:
+        items, _, masks, _ = batch
+        scores.update(panoptic_maps({"logits": [mix(batch)], "masks": [masks]}, vocab, tuple(items[0].segment_ids.shape)),
+                      target_maps(items))
+    return {k: v["pq"] for k, v in scores.compute()["summary"].items() if k in ("all", "seen", "unseen")}
+
+
+def _line(s: dict) -> str:
+    return f"PQ all {100 * s['all']:.1f} seen {100 * s['seen']:.1f} unseen {100 * s['unseen']:.1f}"
+
+
 def sweep(vocab, unseen: set, scorer, batches) -> list[dict]:
     unseen_mask = torch.tensor([c.id in unseen for c in vocab.categories])
     rows = []
     for temperature, relative, (alpha, beta) in itertools.product(TEMPERATURES, RELATIVE, WEIGHTS):
         scorer.temperature, scorer.relative = temperature, relative
-        scores = PanopticScores(vocab, unseen)
-        for items, logits, masks, errors in batches:
-            mixed = ensemble(logits, scorer.mask_logits(errors, masks), unseen_mask, alpha, beta)
-            scores.update(panoptic_maps({"logits": [mixed], "masks": [masks]}, vocab, tuple(items[0].segment_ids.shape)),
-                          target_maps(items))
-        s = scores.compute()["summary"]
-        rows.append({"temperature": temperature, "relative": relative, "alpha": alpha, "beta": beta,
-                     **{k: s[k]["pq"] for k in ("all", "seen", "unseen")}})
-        print(f"T {temperature:4.0f} relative {relative!s:5} α {alpha} β {beta}: PQ all {100 * s['all']['pq']:.1f} "
-              f"seen {100 * s['seen']['pq']:.1f} unseen {100 * s['unseen']['pq']:.1f}", flush=True)
+        s = pq(vocab, unseen, batches, lambda b: ensemble(b[1], scorer.mask_logits(b[3], b[2]), unseen_mask, alpha, beta))
+        rows.append({"temperature": temperature, "relative": relative, "alpha": alpha, "beta": beta, **s})
+        print(f"T {temperature:4.0f} relative {relative!s:5} α {alpha} β {beta}: {_line(s)}", flush=True)
     return rows
 
 
@@ -75,17 +82,12 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     vocab, unseen, scorer, batches = outputs(args.run, args.images, args.batch)
-    plain = PanopticScores(vocab, unseen)   # the classifier alone, for reference
-    for items, logits, masks, _ in batches:
-        plain.update(panoptic_maps({"logits": [logits], "masks": [masks]}, vocab, tuple(items[0].segment_ids.shape)),
-                     target_maps(items))
-    alone = {k: v["pq"] for k, v in plain.compute()["summary"].items() if k in ("all", "seen", "unseen")}
-    print(f"classifier alone: PQ all {100 * alone['all']:.1f} seen {100 * alone['seen']:.1f} "
-          f"unseen {100 * alone['unseen']:.1f}", flush=True)
+    alone = pq(vocab, unseen, batches, lambda b: b[1])   # the classifier alone, for reference
+    print(f"classifier alone: {_line(alone)}", flush=True)
     rows = sweep(vocab, unseen, scorer, batches)
     timing = {"total": round(time.perf_counter() - start, 1)}
     write_json(Path(args.out), {**header("bench-zero-shot-ensemble", args.run, "panoptic-scenes", timing),
-                                "split": "val", "images": len(sum((b[0] for b in batches), [])),
+                                "split": "val", "images": sum(len(b[0]) for b in batches),
                                 "classifier_alone": alone, "settings": rows})
     print(f"wrote {args.out}")
 

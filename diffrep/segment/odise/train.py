@@ -64,10 +64,7 @@ def model_side(cfg, backbone, data_side: int) -> int:
     """The side images are fed at: `--image-side`, else the diffusion model's own (pixels: the data's)."""
     if cfg.image_side:
         return cfg.image_side
-    if backbone is None:
-        return data_side
-    size = backbone.denoiser.config.sample_size
-    return (size if isinstance(size, int) else size[0]) * backbone.vae_factor
+    return data_side if backbone is None else backbone.image_size
 
 
 @torch.no_grad()
