@@ -3,6 +3,7 @@ trained alone on the bundled panoptic scenes, with plain mask pooling against gr
 the true masks and (with --run) on the masks a trained `diffrep panoptic train` run predicts.
 
     python benchmarks/bench_mask_pooling.py --out benchmarks/results/mask-pooling.json [--run runs/pan]
+    python benchmarks/bench_mask_pooling.py --grids 3 --source pixels|random|diffusion [--model M] [--t T]
 
 For each seen digit segment of the train and val scenes: the frozen pyramid of the bundled
 `scenes-t2i` (t = 0, empty prompt, one fixed noise, images at 32×32), the same fusion, grid mask
@@ -11,7 +12,9 @@ average under the mask, as ODISE; 3: a 3×3 grid over the mask's box), trained b
 against the names of the training categories, one segment set per step; prints and writes the val
 accuracy over the eight seen digits (chance 12.5%) after each epoch. `--run`: the masks are, for each
 true digit, the trained run's last-layer mask that overlaps it best (binarised), so the figure says
-how much the predicted masks lose.
+how much the predicted masks lose. `--source`, `--model` and `--t` change the features the head reads
+(raw pixel patches, the random-weight UNet, another diffusion model, another noise level), so the
+sources the panoptic baselines use can be compared on naming alone.
 """
 
 from __future__ import annotations
@@ -25,13 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diffrep.core import load_backbone
-from diffrep.core.featurizer import Featurizer
 from diffrep.data import load_panoptic
 from diffrep.runs import write_json
 from diffrep.segment.odise.evaluate import images_of
-from diffrep.segment.odise.features import DiffusionPyramid
 from diffrep.segment.odise.mask_generator import StrideFusion, TextClassifier, mask_pool
-from diffrep.segment.odise.model import PanopticConfig, load_model, name_encoder
+from diffrep.segment.odise.model import SOURCES, PanopticConfig, build_source, load_model, name_encoder
 from diffrep.segment.odise.train import split_vocabulary
 
 SIDE, WIDTH, HELD_OUT = 32, 64, PanopticConfig().held_out
@@ -100,10 +101,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--train-images", type=int, default=2000)
+    ap.add_argument("--source", default="diffusion", choices=SOURCES)
+    ap.add_argument("--model", default="scenes-t2i")
+    ap.add_argument("--t", type=int, default=0)
     args = ap.parse_args()
     started = time.time()
-    backbone = load_backbone("scenes-t2i", "cpu")
-    pyramid = DiffusionPyramid(Featurizer(backbone), "empty", 0, 0)
+    backbone = load_backbone(args.model, "cpu")
+    # the panoptic run's own source builder (empty prompt: the naming here is the features' alone)
+    pyramid = build_source(PanopticConfig(model=args.model, source=args.source, conditioning="empty", t=args.t,
+                                          device="cpu"), backbone)
     generator = None
     if args.run:
         model = load_model(args.run, "cpu")[0]
@@ -117,6 +123,7 @@ def main() -> None:
     table = {f"grid{g}": train_head(train, val, pyramid.channels, pyramid.strides, names, owner, g, args.epochs, args.lr)
              for g in (int(x) for x in args.grids.split(","))}
     write_json(Path(args.out), {"masks": f"predicted ({args.run})" if args.run else "true", "side": SIDE,
+                                "source": args.source, "model": args.model, "t": args.t,
                                 "held_out": HELD_OUT, "epochs": args.epochs, "val_accuracy": table,
                                 "seconds": round(time.time() - started, 1)})
     print(f"wrote {args.out}")

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffrep import DiffrepError
@@ -127,3 +128,15 @@ def test_the_bundled_folder_is_written_once_and_read_like_any_other(tmp_path, mo
     panoptic_scenes_folder.cache_clear()
     panoptic_scenes_folder(64, str(root))
     assert (root / "annotations" / "panoptic_train.json").stat().st_mtime_ns == stamp
+
+
+def test_items_fitted_to_a_model_match_the_files_read_at_that_side(small_folder):
+    """The live path (items resized in memory) and the cached path (files read at the side) must feed
+    a model the same pixels, or a run scores differently in training than in `eval`."""
+    from diffrep.segment.odise.evaluate import images_of
+
+    data = PanopticSet(small_folder, "test")
+    files = data.image_files(3, 32)
+    live = images_of([data[i] for i in range(len(data))], 32)
+    assert live.shape == (len(data), 3, 32, 32)
+    assert torch.equal(live, torch.stack([files[i] for i in range(len(data))]))

@@ -126,6 +126,25 @@ def read_image(path: Path, channels: int, size: int | None) -> tuple[torch.Tenso
     return t, (None if not changed else "padded" if pads is not None else "resized")
 
 
+def resized_as_files(images: torch.Tensor, size: int) -> torch.Tensor:
+    """N×C×H×W images in [-1, 1] decoded from 8-bit files, fitted to size×size exactly as `read_image`
+    fits the files themselves (padded, or resized bicubically by PIL): a model that was trained on,
+    or whose features were cached from, the files then sees the same pixels from the tensors."""
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    pads = _pads(h, w, size)
+    if pads is not None:
+        return F.pad(images, pads, mode="replicate")
+    out = []
+    for image in images:
+        u8 = ((image.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        im = Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8).resize((size, size), Image.BICUBIC)
+        arr = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
+        out.append(arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1))
+    return torch.stack(out)
+
+
 def fit_images(images, channels: int, size: int, what: str = "images"):
     """Convert a data set to what a model takes, saying so: grey↔RGB, then padded or resized to
     size×size. (The Python `Featurizer.extract` refuses instead; this is the command line's convenience.)
