@@ -26,7 +26,7 @@ UNLABELLED = 0   # the category id of pixels no segment covers (void) in predict
 def images_of(items, side: int) -> torch.Tensor:
     """The items' images fitted to the model's side as their files are when read at that side (labels
     stay at their own size). Pre-training and the cached feature maps read the files; a different
-    resize here (bilinear) cost the runs 1–3 PQ on val between training's scores and `eval`'s."""
+    resize here (bilinear) cost the runs 1–4 PQ on val between training's scores and `eval`'s."""
     return resized_as_files(torch.stack([it.image for it in items]), side)
 
 
