@@ -15,6 +15,7 @@ from diffrep.data import load_panoptic
 from diffrep.data.coco_panoptic import PanopticSet, id_to_rgb, rgb_to_id, write_split
 from diffrep.data.panoptic_scenes import (BANDS, MIN_AREA, STUFF, _digit_pool, categories, panoptic_scenes_folder,
                                           scene)
+from diffrep.segment.odise.evaluate import images_of
 
 
 @pytest.fixture
@@ -133,8 +134,6 @@ def test_the_bundled_folder_is_written_once_and_read_like_any_other(tmp_path, mo
 def test_items_fitted_to_a_model_match_the_files_read_at_that_side(small_folder):
     """The live path (items resized in memory) and the cached path (files read at the side) must feed
     a model the same pixels, or a run scores differently in training than in `eval`."""
-    from diffrep.segment.odise.evaluate import images_of
-
     data = PanopticSet(small_folder, "test")
     files = data.image_files(3, 32)
     live = images_of([data[i] for i in range(len(data))], 32)

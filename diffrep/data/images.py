@@ -111,15 +111,18 @@ def read_image(path: Path, channels: int, size: int | None) -> tuple[torch.Tenso
     (see the module's decisions); and how its size changed ('padded', 'resized' or None)."""
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            changed = size is not None and im.size != (size, size)
-            pads = _pads(im.size[1], im.size[0], size) if changed else None
-            if changed and pads is None:
-                im = im.resize((size, size), Image.BICUBIC)
-            arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+            return _fitted(im.convert("L" if channels == 1 else "RGB"), size)
     except (UnidentifiedImageError, OSError) as err:
         raise DiffrepError(f"cannot read image {path}: {err}") from None
-    t = torch.from_numpy(arr)
+
+
+def _fitted(im: Image.Image, size: int | None) -> tuple[torch.Tensor, str | None]:
+    """A decoded image as C×H×W in [-1, 1], padded or resized (bicubic) to size×size; how it changed."""
+    changed = size is not None and im.size != (size, size)
+    pads = _pads(im.size[1], im.size[0], size) if changed else None
+    if changed and pads is None:
+        im = im.resize((size, size), Image.BICUBIC)
+    t = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
     if pads is not None:
         t = F.pad(t[None], pads, mode="replicate")[0]
@@ -127,22 +130,13 @@ def read_image(path: Path, channels: int, size: int | None) -> tuple[torch.Tenso
 
 
 def resized_as_files(images: torch.Tensor, size: int) -> torch.Tensor:
-    """N×C×H×W images in [-1, 1] decoded from 8-bit files, fitted to size×size exactly as `read_image`
-    fits the files themselves (padded, or resized bicubically by PIL): a model that was trained on,
-    or whose features were cached from, the files then sees the same pixels from the tensors."""
-    h, w = images.shape[-2:]
-    if (h, w) == (size, size):
+    """N×C×H×W images in [-1, 1] decoded from 8-bit files, fitted to size×size by the very function that
+    fits the files as they are read (`_fitted`): a model trained on, or whose features were cached
+    from, the files then sees the same pixels from the tensors."""
+    if images.shape[-2:] == (size, size):
         return images
-    pads = _pads(h, w, size)
-    if pads is not None:
-        return F.pad(images, pads, mode="replicate")
-    out = []
-    for image in images:
-        u8 = ((image.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-        im = Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8).resize((size, size), Image.BICUBIC)
-        arr = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
-        out.append(arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1))
-    return torch.stack(out)
+    u8 = ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return torch.stack([_fitted(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a), size)[0] for a in u8])
 
 
 def fit_images(images, channels: int, size: int, what: str = "images"):
