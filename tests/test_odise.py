@@ -177,6 +177,26 @@ def test_pyramid_reads_four_strides_and_the_captioner_starts_at_the_empty_prompt
         DiffusionPyramid(featurizer, "caption")(images)
 
 
+def test_skip_input_taps_read_the_decoder_state_joined_to_the_encoder_skip(t2i_dir):
+    from diffrep import load_backbone
+    from diffrep.core import Featurizer
+    from diffrep.segment.odise.features import DiffusionPyramid
+    featurizer = Featurizer(load_backbone(t2i_dir))
+    model = featurizer.model
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    skip, outputs = DiffusionPyramid(featurizer, "empty"), DiffusionPyramid(featurizer, "empty", taps="block-outputs")
+    assert [b.name for b in skip.taps] == [f"up_blocks.{i}.resnets.1" for i in (3, 2, 1, 0)]
+    assert skip.channels == [model.up_blocks[i].resnets[1].in_channels for i in (3, 2, 1, 0)]
+    assert [b.name for b in outputs.taps] == ["up_blocks.3", "up_blocks.1", "up_blocks.0", "mid_block"]
+    maps = skip(images)
+    assert [m.shape[1] for m in maps] == skip.channels and [m.shape[-1] for m in maps] == [16, 8, 4, 2]
+    with torch.no_grad():   # the finest map ends with the encoder's first map (conv_in of the noised input)
+        x_t = featurizer.noised(featurizer.backbone.encode(images), 0, 0, [0])
+        first = model.conv_in(x_t)
+    torch.testing.assert_close(maps[0][:, -first.shape[1]:], first)
+    assert not torch.allclose(outputs(images)[0][:, :first.shape[1]], first)
+
+
 def test_a_unet_with_fewer_than_four_strides_or_no_text_input_is_refused(unet_dir):
     from diffrep import load_backbone
     from diffrep.core import Featurizer
@@ -312,7 +332,7 @@ def test_captioner_epochs_read_cached_empty_prompt_maps_until_the_captioner_trai
             "--batch-size", "3", "--train-images", "3", "--val-images", "1", "--width", "32", "--queries", "4",
             "--decoder-layers", "1", "--encoder-layers", "1", "--points", "64"]
     assert main([*args, "--captioner-epochs", "1", "--out", str(tmp_path / "late")]) == 0
-    assert (tmp_path / "late" / "cache" / "diffusion-empty-train").is_dir()
+    assert (tmp_path / "late" / "cache" / "diffusion-empty-skip-inputs-train").is_dir()
     assert sum(live) == 3          # epoch 2's step and val pass, and the final val pass; epoch 1 read the cache
     live.clear()
     assert main([*args, "--captioner-epochs", "0", "--out", str(tmp_path / "all")]) == 0

@@ -64,16 +64,19 @@ def image_noise(seed: int | None, indices, ensemble: int, t, shape) -> torch.Ten
 
 
 def forward_capturing(model, modules: dict, model_in, timestep, cond, injections=(), convert=_unwrap,
-                      stop_early: bool = True) -> dict:
+                      stop_early: bool = True, inputs_of=()) -> dict:
     """One `run_denoiser` forward with `injections` ((module, forward hook) pairs) installed and a
-    hook on each module of `modules` ({name: module}) keeping convert(output) (None: not kept); ends
-    after the last of them has run when `stop_early`. Every hook is removed on the way out, error or
-    not. The one hook mechanism of the featurizer and of DifFeed's two passes."""
+    hook on each module of `modules` ({name: module}) keeping convert(output) (None: not kept), or,
+    for the names in `inputs_of`, its first input; ends after the last of them has run when
+    `stop_early`. Every hook is removed on the way out, error or not. The one hook mechanism of the
+    featurizer and of DifFeed's two passes."""
     out: dict = {}
 
     def hook_for(name):
-        def hook(_module, _inputs, output):
-            value = convert(output)
+        keep_input = name in inputs_of
+
+        def hook(_module, inputs, output):
+            value = convert(inputs[0] if keep_input else output)
             if value is not None:
                 out[name] = value
             if stop_early and len(out) == len(modules):

@@ -13,9 +13,15 @@ Decisions:
   training starts from the empty prompt exactly. The time embedding is reached by a forward hook on
   the UNet's `time_embedding` module for the second pass only (no copied forward).
 - Gradients reach the captioner through the frozen UNet (its weights never change), as in ODISE.
-- The taps: for each of the four finest strides, the last top-level decoder-side block at it (for a
-  4-level UNet: mid_block, up_blocks.0, up_blocks.1 and up_blocks.3 at strides 8, 4, 2, 1 of the
-  model's input): the input of the next decoder block, or the decoder's final map.
+- The taps (`taps`), two layouts:
+  `skip-inputs` (ODISE's): the input of the last ResNet of each of the four finest decoder levels,
+  which is the decoder's state there concatenated with the encoder's skip connection (for a 4-level
+  UNet `up_blocks.{0,1,2,3}.resnets.-1` at strides 8, 4, 2, 1). ODISE reads the inputs of Stable
+  Diffusion's output blocks 2, 5, 8 and 11 after this concatenation, so its finest map carries the
+  encoder's first, nearly pixel-level, features.
+  `block-outputs`: for each of the four finest strides, the last top-level decoder-side block at it
+  (mid_block, up_blocks.0, up_blocks.1, up_blocks.3): the input of the next decoder block without
+  the skip, or the decoder's final map, which at t = 0 is almost all ε-prediction.
 """
 
 from __future__ import annotations
@@ -24,19 +30,29 @@ import torch
 import torch.nn as nn
 from diffusers import UNet2DConditionModel
 
-from ...core.featurizer import Featurizer, _unwrap, forward_capturing
+from ...core.featurizer import BlockInfo, Featurizer, _unwrap, forward_capturing
 from ...errors import DiffrepError
 
 CONDITIONINGS = ("implicit", "empty", "caption")   # implicit captioner, empty prompt, the true caption (oracle)
+TAPS = ("skip-inputs", "block-outputs")
 
 
-def pyramid_taps(featurizer: Featurizer) -> list:
-    """Four decoder-side top-level blocks, one per stride, finest first (BlockInfo of each)."""
-    info = {b.name: b for b in featurizer.feature_info() if b.top_level}
-    decoder = [n for n in info if n == "mid_block" or n.startswith("up_blocks.")]
-    by_stride = {}
-    for name in decoder:                       # execution order: the latest block of each stride wins
-        by_stride[info[name].stride] = info[name]
+def pyramid_taps(featurizer: Featurizer, taps: str = "skip-inputs") -> list:
+    """Four decoder-side maps, one per stride, finest first (BlockInfo of each; for `skip-inputs` the
+    channels are the last ResNet's input channels, decoder state + skip)."""
+    if taps not in TAPS:
+        raise DiffrepError(f"unknown taps {taps!r}; use one of {', '.join(TAPS)}")
+    info = {b.name: b for b in featurizer.feature_info()}
+    if taps == "skip-inputs":
+        modules = featurizer._candidates()
+        levels = [n for n in info if n.startswith("up_blocks.") and n.count(".") == 1]
+        by_stride = {}
+        for level in levels:                   # execution order: the finer of two levels at one stride wins
+            last = max((n for n in info if n.startswith(level + ".resnets.")), key=lambda n: int(n.split(".")[-1]))
+            by_stride[info[last].stride] = BlockInfo(last, modules[last].in_channels, info[last].stride, False)
+    else:
+        decoder = [n for n, b in info.items() if b.top_level and (n == "mid_block" or n.startswith("up_blocks."))]
+        by_stride = {info[n].stride: info[n] for n in decoder}   # the latest block of each stride wins
     if len(by_stride) < 4:
         raise DiffrepError(f"ODISE reads four strides of the decoder; {featurizer.backbone.source} gives "
                            f"{sorted(by_stride)} (a UNet with at least four levels is needed)")
@@ -70,7 +86,8 @@ class DiffusionPyramid(nn.Module):
     """Images → four maps (finest first) of a frozen text-conditional UNet; `captioner` (trainable)
     when conditioning is 'implicit'."""
 
-    def __init__(self, featurizer: Featurizer, conditioning: str = "implicit", t: int = 0, seed: int = 0):
+    def __init__(self, featurizer: Featurizer, conditioning: str = "implicit", t: int = 0, seed: int = 0,
+                 taps: str = "skip-inputs"):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise DiffrepError(f"unknown conditioning {conditioning!r}; use one of {', '.join(CONDITIONINGS)}")
@@ -80,7 +97,8 @@ class DiffusionPyramid(nn.Module):
                                "--conditioning empty")
         self.featurizer, self.conditioning, self.seed = featurizer, conditioning, seed
         self.t = featurizer.backbone.noise.check(t)
-        self.taps = pyramid_taps(featurizer)
+        self.taps = pyramid_taps(featurizer, taps)
+        self._inputs_of = {b.name for b in self.taps} if taps == "skip-inputs" else set()
         featurizer.model.requires_grad_(False)
         self.captioner = None
         if conditioning == "implicit":
@@ -100,7 +118,7 @@ class DiffusionPyramid(nn.Module):
         model_in, timestep, empty = self.featurizer.denoiser_inputs(x_t, self.t, "")
         modules = dict(self.featurizer._candidates())
         return forward_capturing(self.featurizer.model, {n: modules[n] for n in names}, model_in, timestep,
-                                 empty if cond is None else cond, convert=_unwrap)
+                                 empty if cond is None else cond, convert=_unwrap, inputs_of=self._inputs_of)
 
     def forward(self, images: torch.Tensor, captions: list[str] | None = None) -> list[torch.Tensor]:
         backbone = self.featurizer.backbone

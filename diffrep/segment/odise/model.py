@@ -24,7 +24,7 @@ from ...core import Featurizer, RunOn, autocast_dtype, load_backbone, random_ini
 from ...core.text import TextEncoder, load_text_encoder
 from ...errors import DiffrepError
 from ...options import check, option
-from .features import CONDITIONINGS, DiffusionPyramid
+from .features import CONDITIONINGS, TAPS, DiffusionPyramid
 from .mask_generator import ClosedSetClassifier, GeneratorConfig, MaskGenerator, TextClassifier
 from .vocab import Category, Vocabulary
 
@@ -54,6 +54,9 @@ class PanopticConfig(RunOn):
                                 "`--baselines` feeds the pixel baseline the main run's side, the image the UNet reads",
                              min=0)
     t: int = option(0, "noise level of the features (ODISE: 0, with one fixed noise)", min=0)
+    taps: str = option("skip-inputs", "the UNet maps read: skip-inputs (ODISE's: each decoder level's last ResNet input, "
+                                      "decoder state + encoder skip) or block-outputs (the decoder blocks' outputs)",
+                       choices=TAPS)
     epochs: int = option(8, "passes over the training scenes", min=1)
     captioner_epochs: int = option(1, "with the implicit captioner: train it (live, through the UNet) in the last N "
                                       "epochs only; the earlier ones read cached empty-prompt maps, which is what the "
@@ -88,8 +91,8 @@ def build_source(cfg: PanopticConfig, backbone):
     if cfg.source == "pixels":
         return PixelPyramid()
     if cfg.source == "random":
-        return DiffusionPyramid(Featurizer(random_init(backbone, cfg.seed)), "empty", cfg.t, cfg.seed)
-    return DiffusionPyramid(Featurizer(backbone), cfg.conditioning, cfg.t, cfg.seed)
+        return DiffusionPyramid(Featurizer(random_init(backbone, cfg.seed)), "empty", cfg.t, cfg.seed, cfg.taps)
+    return DiffusionPyramid(Featurizer(backbone), cfg.conditioning, cfg.t, cfg.seed, cfg.taps)
 
 
 def name_encoder(backbone, device):
@@ -176,6 +179,7 @@ def load_model(run: str | Path, device: str = "auto"):
     raw = dict(meta["config"])
     raw["generator"] = GeneratorConfig(**raw["generator"])
     raw["device"] = device
+    raw.setdefault("taps", "block-outputs")   # runs saved before the option read the blocks' outputs
     cfg = PanopticConfig(**raw)
     vocab = Vocabulary([Category(c["id"], tuple(c["names"]), c["isthing"]) for c in meta["train_vocab"]])
     backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)

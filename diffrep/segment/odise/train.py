@@ -130,13 +130,12 @@ def _train_baselines(cfg: PanopticConfig, out: Path, train, val, full, train_voc
     return table
 
 
-
 def _cached_maps(source, cfg, conditioning: str, train: tuple, val: tuple, side: int, root: Path) -> tuple[list, list]:
     """The (train, val) scenes' pyramids computed once into the store under `root`, named by what they
     are, so that runs of one `train --baselines` with the same features share them."""
-    name = cfg.source if cfg.source == "pixels" else f"{cfg.source}-{conditioning}"
+    name = cfg.source if cfg.source == "pixels" else f"{cfg.source}-{conditioning}-{cfg.taps}"
     identity = {"source": cfg.source, "model": str(cfg.model), "conditioning": conditioning, "t": cfg.t,
-                "seed": cfg.seed, "side": side, "data": str(cfg.data)}
+                "taps": cfg.taps, "seed": cfg.seed, "side": side, "data": str(cfg.data)}
     return tuple(cached_pyramid(source, data, n, side, root / f"{name}-{split}", {**identity, "split": split},
                                 cfg.batch_size) for split, (data, n) in (("train", train), ("val", val)))
 
@@ -165,7 +164,7 @@ def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary
     if not model.live:   # nothing before the generator trains: compute each scene's maps once
         cached = model.source, cfg.conditioning
     elif live_from > 1:  # the captioner's gates are closed until it trains: these epochs read empty-prompt maps
-        cached = DiffusionPyramid(model.source.featurizer, "empty", cfg.t, cfg.seed), "empty"
+        cached = DiffusionPyramid(model.source.featurizer, "empty", cfg.t, cfg.seed, cfg.taps), "empty"
     if cached is not None:
         source, conditioning = cached
         train_maps, val_maps = _cached_maps(source, cfg, conditioning, (train, n), (val, n_val), side,
