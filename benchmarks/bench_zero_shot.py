@@ -27,7 +27,7 @@ from diffrep.data import load_panoptic
 from diffrep.runs import header, write_json
 from diffrep.segment.odise.evaluate import images_of
 from diffrep.segment.odise.model import PanopticConfig
-from diffrep.segment.odise.scorer import DenoisingScorer
+from diffrep.segment.odise.scorer import PROMPT_STYLES, DenoisingScorer
 from diffrep.segment.odise.train import split_vocabulary
 
 HELD_OUT = PanopticConfig().held_out   # the categories `panoptic train` leaves out by default
@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--relative", action="store_true",
                         help="score each prompt's error under the mask relative to its error over the whole image")
+    parser.add_argument("--prompts", default="photo", choices=PROMPT_STYLES,
+                        help="'a photo of {name}.' or the training captions' phrase ('an eight', 'grass')")
     parser.add_argument("--out", default="runs/bench-zero-shot.json")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -77,7 +79,7 @@ def main() -> None:
     data = load_panoptic("panoptic-scenes", args.split)
     vocab, train_vocab = split_vocabulary(data.categories, HELD_OUT, str(data.json_path))
     unseen = set(vocab.ids) - set(train_vocab.ids)
-    scorer = DenoisingScorer(backbone, vocab, relative=args.relative)
+    scorer = DenoisingScorer(backbone, vocab, relative=args.relative, prompts=args.prompts)
     pairs = []
     n = min(args.images, len(data))
     for first in range(0, n, args.batch):
@@ -93,7 +95,8 @@ def main() -> None:
               f"within kind {100 * s['top1_in_kind']:5.1f}%")
     timing = {"total": round(time.perf_counter() - start, 1)}
     write_json(Path(args.out), {**header("bench-zero-shot", args.model, "panoptic-scenes", timing),
-                                "split": args.split, "images": n, "relative": args.relative, "held_out": HELD_OUT,
+                                "split": args.split, "images": n, "relative": args.relative, "prompts": args.prompts,
+                                "held_out": HELD_OUT,
                                 "chance_in_kind": {"things": 0.1, "stuff": 1 / 6}, "scores": scores,
                                 "confusion": {k: dict(v) for k, v in confusion.items()}})
     print(f"wrote {args.out}")

@@ -21,14 +21,14 @@ from diffrep.data import load_panoptic
 from diffrep.runs import header, write_json
 from diffrep.segment.odise.evaluate import PanopticScores, images_of, panoptic_maps, target_maps
 from diffrep.segment.odise.model import load_model, name_encoder
-from diffrep.segment.odise.scorer import DenoisingScorer, ensemble
+from diffrep.segment.odise.scorer import PROMPT_STYLES, DenoisingScorer, ensemble
 from diffrep.segment.odise.train import model_side, split_vocabulary
 
 TEMPERATURES, RELATIVE = (3.0, 10.0, 20.0, 30.0), (False, True)
 WEIGHTS = ((0.3, 0.7), (0.1, 0.7), (0.3, 0.9), (0.1, 0.9), (0.5, 0.9))   # (α seen, β unseen); ODISE: 0.3, 0.7
 
 
-def outputs(run: str, images: int, batch: int):
+def outputs(run: str, images: int, batch: int, prompts: str = "photo"):
     """(vocab, unseen ids, scorer, [(items, last-layer logits, last-layer masks, denoising errors)])."""
     model, cfg, train_vocab, backbone = load_model(run, "cpu")
     data = load_panoptic(cfg.data, "val")
@@ -36,7 +36,7 @@ def outputs(run: str, images: int, batch: int):
     unseen = set(vocab.ids) - set(train_vocab.ids)
     names, owner = vocab.name_table(name_encoder(backbone, "cpu"))
     side = model_side(cfg, backbone, data[0].image.shape[-1])
-    scorer = DenoisingScorer(backbone, vocab)
+    scorer = DenoisingScorer(backbone, vocab, prompts=prompts)
     model.eval()
     batches, n = [], min(images, len(data))
     for start in range(0, n, batch):
@@ -78,16 +78,17 @@ def main() -> None:
     parser.add_argument("--run", default="runs/pan")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--prompts", default="photo", choices=PROMPT_STYLES)
     parser.add_argument("--out", default="runs/bench-zero-shot-ensemble.json")
     args = parser.parse_args()
     start = time.perf_counter()
-    vocab, unseen, scorer, batches = outputs(args.run, args.images, args.batch)
+    vocab, unseen, scorer, batches = outputs(args.run, args.images, args.batch, args.prompts)
     alone = pq(vocab, unseen, batches, lambda b: b[1])   # the classifier alone, for reference
     print(f"classifier alone: {_line(alone)}", flush=True)
     rows = sweep(vocab, unseen, scorer, batches)
     timing = {"total": round(time.perf_counter() - start, 1)}
     write_json(Path(args.out), {**header("bench-zero-shot-ensemble", args.run, "panoptic-scenes", timing),
-                                "split": "val", "images": sum(len(b[0]) for b in batches),
+                                "split": "val", "images": sum(len(b[0]) for b in batches), "prompts": args.prompts,
                                 "classifier_alone": alone, "settings": rows})
     print(f"wrote {args.out}")
 

@@ -284,6 +284,20 @@ def test_zero_shot_scorer_prefers_the_category_whose_prompt_denoises_the_mask_be
     assert logits[0, 0].argmax() == 1
 
 
+def test_caption_style_prompts_name_things_and_stuff_as_the_training_captions_do(t2i_dir):
+    from diffrep import load_backbone
+    from diffrep.segment.odise.scorer import DenoisingScorer, prompt_for
+    assert [prompt_for(n, thing, "caption") for n, thing in [("eight", True), ("three", True), ("grass", False)]] \
+        == ["an eight", "a three", "grass"]
+    assert prompt_for("grass", False) == "a photo of grass."
+    with pytest.raises(DiffrepError, match="unknown prompt style 'alt'"):
+        prompt_for("grass", False, "alt")
+    backbone, vocab = load_backbone(t2i_dir), Vocabulary.parse("eight;stuff:grass")
+    caption = DenoisingScorer(backbone, vocab, prompts="caption").prompts
+    torch.testing.assert_close(caption[0], backbone.condition(1, "an eight")[0])
+    assert not torch.allclose(caption, DenoisingScorer(backbone, vocab).prompts)
+
+
 def test_relative_zero_shot_scores_ignore_a_prompt_that_denoises_everywhere_better(t2i_dir):
     from diffrep import load_backbone
     from diffrep.segment.odise.scorer import DenoisingScorer

@@ -17,7 +17,7 @@ from ...runs import header, write_json
 from .evaluate import format_table, images_of, panoptic_maps, plot_overlays, plot_table
 from .mask_generator import GeneratorConfig
 from .model import PanopticConfig, load_model, name_encoder
-from .scorer import DenoisingScorer
+from .scorer import PROMPT_STYLES, DenoisingScorer
 from .train import _pct, model_side, run_panoptic_train, score, split_vocabulary
 from .vocab import Category, Vocabulary
 
@@ -145,7 +145,8 @@ def register(commands) -> None:
     p.add_argument("--out", required=True, help="run folder: odise.safetensors, odise.json, panoptic-train.json, "
                                                 "panoptic-val.png")
     p = pan.add("eval", lambda a: evaluate(a.run, a.split, a.vocab, a.device, a.out, a.zero_shot, (a.alpha, a.beta),
-                                           {"temperature": a.zero_shot_temperature, "relative": a.relative},
+                                           {"temperature": a.zero_shot_temperature, "relative": a.relative,
+                                            "prompts": a.zero_shot_prompts},
                                            not a.no_baselines),
                 help="PQ / SQ / RQ (seen and unseen categories) and mIoU of a run on a split, scored once")
     p.add_argument("--run", required=True, help="a `diffrep panoptic train` run folder")
@@ -162,6 +163,9 @@ def register(commands) -> None:
                    help="with --zero-shot: the scale of its standardised mask scores before their softmax")
     p.add_argument("--relative", action="store_true", help="with --zero-shot: each prompt's error under a mask "
                                                             "less its error over the whole image")
+    p.add_argument("--zero-shot-prompts", default="photo", choices=PROMPT_STYLES,
+                   help="with --zero-shot: score names under 'a photo of {name}.' (photo) or as the training "
+                        "captions name them, 'an eight', 'grass' (caption)")
     p = pan.add("predict", lambda a: predict(a.run, a.images, a.vocab, a.out, a.device),
                 help="panoptic labels for image files, naming with any vocabulary")
     p.add_argument("--run", required=True)

@@ -3,13 +3,17 @@ model itself: a mask is scored for a category by how well the UNet denoises the 
 category's prompt, on the mask's pixels (the reference uses CLIP's per-mask scores; no CLIP weights
 are available offline).
 
-    for each name n, level t, draw d:  error_n = ‖ε − ε_θ(x_t, t, "a photo of {n}.")‖² per pixel
+    for each name n, level t, draw d:  error_n = ‖ε − ε_θ(x_t, t, prompt(n))‖² per pixel
     category error  = min over its names (synonyms), mean over t and draws
     mask score      = −(mean error under the mask − its mean over categories) / its std over categories
 
 Then `ensemble` combines the classifier's probabilities p with the scorer's z by a geometric mean,
 p^(1−a)·z^a, with a = α for categories seen in training and β for the others (ODISE: 0.3 / 0.7); the
 classifier's "no object" probability is kept as it is.
+
+The prompt (`prompts`): `photo`, ODISE's "a photo of {name}." for every category; or `caption`, the
+phrase a training caption of the bundled scenes uses for it ("an eight", "a three"; a stuff name
+alone, "grass"), for a model trained on such captions rather than on web alt-text.
 """
 
 from __future__ import annotations
@@ -23,18 +27,30 @@ from ...errors import DiffrepError
 from .vocab import PROMPT, Vocabulary
 
 DEFAULT_TS = (200, 500)
+PROMPT_STYLES = ("photo", "caption")
+
+
+def prompt_for(name: str, isthing: bool, style: str = "photo") -> str:
+    """The text a category's name is scored under (see the module's docstring)."""
+    if style == "photo":
+        return PROMPT.format(name)
+    if style != "caption":
+        raise DiffrepError(f"unknown prompt style {style!r}; use one of {', '.join(PROMPT_STYLES)}")
+    if not isthing:
+        return name
+    return f"an {name}" if name[:1].lower() in "aeio" else f"a {name}"
 
 
 class DenoisingScorer:
     def __init__(self, backbone, vocab: Vocabulary, ts=DEFAULT_TS, draws: int = 2, seed: int = 0,
-                 temperature: float = 3.0, relative: bool = False):
+                 temperature: float = 3.0, relative: bool = False, prompts: str = "photo"):
         if not isinstance(backbone.noise, VPNoise):
             raise DiffrepError("the zero-shot scorer reads noise-prediction errors: it needs a DDPM-type (VP) model")
         self.backbone, self.vocab, self.ts, self.draws, self.seed = backbone, vocab, list(ts), draws, seed
         self.temperature, self.relative = temperature, relative
-        names = [(i, n) for i, c in enumerate(vocab.categories) for n in c.names]
-        self.owner = torch.tensor([i for i, _ in names])
-        self.prompts = torch.cat([backbone.condition(1, PROMPT.format(n)) for _, n in names])   # N×L×D
+        names = [(i, n, c.isthing) for i, c in enumerate(vocab.categories) for n in c.names]
+        self.owner = torch.tensor([i for i, _, _ in names])
+        self.prompts = torch.cat([backbone.condition(1, prompt_for(n, thing, prompts)) for _, n, thing in names])
 
     @torch.no_grad()
     def errors(self, images: torch.Tensor) -> torch.Tensor:
