@@ -235,7 +235,8 @@ def test_train_eval_predict_end_to_end_with_held_out_categories(t2i_dir, panopti
     assert main(["panoptic", "eval", "--run", str(run), "--split", "val", "--zero-shot", "--relative",
                  "--zero-shot-temperature", "10", "--out", str(tmp_path / "zs")]) == 0
     ensembled = json.loads((tmp_path / "zs" / "panoptic-eval.json").read_text())
-    assert ensembled["zero_shot"] == {"alpha": 0.3, "beta": 0.7, "temperature": 10.0, "relative": True}
+    assert ensembled["zero_shot"] == {"alpha": 0.3, "beta": 0.7, "temperature": 10.0, "relative": True,
+                                     "prompts": "photo"}
     image = panoptic_folder / "images" / "test" / "test-000000.png"
     out = tmp_path / "pred"
     assert main(["panoptic", "predict", "--run", str(run), str(image), "--vocab", "three,digit 3;stuff:sand",
