@@ -131,9 +131,14 @@ def scene(split: str, index: int, size: int = 64):
     return f"{split}-{index:06d}", rgb, ids, segments, caption
 
 
+def with_article(word: str) -> str:
+    """'an eight', 'a three': a thing as the captions name it."""
+    return f"an {word}" if word[:1].lower() in "aeio" else f"a {word}"
+
+
 def _caption(digits: list[str], stuff: list[str]) -> str:
     """'a three and a seven on brick wall beside grass' (every digit placed and every region)."""
-    things = " and ".join(f"an {d}" if d[0] in "aeio" else f"a {d}" for d in digits)
+    things = " and ".join(with_article(d) for d in digits)
     return f"{things} on {stuff[0]}" + "".join(f" beside {s}" for s in stuff[1:])
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ...core.backbone import VPNoise, run_denoiser
 from ...core.featurizer import image_noise
+from ...data.panoptic_scenes import with_article
 from ...errors import DiffrepError
 from .vocab import PROMPT, Vocabulary
 
@@ -36,9 +37,7 @@ def prompt_for(name: str, isthing: bool, style: str = "photo") -> str:
         return PROMPT.format(name)
     if style != "caption":
         raise DiffrepError(f"unknown prompt style {style!r}; use one of {', '.join(PROMPT_STYLES)}")
-    if not isthing:
-        return name
-    return f"an {name}" if name[:1].lower() in "aeio" else f"a {name}"
+    return with_article(name) if isthing else name
 
 
 class DenoisingScorer:
