@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -129,6 +131,30 @@ def test_the_bundled_folder_is_written_once_and_read_like_any_other(tmp_path, mo
     panoptic_scenes_folder.cache_clear()
     panoptic_scenes_folder(64, str(root))
     assert (root / "annotations" / "panoptic_train.json").stat().st_mtime_ns == stamp
+
+
+def test_two_commands_writing_the_bundled_folder_at_once_both_read_it_whole(tmp_path, monkeypatch):
+    """Two runs started together on a fresh machine: the second waits for the first's writing."""
+    ps = importlib.import_module("diffrep.data.panoptic_scenes")
+    monkeypatch.setattr(ps, "DEFAULT_SIZES", {"train": 3, "val": 2, "test": 2})
+    slow = ps.scene
+    monkeypatch.setattr(ps, "scene", lambda *a, **k: (time.sleep(0.05), slow(*a, **k))[1])  # overlap the writers
+    errors = []
+
+    def write():
+        try:
+            ps.panoptic_scenes_folder.__wrapped__(64, str(tmp_path / "bundled"))
+        except Exception as err:   # noqa: BLE001 - the test reports any failure of either writer
+            errors.append(err)
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert errors == []
+    root = tmp_path / "bundled"
+    assert [len(PanopticSet(root, s)) for s in ("train", "val", "test")] == [3, 2, 2]
+    assert not list(root.glob(".writing-*"))
 
 
 def test_items_fitted_to_a_model_match_the_files_read_at_that_side(small_folder):

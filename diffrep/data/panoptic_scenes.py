@@ -19,6 +19,7 @@ Decisions:
 
 from __future__ import annotations
 
+import fcntl
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -150,10 +151,18 @@ def cache_root() -> Path:
 def panoptic_scenes_folder(size: int = 64, root: str | None = None) -> Path:
     """The bundled panoptic scenes in COCO-panoptic layout, written on first use (deterministic)."""
     folder = Path(root) if root else cache_root() / f"{FORMAT}-{size}"
-    for split, n in DEFAULT_SIZES.items():
-        if not (folder / "annotations" / f"panoptic_{split}.json").is_file():
-            print(f"writing the bundled panoptic scenes ({split}: {n}) to {folder}", flush=True)
-            write_split(folder, split, (scene(split, i, size) for i in range(n)), categories())
+    missing = lambda split: not (folder / "annotations" / f"panoptic_{split}.json").is_file()  # noqa: E731
+    if not any(missing(split) for split in DEFAULT_SIZES):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    # two commands started together on a fresh machine would write the same split at once: the second
+    # waits for the first here (flock, released by the kernel if the writer dies), then finds it written
+    with open(folder / ".writing.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for split, n in DEFAULT_SIZES.items():
+            if missing(split):
+                print(f"writing the bundled panoptic scenes ({split}: {n}) to {folder}", flush=True)
+                write_split(folder, split, (scene(split, i, size) for i in range(n)), categories())
     return folder
 
 
