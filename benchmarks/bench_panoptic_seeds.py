@@ -29,6 +29,11 @@ from diffrep.segment.odise.cli import evaluate_one  # noqa: E402
 PARTS = ("all", "seen", "things", "stuff")
 
 
+def pq_percent(summary: dict) -> dict:
+    """PQ (%) of each part of a panoptic-eval summary."""
+    return {p: round(100 * summary[p]["pq"], 2) for p in PARTS}
+
+
 def val_scores(run: Path) -> dict:
     done = run / "eval-val" / "panoptic-eval.json"
     if not done.is_file():
@@ -36,7 +41,7 @@ def val_scores(run: Path) -> dict:
     summary = json.loads(done.read_text())["summary"]
     record = json.loads((run / "panoptic-train.json").read_text())
     return {"run": str(run), "seed": record["config"]["seed"], "best_epoch": record["best_epoch"],
-            "train_s": record["timing_s"]["total"], **{p: round(100 * summary[p]["pq"], 2) for p in PARTS}}
+            "train_s": record["timing_s"]["total"], **pq_percent(summary)}
 
 
 def recorded_scores(spec: str) -> dict:
@@ -44,7 +49,7 @@ def recorded_scores(spec: str) -> dict:
     node = json.loads(Path(file).read_text())
     for part in key.split(".") if key else []:
         node = node[part]
-    return {"recorded": spec, **{p: round(100 * node[p]["pq"], 2) for p in PARTS}}
+    return {"recorded": spec, **pq_percent(node)}
 
 
 def spread(values: list) -> dict:
