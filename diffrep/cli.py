@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .classify import ddae, gdc
-from .core import PRECISIONS, Featurizer, RunOn, load_backbone, processes
+from .core import PRECISIONS, Featurizer, ModelOptions, RunOn, load_backbone, processes
+from .convert import cli as convert_cli
 from .correspond.dift import cli as dift_cli
 from .data import fit_images, load
 from .errors import DiffrepError
 from .features import DiffusionFeatures, bytes_per_image, default_shard_size, extract_to_store
-from .options import Parser, add_options, check, from_args, noise_level, option
+from .options import MODEL_HELP, Parser, add_options, check, from_args, noise_level, option
 from .pretrain import cli as pretrain_cli
 from .runs import header, locked, output_file, peak_rss_mb, write_json, write_results
 from .segment.ddpm_seg import cli as ddpm_seg_cli
@@ -50,24 +51,31 @@ class Commands:
 def cmd_info(args) -> None:
     if args.json_out:
         output_file(args.json_out, "--json", ".json")
-    backbone = load_backbone(args.model, args.device, args.precision)
-    info = [b for b in Featurizer(backbone).feature_info() if b.top_level or not args.top_level]
+    backbone = load_backbone(args.model, args.device, args.precision, args.preset, args.flags)
+    featurizer = Featurizer(backbone)
+    refs = featurizer.reference_names()
+    info = [b for b in featurizer.feature_info() if b.top_level or not args.top_level or b.name in refs]
     model = backbone.denoiser
     print(f"{args.model}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
           f"{'latent (VAE)' if backbone.is_latent else 'pixel'} model, images {backbone.image_channels}×"
           f"{backbone.image_size}×{backbone.image_size}, noise: {backbone.noise.kind}")
     width = max(len(b.name) for b in info)
-    print(f"{'block'.ljust(width)}  channels  stride")
+    ref_width = max([len(r[0]) for r in refs.values()] + [len("guided-diffusion")])
+    print(f"{'block'.ljust(width)}  channels  stride" + (f"  {'guided-diffusion'.ljust(ref_width)}  diffssl" if refs else ""))
     for b in info:
-        print(f"{b.name.ljust(width)}  {b.channels:8d}  {b.stride:6d}")
+        ref, number = refs.get(b.name, ("", ""))
+        print(f"{b.name.ljust(width)}  {b.channels:8d}  {b.stride:6d}" + (f"  {ref.ljust(ref_width)}  {number:>7}" if refs else ""))
     if args.json_out:
-        write_json(args.json_out, [dict(name=b.name, channels=b.channels, stride=b.stride, top_level=b.top_level)
-                                    for b in info])
+        write_json(args.json_out, [dict(name=b.name, channels=b.channels, stride=b.stride, top_level=b.top_level,
+                                        guided_diffusion=refs.get(b.name, (None, None))[0],
+                                        diffssl=int(refs[b.name][1]) if b.name in refs else None) for b in info])
 
 
 def _register_info(commands: Commands) -> None:
     p = commands.add("info", cmd_info, help="list every tappable block of a model: name, channels, stride")
-    p.add_argument("--model", default="mnist-ddpm", help="bundled name, local diffusers folder or hub id")
+    p.add_argument("--model", default="mnist-ddpm", help="bundled name, local diffusers folder, hub id or a "
+                                                          "guided-diffusion .pt (with --preset or --flags)")
+    add_options(p, ModelOptions, skip=("class_label",))
     p.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
                    help="weights' precision on a GPU (the catalogue's dummy forward runs in it)")
@@ -79,7 +87,7 @@ def _register_info(commands: Commands) -> None:
 
 @dataclass
 class FeaturesConfig(RunOn):
-    model: str = option("mnist-ddpm", "bundled name, local diffusers folder or hub id")
+    model: str = option("mnist-ddpm", MODEL_HELP)
     data: str = option("mnist", "'mnist', 'scenes', 'photos' or an image folder (class sub-folders give labels)")
     blocks: list | None = option(None, "comma-separated block names (see `diffrep info`)", many=True, required=True)
     ts: list | None = option(None, "comma-separated noise levels (timesteps; σ for EDM)", parse=noise_level, many=True,
@@ -88,7 +96,7 @@ class FeaturesConfig(RunOn):
     pool: int | None = option(None, "average-pool each map to P×P (default: keep full maps)", parse=int, min=1)
     ensemble: int = option(1, "noise draws averaged per image", min=1)
     seed: int = option(0, "seed of the noise (image i's draw k at level t comes from seed, i, k, t)")
-    shared_noise: bool = option(False, "one noise tensor for all images (DDPM-Seg)")
+    shared_noise: bool = option(False, "one noise tensor for all images (drawn once per t)")
     batch_size: int = option(250, "images per forward", min=1)
     workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
     shard_size: int | None = option(None, "images per shard (default: about 64 MB of features, at most 4,096)",
@@ -109,7 +117,7 @@ def extract_features(cfg: FeaturesConfig, out: str | Path) -> dict:
     main = state is None or state.is_main_process
     with (locked(out) if main else contextlib.nullcontext(Path(out))) as out:
         start = time.time()
-        backbone = load_backbone(cfg.model, device, cfg.precision)
+        backbone = load_backbone(cfg.model, device, cfg.precision, **cfg.model_options())
         featurizer = Featurizer(backbone)
         source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.precision)
         strides = {b.name: b.stride for b in featurizer.feature_info()}
@@ -152,6 +160,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="diffrep", description="Diffusion models as representation learners")
     commands = Commands(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
     _register_info(commands)
+    convert_cli.register(commands)
     pretrain_cli.register(commands)
     _register_features(commands)
     for method in METHODS:

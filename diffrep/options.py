@@ -19,6 +19,9 @@ import re
 
 from .errors import DiffrepError
 
+MODEL_HELP = ("bundled name, local diffusers folder, hub id, or a guided-diffusion checkpoint FILE.pt (with --preset or "
+              "--flags; converted once into a cached diffusers folder)")
+
 
 def option(default, help: str = "", *, min=None, above=None, max=None, below=None, choices=None, parse=None, many: bool = False,
            flag: str | None = None, cli: bool = True, metavar: str | None = None, required: bool = False,

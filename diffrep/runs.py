@@ -4,7 +4,7 @@
   writable, or a file name that is a folder, is refused with one line saying which.
 - A run folder is locked while a command writes to it (`locked`): a second command into the same
   folder is refused instead of mixing its settings with the first one's.
-- Every file is written atomically by `atomic_path`: under a temporary name beside it, renamed into
+- Every file is written atomically by `atomic_path` (`diffrep.files`): under a temporary name beside it, renamed into
   place once whole, removed if writing fails. A SIGKILL cannot run cleanup, so stale temporary files
   (`.NAME.tmp`, and safetensors' own `.tmpXXXXXX`) are swept, in the whole folder, when it is next
   opened for writing.
@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import resource
-import shutil
 from pathlib import Path
 
 import torch
@@ -28,40 +27,7 @@ import torch
 from .core.runtime import processes
 from .errors import DiffrepError
 
-TMP_SUFFIX = ".tmp"
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_SUFFIX}")
-
-
-def _is_temporary(name: str) -> bool:
-    """Our temporary names (.NAME.tmp) and safetensors' own (.tmpXXXXXX, made beside the target)."""
-    return name.startswith(".") and (name.endswith(TMP_SUFFIX) or name.startswith(".tmp"))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path` to write a file (or a folder) at; once the block ends
-    without error it replaces `path`; on any error it is removed and `path` is left as it was."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    _remove(tmp)
-    try:
-        yield tmp
-        if tmp.is_dir() and path.exists():   # os.replace cannot put a folder over a non-empty one
-            _remove(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            _remove(tmp)
+from .files import _is_temporary, _remove, atomic_path
 
 
 def write_json(path: str | Path, obj) -> Path:

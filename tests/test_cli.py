@@ -16,7 +16,10 @@ def test_info_lists_blocks(unet_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "UNet2DModel" in out and "mid_block" in out and "up_blocks.0.resnets.1" in out
     info = json.loads((tmp_path / "info.json").read_text())
-    assert {"name": "mid_block", "channels": 8, "stride": 2, "top_level": True} in info
+    mid = next(row for row in info if row["name"] == "mid_block")
+    inputs = sum(1 for row in info if (row["guided_diffusion"] or "").startswith("input_blocks."))
+    assert mid == {"name": "mid_block", "channels": 8, "stride": 2, "top_level": True,
+                   "guided_diffusion": "middle_block", "diffssl": inputs + 1}
 
 
 def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, capsys):

@@ -182,6 +182,19 @@ def test_multi_scale_descriptor(unet_dir, latent_unet_dir, dit_dir):
         DiffusionDescriber(featurizer, scales=[0])
 
 
+def test_default_noise_level_follows_the_model_family_not_the_block(unet_dir, latent_unet_dir, dit_dir):
+    """Latent VP models: DIFT's t = 261 at any block or join (it once fell to 0 off the default block);
+    pixel UNets: t = 0; EDM: σ_min. The ensemble is DIFT's 8 unless given."""
+    from diffrep.correspond.dift import DiffusionDescriber
+
+    latent, pixel = (Featurizer(load_backbone(str(d))) for d in (latent_unet_dir, unet_dir))
+    for blocks in (None, "up_blocks.0", "mid_block+up_blocks.0"):
+        assert DiffusionDescriber(latent, blocks).t == 261 and DiffusionDescriber(pixel, blocks).t == 0
+    dit = Featurizer(load_backbone(str(dit_dir)))
+    assert DiffusionDescriber(dit).t == dit.backbone.noise.sigma_min
+    assert DiffusionDescriber(pixel).ensemble == 8 and DiffusionDescriber(pixel, ensemble=1).ensemble == 1
+
+
 def test_mutual_check():
     code = torch.randn(8, 12, 12, generator=torch.Generator().manual_seed(2))
     target = code.clone()
@@ -251,6 +264,7 @@ def test_match_command(unet_dir, two_photos, tmp_path, capsys):
     assert "similarity" in capsys.readouterr().out
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["block"] == "up_blocks.0" and len(record["matches"]) == 3
+    assert (record["t"], record["ensemble"], record["reference"]) == (0, 2, None)   # what was used, recorded
     for row in record["matches"]:
         x, y = row["target"]
         assert 0 <= x <= 42 and 0 <= y <= 40 and -1 <= row["similarity"] <= 1 and "mutual" in row
@@ -275,6 +289,7 @@ def test_match_eval_warps_and_spair(unet_dir, spair_dir, tmp_path, capsys):
     result = json.loads((out / "match-eval.json").read_text())
     assert set(result["methods"]) == {"diffusion", "pixels", "daisy"} and result["n_pairs"] == 3
     assert len(result["methods"]["diffusion"]["pck@0.1_per_pair"]) == 3
+    assert (result["t"], result["ensemble"], result["scales"], result["reference"]) == (0, 1, [1, 0.5, 0.25, 0.125], None)
     assert all(0 <= r[a]["per_point"] <= 100 for r in result["methods"].values() for a in ("0.05", "0.1", "0.15"))
     assert "daisy" in printed and "pixels" in printed and "diffusion (mid_block, t=0)" in printed
     assert len(list(out.glob("example-*.png"))) == 2 and len(list(out.glob("features-*.png"))) == 1
@@ -295,6 +310,7 @@ def test_match_sweep(unet_dir, tmp_path, capsys):
     assert [(c["t"], c["block"]) for c in result["cells"]] == [
         (10, "mid_block"), (10, "up_blocks.0"), (200, "mid_block"), (200, "up_blocks.0")]
     assert set(result["baselines"]) == {"pixels", "daisy"} and (out / "heatmap.png").stat().st_size > 0
+    assert result["ensemble"] == 1 and result["reference"] is None
     assert "best: t=" in capsys.readouterr().out
 
 

@@ -23,7 +23,7 @@ from ..features import (Cell, DiffusionFeatures, FeatureStore, RawPixels, as_ten
                         default_shard_size, extract_to_store, in_memory)
 from ..heads.probe import CHUNK
 from ..heads import augmented_epochs, cross_validated_accuracy, train_probe_grid
-from ..options import add_options, check, from_args, noise_level, option
+from ..options import MODEL_HELP, add_options, check, from_args, noise_level, option
 from ..plotting import grid_rows, plot_grid
 from ..runs import header, in_run_folder, write_results
 
@@ -33,7 +33,7 @@ PIXELS, RANDOM = "pixels", "random"   # the baselines' feature keys: raw pixels,
 
 @dataclass
 class SweepConfig(RunOn):
-    model: str = option("mnist-ddpm", "bundled name, local diffusers folder or hub id")
+    model: str = option("mnist-ddpm", MODEL_HELP)
     data: str = option("mnist", "'mnist' or an image folder with class sub-folders")
     ts: list | None = option(None, f"noise levels, timesteps or σ for EDM (default {','.join(map(str, DEFAULT_TS))}; "
                                    "with --features: the file's)", parse=noise_level, many=True, flag="--t")
@@ -121,7 +121,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict | None:
 
 def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     start = time.time()
-    backbone = load_backbone(cfg.model, device, cfg.precision)
+    backbone = load_backbone(cfg.model, device, cfg.precision, **cfg.model_options())
     featurizer = Featurizer(backbone)
     splits = labelled_splits(cfg.data, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))

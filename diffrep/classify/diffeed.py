@@ -3,6 +3,7 @@ decoder features (`feedback.Feedback`). The `feedback` row of `diffrep classify`
 
     image i ─► x_t (noise from (seed, i, 0, t), as the cached features) ─► pass 1, no grad: every decoder block
             ─► adapters (1×1 conv + BN + ReLU) ─► added to the mirrored encoder blocks in pass 2
+               (or to those `--feedback-pairs` names: `--reference diffssl` feeds block b to 38 − b)
             ─► the read block of pass 2, pooled to ≤ 16×16 ─► the attention head
 
 Only the adapters and the head train (SGD; lr 1e-2 for the adapters as the reference, the head's own
@@ -32,12 +33,14 @@ class FeedbackClassifier(nn.Module):
     """Images (B×C×H×W in [-1, 1]) with their data-set indices → logits, through two passes of the
     frozen `backbone` at level `t` and a head on `read_block` of pass 2."""
 
-    def __init__(self, backbone, read_block: str, t, head: nn.Module, seed: int):
+    def __init__(self, backbone, read_block: str, t, head: nn.Module, seed: int, pairs: dict | None = None):
         super().__init__()
         self.backbone, self.read_block, self.t, self.seed = backbone, read_block, t, seed
         model = backbone.denoiser
-        # every decoder block feeds back, as the reference feeds every decoder level
-        self.feedback = Feedback(model, [f"up_blocks.{j}" for j in range(len(getattr(model, "up_blocks", [])))])
+        # without `pairs` ({decoder: encoder module}), every decoder block feeds back to its mirror, as the
+        # reference feeds every decoder level
+        every_level = [f"up_blocks.{j}" for j in range(len(getattr(model, "up_blocks", [])))]
+        self.feedback = Feedback(model, every_level) if pairs is None else Feedback(model, pairs=pairs)
         self.head = head
 
     def read(self, images: torch.Tensor, indices) -> torch.Tensor:
@@ -83,16 +86,17 @@ def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: i
     else:
         fit, val = holdout_split(len(labels["train"]), seed=cfg.seed)
         val_images, val_labels = train_images, labels["train"]
-    block, t = cfg.blocks[0], cfg.ts[0]
+    block, t = cfg.head_block, cfg.head_t
+    pairs = dict(map(tuple, cfg.feedback_pairs)) if cfg.feedback_pairs else None
     for p in backbone.denoiser.parameters():
         p.requires_grad_(False)
     with torch.no_grad():   # the read block's shape, for the head
-        probe = FeedbackClassifier(backbone, block, t, nn.Identity(), cfg.seed)
+        probe = FeedbackClassifier(backbone, block, t, nn.Identity(), cfg.seed, pairs)
         rows, first = next(iter(ImageBatches(splits["train"].images, 1, batches=[[0]])))
         shape = tuple(probe.read(first, rows).shape[1:])
     torch.manual_seed(cfg.seed)
     head = make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth)
-    model = FeedbackClassifier(backbone, block, t, head, cfg.seed)
+    model = FeedbackClassifier(backbone, block, t, head, cfg.seed, pairs)
     gen = torch.Generator().manual_seed(cfg.seed)
     groups = [{"params": model.feedback.parameters(), "lr": default_lr("feedback")},
               {"params": head.parameters(), "lr": default_lr("attention")}]

@@ -20,7 +20,9 @@ downsampler and each up block with its upsampler, so no down block outputs the f
 the last two up blocks, and in a two-level UNet no decoder block would find a partner at all. The
 price is the resize: a decoder output is 2× (4× at middle levels) its partner's output, which is why
 the map is resized, as the reference resizes the output of a decoder block that ends in an upsampler
-to its mirrored encoder block.
+to its mirrored encoder block. Explicit pairs (`Feedback(model, pairs=…)`) bypass the rule: any decoder
+module feeds any encoder module, resized the same way; diffssl's own pairs (38 − b, `classify.reference`)
+join each decoder module to the encoder module whose skip it reads, of the same shape on ADM.
 
 Which states get the feedback. A down block returns (hidden, skips, …): hidden goes to the next
 block, skips to the decoder, and the last skip is hidden itself. The resized map is added to hidden
@@ -80,10 +82,15 @@ def _probe_inputs(model: nn.Module):
     return x, timestep, cond
 
 
-def _block_shapes(model: nn.Module) -> dict[str, _BlockShape]:
-    """{`down_blocks.i` / `up_blocks.j`: output channels and working resolution}, from one probe forward."""
+def _block_shapes(model: nn.Module, names=None) -> dict[str, _BlockShape]:
+    """{module path: output channels and working resolution}, from one probe forward: of `names`, or
+    of every `down_blocks.i` / `up_blocks.j`."""
     _check_unet(model)
-    blocks = {f"{part}.{i}": block for part in (ENCODER, DECODER) for i, block in enumerate(getattr(model, part))}
+    if names is None:
+        blocks = {f"{part}.{i}": block for part in (ENCODER, DECODER) for i, block in enumerate(getattr(model, part))}
+    else:
+        modules = dict(model.named_modules())
+        blocks = {name: modules[name] for name in names}
     outputs, working = {}, {}
 
     def record(store, name):
@@ -122,6 +129,20 @@ def _pair(shapes: dict[str, _BlockShape], decoder_blocks) -> dict[str, str]:
                                "does: it has no encoder block to feed")
         pairs[name] = same[-1]   # encoders are listed shallow to deep
     return pairs
+
+
+def _check_pairs(model: nn.Module, pairs: dict[str, str]) -> dict[str, str]:
+    """Explicit pairs as given, each a decoder module (under `up_blocks`) and an encoder module
+    (`conv_in` or under `down_blocks`): pass 2 must reach the encoder before the decoder maps exist."""
+    _check_unet(model)
+    modules = dict(model.named_modules())
+    wrong = [f"{dec}:{enc}" for dec, enc in pairs.items()
+             if dec not in modules or enc not in modules or not dec.startswith(DECODER + ".")
+             or not (enc == "conv_in" or enc.startswith(ENCODER + "."))]
+    if wrong or not pairs:
+        raise DiffrepError(f"feedback pairs {', '.join(wrong) or '(none)'}: each needs a module under {DECODER} and "
+                           f"one under {ENCODER} (or conv_in), e.g. up_blocks.1.resnets.1:down_blocks.2.resnets.0")
+    return dict(pairs)
 
 
 def feedback_pairs(model: nn.Module, decoder_blocks: list[str]) -> dict[str, str]:
@@ -172,15 +193,21 @@ def _key(block: str) -> str:
 class Feedback(nn.Module):
     """DifFeed's trainable part: an adapter per fed-back decoder block, and the two-pass forward.
 
+    Built from `decoder_blocks` (`up_blocks.j`, paired by the rule above) or from explicit `pairs`
+    ({decoder module: encoder module}, any depth, e.g. diffssl's 38 − b: `classify.reference`).
     `pairs`: {decoder block: encoder block it feeds}; `adapters`: {decoder block with '_' for '.':
     Conv2d(C_dec, C_enc, 1, bias=False) → BatchNorm2d(C_enc) → ReLU}. The model is not held (its
     parameters must not join the trainable ones): pass it to each call.
     """
 
-    def __init__(self, model: nn.Module, decoder_blocks: list[str]):
+    def __init__(self, model: nn.Module, decoder_blocks: list[str] | None = None, pairs: dict[str, str] | None = None):
         super().__init__()
-        shapes = _block_shapes(model)
-        self.pairs = _pair(shapes, decoder_blocks)
+        if pairs is None:
+            shapes = _block_shapes(model)
+            self.pairs = _pair(shapes, decoder_blocks)
+        else:
+            self.pairs = _check_pairs(model, pairs)
+            shapes = _block_shapes(model, [*self.pairs, *self.pairs.values()])
         self.adapters = nn.ModuleDict({_key(dec): _adapter(shapes[dec].channels, shapes[enc].channels)
                                        for dec, enc in self.pairs.items()})
         self.to(next(model.parameters()).device)

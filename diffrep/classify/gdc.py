@@ -6,14 +6,16 @@ several blocks and noise levels, as one table: `diffrep classify`.
            ─► test accuracy, scored once per head
     the same heads on raw pixels and on the same network with random weights, in the same run
 
-Single-map heads (linear and MLP at each pool size, CNN, attention) read the first block at the first
-noise level; `fusion` (DifFormer) reads every block at every level. The maps are extracted once and
-shared by every head (only the first cell's when no fusion head is asked for).
+Single-map heads (linear and MLP at each pool size, CNN, attention) and DifFeed read one cell,
+`--head-block` at `--head-t` (default: the first block at the first noise level); `fusion` (DifFormer)
+reads every block at every level. The maps are extracted once and shared by every head (only the head
+cell's when no fusion head is asked for). `--reference diffssl` sets the cells and DifFeed's pairs of
+the published runs on ADM-256 (`reference`).
 
 Decisions:
 - Validation is the data set's own val split where it has one (`photo-crops`, folders with val/),
   else a fixed held-out eighth of train. Each head keeps its best epoch there.
-- The pixel baseline reads the image cut into patches on the grid of the first diffusion map (mnist-ddpm's
+- The pixel baseline reads the image cut into patches on the grid of the head cell's map (mnist-ddpm's
   `mid_block`: 8×8 patches of 4×4 pixels, 16 channels each), so every head reads as many positions from
   pixels as from the network, and the CNN head on them is a CNN trained from scratch on the whole image.
 - `--labels-per-class k`: every cached head is trained again on k images per class (a seeded subset of
@@ -39,11 +41,12 @@ from ..errors import DiffrepError
 from ..features import Cell, DiffusionFeatures, PixelPatches, ShardedArray, as_tensor, maps_in_store
 from ..heads.classifier import (HEADS, MAX_TOKEN_SIDE, accuracy, default_lr, make_head, parameter_count,
                                 pool_to_token_grid, train_classifier)
-from ..options import add_options, check, from_args, named, noise_level, option
+from ..options import MODEL_HELP, add_options, check, from_args, named, noise_level, option
 from ..runs import header, in_run_folder, write_results
 from .ddae import labelled_splits
 from .diffeed import check_model, train_feedback_row
 from .difformer import fusion_layout, fusion_spec
+from .reference import REFERENCES, apply_reference, check_numbering, resolved
 from .report import format_label_efficiency, format_table, plot_label_efficiency, plot_table
 
 DEFAULT_TS = [25, 50, 100]
@@ -55,16 +58,34 @@ def label_count(text: str):
     return text if text == "all" else int(text)
 
 
+@named("block pair (decoder:encoder)")
+def block_pair(text: str) -> tuple[str, str]:
+    decoder, sep, encoder = text.partition(":")
+    if not (sep and decoder and encoder):
+        raise ValueError(text)
+    return decoder, encoder
+
+
 @dataclass
 class ClassifyConfig(RunOn):
-    model: str = option("mnist-ddpm", "bundled name, local diffusers folder or hub id")
+    model: str = option("mnist-ddpm", MODEL_HELP)
     data: str = option("mnist", "'mnist' or an image folder with class sub-folders")
     heads: list = option(["linear", "mlp", "cnn", "attention"], f"heads to train: {', '.join(HEADS)}",
                          choices=HEADS)
-    blocks: list | None = option(None, "blocks; single-map heads read the first, fusion all (default: the "
-                                       "bottleneck and the first two decoder blocks)", many=True)
-    ts: list = option(DEFAULT_TS, "noise levels; single-map heads read the first, fusion all",
-                      parse=noise_level, flag="--t")
+    reference: str | None = option(None, "read what a published reference reads (diffssl: GDC at block 24, t 150; "
+                                         "DifFormer 19,24,30 × 90,150,300; DifFeed 38 − b); flags given win",
+                                   choices=tuple(REFERENCES))
+    blocks: list | None = option(None, "blocks fusion reads (default: the bottleneck and the first two decoder "
+                                       "blocks)", many=True)
+    ts: list | None = option(None, "noise levels fusion reads (default: " + ",".join(map(str, DEFAULT_TS)) + ")",
+                             parse=noise_level, flag="--t", many=True)
+    head_block: str | None = option(None, "block the single-map heads and DifFeed read (default: the first of "
+                                          "--blocks)")
+    head_t: int | float | None = option(None, "noise level they read (default: the first of --t)",
+                                        parse=noise_level)
+    feedback_pairs: list | None = option(None, "DifFeed: decoder:encoder blocks, each decoder map added to its "
+                                               "encoder block (default: every up block to its mirror)",
+                                         parse=block_pair, many=True, metavar="DEC:ENC,...")
     pools: list = option([1, 2, 4], "pool sizes p×p of the linear and MLP heads", min=1)
     epochs: int = option(12, "epochs per head (the learning rate drops ×0.1 at each quarter; the reference: 28)",
                          min=1)
@@ -129,9 +150,10 @@ def _reseeded(source, seed: int):
                              source.precision, source.weights)
 
 
-def _head_specs(cfg: ClassifyConfig, cells: list) -> list[dict]:
-    """The table's rows for one feature source: (name, kind, pool, cells read)."""
-    first = [cells[0]]
+def _head_specs(cfg: ClassifyConfig, cells: list, head) -> list[dict]:
+    """The table's rows for one feature source: (name, kind, pool, cells read): fusion `cells`, the
+    single-map heads the one cell `head`."""
+    first = [head]
     specs = []
     for kind in cfg.heads:
         if kind in ("linear", "mlp"):
@@ -209,18 +231,18 @@ def fit_rows(feats: dict, labels: dict, copies: list, fit: torch.Tensor, few: bo
 
 
 def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict, cells: list, classes: int,
-                device, dtype, copies: list | None = None, labels_per_class=None) -> list[dict]:
+                device, dtype, copies: list | None = None, labels_per_class=None, head=None) -> list[dict]:
     """Every head of `cfg.heads` on one source's maps (plus the rows of `copies`, the distorted
     copies' maps of the train split): trained, its epoch chosen on validation, scored on test.
-    `labels_per_class` k: fit on k images per class and keep the last epoch (nothing is chosen on
-    validation with so few labels)."""
+    Fusion reads `cells`, the single-map heads `head` (default: the first cell). `labels_per_class` k:
+    fit on k images per class and keep the last epoch (nothing is chosen on validation with so few labels)."""
     fit, val = fit_and_validation(cfg, feats, labels)
     if labels_per_class is not None:
         fit, val = labels_subset(labels["train"], fit, labels_per_class, cfg.seed), None
     train = fit_rows(feats, labels, copies or [], fit, few=labels_per_class is not None)
     test = Rows(feats["test"], labels["test"], torch.arange(len(labels["test"])))
     rows = []
-    for spec in _head_specs(cfg, cells):
+    for spec in _head_specs(cfg, cells, cells[0] if head is None else head):
         if spec["kind"] == "fusion" and source_name == PIXELS:
             continue   # one map: nothing to fuse
         order, n_blocks, n_levels = fusion_layout(spec["cells"])
@@ -252,15 +274,20 @@ def run_classify(cfg: ClassifyConfig, out: str | Path) -> dict | None:
 
 def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
     start = time.time()
-    backbone = load_backbone(cfg.model, device, cfg.precision)
+    backbone = load_backbone(cfg.model, device, cfg.precision, **cfg.model_options())
     featurizer = Featurizer(backbone)
     if "feedback" in cfg.heads:
         check_model(backbone)
+    reference = apply_reference(cfg)
+    check_numbering(reference, featurizer)
+    _resolve_reading(cfg, featurizer)
+    reference = resolved(reference, cfg)
     names = ("train", "val", "test") if has_split(cfg.data, "val") else ("train", "test")
     splits = labelled_splits(cfg.data, backbone, "classification", names)
-    cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("fusion"))
-    cfg.ts = [backbone.noise.check(t) for t in cfg.ts]
-    blocks, ts = (cfg.blocks, cfg.ts) if "fusion" in cfg.heads else (cfg.blocks[:1], cfg.ts[:1])
+    head = Cell(cfg.head_t, cfg.head_block)
+    blocks, ts = [head.block], [head.t]
+    if "fusion" in cfg.heads:   # one grid holds the fused cells and the single-map heads' cell
+        blocks, ts = featurizer.check_blocks(cfg.blocks + blocks), list(dict.fromkeys(cfg.ts + ts))
     labels = {s: d.labels for s, d in splits.items()}
     classes = len(splits["train"].classes)
     sources = {DIFFUSION: DiffusionFeatures(featurizer, blocks, ts, seed=cfg.seed, precision=cfg.precision)}
@@ -272,7 +299,7 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
     for name in sources:
         t0 = time.time()
         if name == PIXELS:
-            sources[name] = _pixels_like(feats[DIFFUSION]["train"], Cell(ts[0], blocks[0]), splits["train"].images,
+            sources[name] = _pixels_like(feats[DIFFUSION]["train"], head, splits["train"].images,
                                          backbone.image_channels)
         feats[name], copies[name] = _extract_source(cfg, sources[name], splits, out, name, state)
         timing[f"{name}_features"] = round(time.time() - t0, 1)
@@ -282,17 +309,19 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
     rows, few = [], []
     for name in sources:
         t0 = time.time()
-        cells = [Cell(t, b) for t in ts for b in blocks] if name != PIXELS else [PIXELS]
-        rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name])
+        cells = [Cell(t, b) for t in cfg.ts for b in cfg.blocks] if name != PIXELS else [PIXELS]
+        first = head if name != PIXELS else PIXELS
+        rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], head=first)
         if "feedback" in cfg.heads and name == DIFFUSION:
             rows.append(train_feedback_row(cfg, name, backbone, splits, classes, device, dtype))
         for k in [k for k in cfg.labels_per_class or [] if k != "all"]:
-            few += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], k)
+            few += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], k, first)
         timing[f"{name}_heads"] = round(time.time() - t0, 1)
     timing["total"] = round(time.time() - start, 1)
     result = {**header("gdc", cfg.model, cfg.data, timing), "n_train": len(labels["train"]),
               "n_val": len(labels["val"]) if "val" in labels else None, "n_test": len(labels["test"]),
-              "classes": splits["train"].classes, "blocks": cfg.blocks, "ts": cfg.ts,
+              "classes": splits["train"].classes, "blocks": cfg.blocks, "ts": cfg.ts, "head_cell": head.as_json(),
+              "reference": reference,
               "pixel_patches": sources[PIXELS].factor if PIXELS in sources else None,
               "selection": ("each head's epoch chosen on the val split" if "val" in labels else
                             "each head's epoch chosen on a held-out eighth of the train split") +
@@ -311,6 +340,19 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
         written.append(out / "classify-labels.png")
     print(f"wrote {', '.join(str(p) for p in written)} ({timing['total']:.0f} s)")
     return result
+
+
+def _resolve_reading(cfg: ClassifyConfig, featurizer: Featurizer) -> None:
+    """What the run reads, in place, as module paths and checked levels (`check_blocks` also takes
+    guided-diffusion's names and diffssl's numbers): fusion's blocks and levels, the single-map heads'
+    cell (default: fusion's first block and first level) and DifFeed's pairs (None: the mirror rule)."""
+    noise = featurizer.backbone.noise
+    cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("fusion"))
+    cfg.ts = [noise.check(t) for t in cfg.ts or DEFAULT_TS]
+    cfg.head_block = featurizer.check_blocks([cfg.head_block])[0] if cfg.head_block else cfg.blocks[0]
+    cfg.head_t = noise.check(cfg.ts[0] if cfg.head_t is None else cfg.head_t)
+    if cfg.feedback_pairs:
+        cfg.feedback_pairs = [[featurizer.check_blocks([b])[0] for b in pair] for pair in cfg.feedback_pairs]
 
 
 def _pixels_like(diffusion_train: dict, cell: Cell, images, image_channels: int) -> PixelPatches:

@@ -5,8 +5,8 @@ from .backbone import (PRECISIONS, Backbone, EDMNoise, VPNoise, autocast_dtype, 
                        random_init, resolve_device, run_denoiser, weight_dtype)
 from .blocks import default_blocks
 from .featurizer import BlockInfo, Featurizer, image_noise, noise_seed
-from .runtime import RunOn, barrier, processes, release_memory
+from .runtime import ModelOptions, RunOn, barrier, processes, release_memory
 
-__all__ = ["PRECISIONS", "Backbone", "BlockInfo", "EDMNoise", "Featurizer", "RunOn", "VPNoise", "autocast_dtype",
+__all__ = ["PRECISIONS", "Backbone", "BlockInfo", "EDMNoise", "Featurizer", "ModelOptions", "RunOn", "VPNoise", "autocast_dtype",
            "barrier", "default_blocks", "image_noise", "load_backbone", "noise_seed", "noise_form", "null_class",
            "processes", "random_init", "release_memory", "resolve_device", "run_denoiser", "weight_dtype"]

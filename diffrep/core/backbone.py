@@ -25,12 +25,14 @@ from diffusers import (
 
 from huggingface_hub import snapshot_download
 
+from ..convert import ADMUNet2DModel, cached_folder
 from ..errors import DiffrepError
 from .text import BY_NAME, TextEncoder, load_text_encoder
 
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 BUNDLED = {name: WEIGHTS_DIR / name for name in ("mnist-ddpm", "scenes-ddpm", "photos-ddpm", "scenes-t2i")}
-DENOISERS = {cls.__name__: cls for cls in (UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel)}
+DENOISERS = {cls.__name__: cls for cls in (UNet2DModel, ADMUNet2DModel, UNet2DConditionModel, DiTTransformer2DModel)}
+CHECKPOINT_SUFFIXES = (".pt", ".pth")   # guided-diffusion checkpoints, converted on first use
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype (None: off)
 
@@ -143,13 +145,20 @@ def noise_form(scheduler):
 
 
 def run_denoiser(model: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, cond=None) -> torch.Tensor:
-    """One denoiser call, whatever its class: conditional UNets take `encoder_hidden_states`, DiT takes
-    `class_labels`; `cond` is that extra input (None for plain UNets)."""
+    """One denoiser call, whatever its class: conditional UNets take `encoder_hidden_states`, DiT and
+    class-conditional pixel UNets take `class_labels`; `cond` is that extra input (None for plain UNets)."""
     if isinstance(model, UNet2DConditionModel):
         return model(x, timestep, encoder_hidden_states=cond).sample
     if isinstance(model, DiTTransformer2DModel):
         return model(x, timestep=timestep, class_labels=cond).sample
+    if cond is not None:
+        return model(x, timestep, class_labels=cond).sample
     return model(x, timestep).sample
+
+
+def is_class_conditional(model: torch.nn.Module) -> bool:
+    """A pixel UNet with a class embedding (guided-diffusion's ImageNet models): it needs a label."""
+    return isinstance(model, UNet2DModel) and getattr(model, "class_embedding", None) is not None
 
 
 def null_class(model: DiTTransformer2DModel) -> int:
@@ -167,6 +176,7 @@ class Backbone:
     text_encoder: torch.nn.Module | None = None
     tokenizer: object | None = None
     source: str = ""
+    class_label: int = 0   # what a class-conditional pixel UNet is fed for every image
     _empty_prompt: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -219,9 +229,13 @@ class Backbone:
     @torch.no_grad()
     def condition(self, batch: int, prompt: str | None = None):
         """The extra denoiser input for `batch` images: a prompt embedding (conditional UNets; the empty
-        prompt by default, zeros when the folder has no text encoder), DiT's null class, or None."""
+        prompt by default, zeros when the folder has no text encoder), DiT's null class, `class_label`
+        for a class-conditional pixel UNet (ADM's ImageNet models have no null class; the label is a
+        setting, `--class-label`, 0 by default), or None."""
         if isinstance(self.denoiser, DiTTransformer2DModel):
             return torch.full((batch,), null_class(self.denoiser), dtype=torch.long, device=self.device)
+        if is_class_conditional(self.denoiser):
+            return torch.full((batch,), self.class_label, dtype=torch.long, device=self.device)
         if not isinstance(self.denoiser, UNet2DConditionModel):
             return None
         return self._prompt_embedding(prompt or "").expand(batch, -1, -1)
@@ -337,31 +351,42 @@ def random_init(backbone: Backbone, seed: int) -> Backbone:
     torch.manual_seed(seed)
     denoiser = type(backbone.denoiser).from_config(backbone.denoiser.config).eval().requires_grad_(False)
     random = Backbone(denoiser, backbone.noise, backbone.vae, backbone.text_encoder, backbone.tokenizer,
-                      source=f"{backbone.source} (random init)")
+                      source=f"{backbone.source} (random init)", class_label=backbone.class_label)
     return random.to(backbone.device, backbone.denoiser.dtype)
 
 
-def load_backbone(spec: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> Backbone:
+def load_backbone(spec: str | Path, device: str | torch.device = "cpu", precision: str = "fp32",
+                  preset: str | None = None, flags: str | None = None, class_label: int = 0) -> Backbone:
     """A backbone from a bundled name (`mnist-ddpm`), a local diffusers folder (a lone model folder or a
-    pipeline folder with unet/ or transformer/, scheduler/, vae/ …) or a HuggingFace hub id, with the
-    denoiser, VAE and text encoder on `device` ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'), their weights
-    cast to `precision` on GPUs (`weight_dtype`)."""
+    pipeline folder with unet/ or transformer/, scheduler/, vae/ …), a HuggingFace hub id, or a
+    guided-diffusion checkpoint (`FILE.pt` with its `preset` or MODEL_FLAGS `flags`, converted once into
+    a cached diffusers folder), with the denoiser, VAE and text encoder on `device` ('auto', 'cpu',
+    'cuda', 'cuda:N', 'mps'), their weights cast to `precision` on GPUs (`weight_dtype`).
+    `class_label`: what a class-conditional pixel UNet is fed."""
     device = resolve_device(device)
     dtype = weight_dtype(precision, device)
+    if Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES:
+        backbone = _load_folder(cached_folder(spec, preset, flags))
+    elif preset is not None or flags is not None:
+        raise DiffrepError(f"--preset and --flags describe a guided-diffusion checkpoint (a .pt file); {spec} is not one")
+    else:
+        backbone = _load_folder(_locate(spec))
+    backbone.source, backbone.class_label = str(spec), class_label
+    for module in (backbone.denoiser, backbone.vae, backbone.text_encoder):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return backbone.to(device, dtype)
+
+
+def _locate(spec: str | Path) -> Path:
+    """The folder of a bundled name, a local path, or a hub id (downloaded)."""
     if str(spec) in BUNDLED:
         path = BUNDLED[str(spec)]
         if not path.is_dir():
             raise DiffrepError(f"bundled model {spec} is missing from {path}; reinstall diffrep")
     else:
         path = Path(spec)
-    if not path.exists():
-        path = _download(str(spec))
-    backbone = _load_folder(path)
-    backbone.source = str(spec)
-    for module in (backbone.denoiser, backbone.vae, backbone.text_encoder):
-        if module is not None:
-            module.eval().requires_grad_(False)
-    return backbone.to(device, dtype)
+    return path if path.exists() else _download(str(spec))
 
 
 def _download(spec: str) -> Path:

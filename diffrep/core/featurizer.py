@@ -19,6 +19,7 @@ from diffusers import DiTTransformer2DModel
 from ..errors import DiffrepError
 from .backbone import Backbone, autocast_dtype, run_denoiser
 from .blocks import default_blocks
+from .reference_names import guided_diffusion_names, reference_aliases
 
 SUB_BLOCKS = ("resnets", "attentions", "downsamplers", "upsamplers")
 UNET_TOP = ("conv_in", "down_blocks", "mid_block", "up_blocks", "conv_out")
@@ -45,17 +46,24 @@ def _unwrap(output):
     return getattr(output, "sample", output)
 
 
+EVERY_LEVEL = 2 ** 64 - 1   # the level code of noise shared by every t: the bits of a NaN, never a real t or σ
+
+
 def noise_seed(seed: int, index: int, draw: int, t) -> int:
     """The generator seed of image `index`'s noise draw `draw` at level t: numpy's SeedSequence mixes
-    the four numbers (t as an integer timestep, or the bits of a float σ) into one 64-bit seed."""
-    t_code = int(t) if float(t).is_integer() else int.from_bytes(struct.pack(">d", float(t)), "big")
+    the four numbers (t as an integer timestep, or the bits of a float σ) into one 64-bit seed.
+    t None: the seed of a noise that is the same at every level (`EVERY_LEVEL` in place of t)."""
+    if t is None:
+        t_code = EVERY_LEVEL
+    else:
+        t_code = int(t) if float(t).is_integer() else int.from_bytes(struct.pack(">d", float(t)), "big")
     words = [seed % 2 ** 64, index, draw, t_code % 2 ** 64]
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
 
 
 def image_noise(seed: int | None, indices, ensemble: int, t, shape) -> torch.Tensor:
     """ensemble×len(indices)×shape standard normal noise, each image's draws from `noise_seed` (on the
-    CPU, so the same on every device); seed None: fresh noise."""
+    CPU, so the same on every device); t None: the noise every level shares; seed None: fresh noise."""
     if seed is None:
         return torch.randn(ensemble, len(indices), *shape)
     gen = torch.Generator()
@@ -155,11 +163,21 @@ class Featurizer:
         """The blocks `use` taps when none are named (the rules: `diffrep.core.blocks`)."""
         return default_blocks(self, use)
 
+    def reference_names(self) -> dict[str, tuple[str, str]]:
+        """{diffrep block: (guided-diffusion name, diffssl number)} for UNets (`diffrep.core.reference_names`)."""
+        adm = guided_diffusion_names(self.model)
+        return {name: (ref, str(number)) for number, (ref, name) in enumerate(adm.items(), start=1)}
+
     def check_blocks(self, blocks: list[str]) -> list[str]:
+        """diffrep block names, in execution order without repeats, from diffrep names or the references'
+        (guided-diffusion's `output_blocks.6`, diffssl's `24`)."""
         valid = self.block_names()
+        aliases = reference_aliases(self.model)
+        blocks = [b if b in valid else aliases.get(str(b), b) for b in blocks]
         unknown = [b for b in blocks if b not in valid]
         if unknown:
-            raise DiffrepError(f"unknown block(s) {', '.join(unknown)}; valid names: {', '.join(valid)}")
+            shown = f"; or the references' names ({', '.join(list(aliases)[:2])}, …, 1–{len(aliases) // 2})" if aliases else ""
+            raise DiffrepError(f"unknown block(s) {', '.join(unknown)}; valid names: {', '.join(valid)}{shown}")
         if not blocks:
             raise DiffrepError("no blocks requested")
         order = {n: i for i, n in enumerate(valid)}
@@ -182,14 +200,18 @@ class Featurizer:
     def extract(self, images: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1, seed: int | None = 0,
                 shared_noise: bool = False, bf16: bool = False, prompt: str | None = None,
                 stop_early: bool = True, precision: str | None = None,
-                indices=None) -> dict[str, torch.Tensor]:
+                indices=None, noise_per_t: bool = True) -> dict[str, torch.Tensor]:
         """Features {block: N×C×h×w float32 on CPU} of `images` (N×C×H×W in [-1, 1]) noised to level t.
 
         ensemble: k noise draws, run as one batch and averaged.  seed: fixes the draws (None: fresh).
         indices: each image's index in its data set (default 0…N-1): image i's draw k at level t comes
         from (seed, i, k, t) alone, so it is the same whatever the batch it is in, the number of
         processes or a resumption; pass the indices when extracting a data set in pieces.
-        shared_noise: one noise tensor for every image (DDPM-Seg) instead of one per image.
+        shared_noise: one noise tensor for every image (index 0's) instead of one per image.
+        noise_per_t: True draws each level's noise from its own seed (image i's draw k at level t from
+        (seed, i, k, t)); False gives every level the same noise (from (seed, i, k) alone): with
+        shared_noise, DDPM-Seg's one noise tensor for every image and every t. (seed None draws afresh
+        on every call, whatever this says.)
         precision: 'fp32', 'bf16' or 'fp16' autocast (fp16: GPUs only); bf16=True is 'bf16'.
         prompt: text condition for conditional UNets (default: empty prompt).
         stop_early: end the forward after the last requested block (False runs the whole network).
@@ -197,13 +219,13 @@ class Featurizer:
         self.check_images(images)
         latents = self.backbone.encode(images.to(self.backbone.device))
         return self.extract_latents(latents, t, blocks, ensemble, seed, shared_noise, bf16, prompt, stop_early, precision,
-                                    indices)
+                                    indices, noise_per_t)
 
     @torch.no_grad()
     def extract_latents(self, latents: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1,
                         seed: int | None = 0, shared_noise: bool = False, bf16: bool = False,
                         prompt: str | None = None, stop_early: bool = True,
-                        precision: str | None = None, indices=None) -> dict[str, torch.Tensor]:
+                        precision: str | None = None, indices=None, noise_per_t: bool = True) -> dict[str, torch.Tensor]:
         """As `extract`, on inputs already passed through `backbone.encode` (reuse them across t)."""
         blocks = self.check_blocks([blocks] if isinstance(blocks, str) else list(blocks))
         t = self.backbone.noise.check(t)
@@ -213,7 +235,7 @@ class Featurizer:
         indices = [0] if shared_noise else range(n) if indices is None else [int(i) for i in indices]
         if len(indices) != (1 if shared_noise else n):
             raise DiffrepError(f"{len(indices)} indices for {n} images; give one index per image")
-        x_t = self.noised(latents, t, seed, indices, ensemble)
+        x_t = self.noised(latents, t, seed, indices, ensemble, noise_per_t)
         dtype = autocast_dtype(precision or ("bf16" if bf16 else "fp32"), self.backbone.device)
         with torch.autocast(self.backbone.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             feats = self._run(x_t, t, blocks, stop_early=stop_early, prompt=prompt)
@@ -235,11 +257,14 @@ class Featurizer:
         return forward_capturing(self.model, {n: modules[n] for n in blocks}, *self.denoiser_inputs(x_t, t, prompt),
                                  convert=as_map, stop_early=stop_early)
 
-    def noised(self, latents: torch.Tensor, t, seed: int | None, indices, ensemble: int = 1) -> torch.Tensor:
-        """x_t of `latents` (N×…) at level t, image i's draw k from (seed, indices[i], k, t): ensemble·N×…
-        (one index for all images: the same noise for each)."""
+    def noised(self, latents: torch.Tensor, t, seed: int | None, indices, ensemble: int = 1,
+               noise_per_t: bool = True) -> torch.Tensor:
+        """x_t of `latents` (N×…) at level t, image i's draw k from (seed, indices[i], k, t), or from
+        (seed, indices[i], k) alone, the same at every t, when not `noise_per_t`: ensemble·N×… (one
+        index for all images: the same noise for each)."""
         n = len(latents)
-        eps = image_noise(seed, indices, ensemble, t, latents.shape[1:]).to(latents).expand(ensemble, n, *latents.shape[1:])
+        eps = image_noise(seed, indices, ensemble, t if noise_per_t else None, latents.shape[1:])
+        eps = eps.to(latents).expand(ensemble, n, *latents.shape[1:])
         return self.backbone.noise.add_noise(latents.unsqueeze(0), eps, t).reshape(ensemble * n, *latents.shape[1:])
 
     def denoiser_inputs(self, x_t: torch.Tensor, t, prompt: str | None = None) -> tuple:

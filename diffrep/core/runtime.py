@@ -17,7 +17,24 @@ from .backbone import PRECISIONS, resolve_device
 
 
 @dataclass
-class RunOn:
+class ModelOptions:
+    """How a guided-diffusion checkpoint given as `--model FILE.pt` is read, and what a class-conditional
+    pixel UNet is fed."""
+    preset: str | None = option(None, "for a guided-diffusion .pt --model: the published model it is "
+                                      "(adm-256-uncond, lsun-bedroom, ddpm-seg-ffhq, imagenet-64, …; "
+                                      "`diffrep convert guided-diffusion --help` lists them)")
+    flags: str | None = option(None, "for a guided-diffusion .pt --model: its MODEL_FLAGS exactly as the reference "
+                                     "scripts pass them, quoted: --flags=\"--image_size 256 --num_channels 256 …\"")
+    class_label: int = option(0, "the ImageNet class fed to a class-conditional pixel UNet (ADM's ImageNet models, "
+                                 "which have no unconditional label) for every image", min=0)
+
+    def model_options(self) -> dict:
+        """The keyword arguments of `load_backbone` these settings give."""
+        return dict(preset=self.preset, flags=self.flags, class_label=self.class_label)
+
+
+@dataclass
+class RunOn(ModelOptions):
     device: str = option("auto", "where the model runs: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N "
                                  "or mps")
     precision: str = option("fp32", "autocast precision of the model: fp32, bf16 or fp16 (fp16 on GPUs only)",

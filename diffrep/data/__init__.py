@@ -5,7 +5,8 @@
     load("scenes", "unlabelled")              4,000 scenes for pre-training
     load("photos", "train")                   4,000 crops of scikit-image's photographs (test: 500)
     load("photo-crops", "train")              crops labelled by their photograph (train, val, test: disjoint tiles)
-    load("path/to/folder", "test")            class sub-folders (labels) or images/ + masks/ (segmentation)
+    load("path/to/folder", "test")            class sub-folders (labels), images/ + masks/ or images beside .npy
+                                              label arrays (segmentation; DDPM-Seg's real/train, real/test)
     load_pairs("warps" | SPAIR_FOLDER, ...)   image pairs with keypoints (correspondence)
     load_panoptic("panoptic-scenes" | COCO_PANOPTIC_FOLDER, "train")   panoptic labels (PanopticSet)
 

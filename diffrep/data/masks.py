@@ -6,11 +6,14 @@ the list of names). Without `classes.json` the classes are 0..max label found, n
 nothing is ignored. A folder with `train/`, `test/` (and optionally `val/`) sub-folders, each laid
 out as above, gives those splits. Any other folder serves every split whole: scoring it after
 training on it scores the training images, so a warning says so (pass a separate folder to `eval`).
+DDPM-Seg's layout is read too (`label_arrays`): a folder of images each beside a same-stem `.npy`
+label array, and its data set roots, whose `real/train` and `real/test` are the splits.
 
 Decisions: images are kept at their own size (the features are upsampled to it), so every image of
 a set must have the same size; masks are read as they are stored (never resized: a resize would
-invent labels). Training sets (the few labelled images) sit in RAM; a set being scored is read
-image by image (`load_seg_data(..., lazy=True)`).
+invent labels). DDPM-Seg's layout is read as its reference reads it: given the model's side (`side`),
+images are resized bilinearly and labels nearest-neighbour to it. Training sets (the few labelled
+images) sit in RAM; a set being scored is read image by image (`load_seg_data(..., lazy=True)`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DiffrepError
 from .images import ImageFiles, ImageSet, list_images, read_image
+from .label_arrays import array_pairs, is_array_folder, read_array_image, read_array_labels
 from .scenes import CLASSES, scenes
 
 MIN_TEST_SCENES = 200   # the bundled test set is at least this large
@@ -33,20 +37,21 @@ SPLITS = ("train", "val", "test")
 
 
 def load_seg_data(data: str, split: str, n: int | None = None, classes: list[str] | None = None,
-                  ignore_index: int | None = None, lazy: bool = False) -> ImageSet:
+                  ignore_index: int | None = None, lazy: bool = False, side: int | None = None) -> ImageSet:
     """The first `n` labelled images of `split` ('train', 'val' or 'test') of `data` ('scenes' or a
     folder). `classes`/`ignore_index`, when given (from a trained run), are what the masks must keep to.
     'val' exists for the bundled scenes only (for a folder, pass a validation folder as the data).
     lazy (with `classes`): a folder's images and masks are read as they are used (`ImageFiles`,
-    `MaskFiles`: scoring a large test folder holds one batch), each mask checked when it is read."""
+    `MaskFiles`: scoring a large test folder holds one batch), each mask checked when it is read.
+    side: the model's; DDPM-Seg's layout is resized to side×side (other folders keep their size)."""
     if split not in SPLITS:
         raise DiffrepError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
     if data == "scenes":
         out = _scenes(split, n)
     elif lazy and classes is not None:   # each mask is checked as it is read
-        return _lazy_folder(Path(data), split, n, classes, ignore_index)
+        return _lazy_folder(Path(data), split, n, classes, ignore_index, side)
     else:
-        out = _folder(Path(data), split, n)
+        out = _folder(Path(data), split, n, side)
     if classes is not None:
         if ignore_index is None and out.ignore_index is not None:
             ignore_index = out.ignore_index
@@ -67,13 +72,27 @@ def _scenes(split: str, n: int | None) -> ImageSet:
 
 
 def is_seg_folder(root: Path) -> bool:
-    """Whether a folder is laid out for segmentation (images/ + masks/, or split folders holding them)."""
-    return (root / "masks").is_dir() or (root / "train" / "masks").is_dir()
+    """Whether a folder is laid out for segmentation (images/ + masks/ or images beside .npy label
+    arrays, or split folders holding them)."""
+    root = _data_root(root)
+    return any((r / "masks").is_dir() or is_array_folder(r) for r in (root, root / "train"))
+
+
+def declares_classes(data: str) -> bool:
+    """Whether `data` names its classes itself: the bundled scenes, or a folder with classes.json."""
+    return data == "scenes" or _has_classes_file(_split_root(Path(data), "train"))
+
+
+def _data_root(root: Path) -> Path:
+    """The folder holding the splits: a DDPM-Seg data set root's `real/`, else the folder itself."""
+    real = root / "real"
+    return real if (real / "train").is_dir() and (real / "test").is_dir() else root
 
 
 def _split_root(root: Path, split: str) -> Path:
     if not root.is_dir():
         raise DiffrepError(f"segmentation data folder {root} does not exist or is not a folder")
+    root = _data_root(root)
     if (root / "train").is_dir() and (root / "test").is_dir():
         if not (root / split).is_dir():
             raise DiffrepError(f"{root} has no {split}/ folder; its splits: "
@@ -90,7 +109,8 @@ def _split_root(root: Path, split: str) -> Path:
 
 def _files(folder: Path, what: str, root: Path) -> dict[str, Path]:
     if not folder.is_dir():
-        raise DiffrepError(f"{root} has no {what}/ folder; a segmentation folder holds images/ and masks/")
+        raise DiffrepError(f"{root} has no {what}/ folder; a segmentation folder holds images/ and masks/, or images "
+                           "each beside a same-stem .npy label array")
     files = {p.stem: p for p in list_images(folder, recursive=False)}
     if not files:
         raise DiffrepError(f"{folder} is empty: no image files found")
@@ -98,7 +118,10 @@ def _files(folder: Path, what: str, root: Path) -> dict[str, Path]:
 
 
 def _pairs(root: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) paths matched by file stem; any image or mask without its partner is an error."""
+    """(image, mask) paths matched by file stem; any image or mask without its partner is an error.
+    DDPM-Seg's layout: (image, .npy label array) pairs."""
+    if is_array_folder(root) and not (root / "masks").is_dir():
+        return array_pairs(root)
     images, masks = _files(root / "images", "images", root), _files(root / "masks", "masks", root)
     lone_images, lone_masks = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
     if lone_images:
@@ -161,19 +184,55 @@ class MaskFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def read(self, i: int) -> torch.Tensor:
+        return read_mask(self.paths[i])
+
     def __getitem__(self, i: int) -> torch.Tensor:
-        mask = read_mask(self.paths[i])
+        mask = self.read(i)
         _check_labels(mask, self.n_classes, self.ignore_index, str(self.paths[i]))
         return mask
 
 
-def _lazy_folder(root: Path, split: str, n: int | None, classes: list[str], ignore: int | None) -> ImageSet:
+class LabelArrays(MaskFiles):
+    """DDPM-Seg's `.npy` label arrays as a lazy sequence: each checked against its image's size, then
+    resized to side×side as the image is (`label_arrays`)."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], n_classes: int, ignore_index: int | None, side: int | None):
+        super().__init__([m for _, m in pairs], n_classes, ignore_index)
+        self.images, self.side = [p for p, _ in pairs], side
+
+    def read(self, i: int) -> torch.Tensor:
+        return read_array_labels(self.paths[i], self.images[i], self.side)
+
+
+class ArrayImages(ImageFiles):
+    """The images of DDPM-Seg's layout as a lazy sequence, resized bilinearly to side×side as read."""
+
+    def __init__(self, paths: list[Path], side: int | None):
+        super().__init__(paths, 3, side)
+
+    def __getitem__(self, index):
+        if isinstance(index, int) or (torch.is_tensor(index) and index.ndim == 0):
+            return read_array_image(self.paths[int(index)], self.size)
+        paths = self.paths[index] if isinstance(index, slice) else [self.paths[int(i)] for i in index]
+        return ArrayImages(paths, self.size)
+
+
+def _lazy_folder(root: Path, split: str, n: int | None, classes: list[str], ignore: int | None,
+                 side: int | None) -> ImageSet:
     split_root = _split_root(root, split)
     pairs = _some_pairs(split_root, n)
     if ignore is None:
         ignore = _read_classes(split_root, torch.zeros(1, dtype=torch.long))[1] if _has_classes_file(split_root) else None
-    return ImageSet(ImageFiles([p for p, _ in pairs], 3, None), classes=classes, name=str(split_root),
-                    masks=MaskFiles([m for _, m in pairs], len(classes), ignore), ignore_index=ignore)
+    if _is_array_pairs(pairs):
+        images, masks = ArrayImages([p for p, _ in pairs], side), LabelArrays(pairs, len(classes), ignore, side)
+    else:
+        images, masks = ImageFiles([p for p, _ in pairs], 3, None), MaskFiles([m for _, m in pairs], len(classes), ignore)
+    return ImageSet(images, classes=classes, name=str(split_root), masks=masks, ignore_index=ignore)
+
+
+def _is_array_pairs(pairs: list[tuple[Path, Path]]) -> bool:
+    return pairs[0][1].suffix == ".npy"
 
 
 def _has_classes_file(root: Path) -> bool:
@@ -187,12 +246,20 @@ def _some_pairs(split_root: Path, n: int | None) -> list[tuple[Path, Path]]:
     return pairs[:n] if n is not None else pairs
 
 
-def _folder(root: Path, split: str, n: int | None) -> ImageSet:
+def _read_pair(image_path: Path, mask_path: Path, side: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, mask) of a pair; DDPM-Seg's layout resized to side×side."""
+    if mask_path.suffix == ".npy":
+        mask = read_array_labels(mask_path, image_path, side)   # checked against the image's own size first
+        return read_array_image(image_path, side), mask
+    return read_image(image_path, 3, None)[0], read_mask(mask_path)
+
+
+def _folder(root: Path, split: str, n: int | None, side: int | None) -> ImageSet:
     split_root = _split_root(root, split)
     pairs = _some_pairs(split_root, n)
     images, masks = [], []
     for image_path, mask_path in pairs:
-        image, mask = read_image(image_path, 3, None)[0], read_mask(mask_path)
+        image, mask = _read_pair(image_path, mask_path, side)
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise DiffrepError(f"mask {mask_path} is {mask.shape[0]}×{mask.shape[1]} but its image {image_path} is "
                                f"{image.shape[-2]}×{image.shape[-1]}; a mask must match its image pixel for pixel")

@@ -32,25 +32,29 @@ class DiffusionFeatures:
     """Maps of a denoiser at `blocks` × `ts`: {Cell(t, block): B×C×h×w}.
 
     ensemble: noise draws averaged; seed: fixes the noise (image i's draw k at level t comes from
-    (seed, i, k, t), see `Featurizer.extract`); shared_noise: one noise tensor for every image
-    (DDPM-Seg's one fixed noise, and DIFT's);
+    (seed, i, k, t), see `Featurizer.extract`); shared_noise: one noise tensor for every image (DIFT's),
+    image 0's; noise_per_t False: every t gets the same noise, from (seed, i, k) (with shared_noise:
+    DDPM-Seg's one noise tensor for every image and every t);
     precision: 'fp32', 'bf16' or 'fp16' autocast; weights: 'trained' or 'random' (a label in `identity()`)."""
 
     def __init__(self, featurizer: Featurizer, blocks: list[str], ts: list, ensemble: int = 1, seed: int = 0,
-                 shared_noise: bool = False, precision: str = "fp32", weights: str = "trained"):
+                 shared_noise: bool = False, precision: str = "fp32", weights: str = "trained",
+                 noise_per_t: bool = True):
         self.featurizer = featurizer
         self.blocks = featurizer.check_blocks(list(blocks))
         self.ts = [featurizer.backbone.noise.check(t) for t in ts]
         self.ensemble, self.seed, self.shared_noise, self.precision = ensemble, seed, shared_noise, precision
         autocast_dtype(precision, featurizer.backbone.device)   # refuses fp16 on the CPU before any work
-        self.weights = weights
+        self.weights, self.noise_per_t = weights, noise_per_t
         channels = {b.name: b.channels for b in featurizer.feature_info()}
         self.channels = {Cell(t, b): channels[b] for t in self.ts for b in self.blocks}
 
     def identity(self) -> dict:
         return {"kind": "diffusion", "model": self.featurizer.backbone.source, "weights": self.weights,
                 "blocks": self.blocks, "ts": self.ts, "ensemble": self.ensemble, "seed": self.seed,
-                "shared_noise": self.shared_noise, "precision": self.precision}
+                "shared_noise": self.shared_noise, "precision": self.precision,
+                # named only when off, so that caches written before the option existed still match
+                **({} if self.noise_per_t else {"noise_per_t": False})}
 
     @torch.no_grad()
     def maps(self, images: torch.Tensor, indices=None, prompt: str | None = None) -> dict[Cell, torch.Tensor]:
@@ -64,7 +68,7 @@ class DiffusionFeatures:
         for t in self.ts:
             feats = self.featurizer.extract_latents(latents, t, self.blocks, self.ensemble, self.seed,
                                                     self.shared_noise, prompt=prompt, precision=self.precision,
-                                                    indices=indices)
+                                                    indices=indices, noise_per_t=self.noise_per_t)
             out.update({Cell(t, b): f for b, f in feats.items()})
         return out
 

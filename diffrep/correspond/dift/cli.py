@@ -13,7 +13,7 @@ from ...errors import DiffrepError
 from ...options import add_options, from_args, option
 from ...runs import output_file, write_json
 from .describe import category_prompt, load_featurizer
-from .evaluate import DescriptorConfig, MatchEvalConfig, run_match_eval, run_match_sweep
+from .evaluate import DescriptorConfig, MatchEvalConfig, run_match_eval, run_match_sweep, settings_line
 from .matching import dense_flow, match
 from .pictures import draw_matches, draw_pca, pca_rgb
 
@@ -58,18 +58,18 @@ def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) ->
              "flow": out.with_name(out.stem + "-flow.npz")}
     source, target = (read_image(Path(p), 3, None)[0] for p in (source_path, target_path))
     points = parse_points(cfg.points) if cfg.points is not None else grid_points(tuple(source.shape[-2:]))
-    describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision))
+    describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision, **cfg.model_options()))
     prompt = cfg.prompt if cfg.prompt is not None else category_prompt(cfg.category)
-    found, (src, tgt), (fs, ft) = match(describer, source, target, points, cfg.size, prompt, cfg.mutual)
+    found, (src, tgt), (fs, ft) = match(describer, source, target, points, cfg.image_size, prompt, cfg.mutual)
     record = {"source": source_path, "target": target_path, "model": cfg.model, "block": describer.blocks[0],
-              "t": describer.t, "ensemble": cfg.ensemble, "scales": list(describer.scales), "seed": cfg.seed,
-              "precision": cfg.precision, "device": cfg.device, "prompt": prompt, "size": cfg.size,
+              **describer.settings(), "precision": cfg.precision, "device": cfg.device, "prompt": prompt,
+              "size": cfg.image_size,
               "coordinates": "x, y in pixels of each input image (pixel centres at integers)",
               "matches": found.to_json(points)}
     if cfg.flow:   # computed before any file is written: a failure leaves nothing half-written
         flow, sim = dense_flow(fs, src, ft, tgt)
         target_xy = tgt.to_input(flow.view(-1, 2)).view(flow.shape)
-    title = f"{describer.blocks[0]} t={describer.t} ensemble {cfg.ensemble} scales {list(describer.scales)}"
+    title = f"{describer.blocks[0]} {settings_line(describer)}"
     draw_matches(source, target, points, found.points, out, title=title)
     draw_pca([p.image[:, :p.hw[0], :p.hw[1]] for p in (src, tgt)], pca_rgb([fs, ft], [src, tgt]), names["features"])
     if cfg.flow:

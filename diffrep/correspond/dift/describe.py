@@ -7,8 +7,8 @@ several image scales the image is also described shrunk (or grown) and the scale
 same way, on the finest grid.
 
 - `DiffusionDescriber`: DIFT's descriptor, diffusion features of blocks at one noise level averaged
-  over a noise ensemble, with DIFT's defaults (`diffrep.core.blocks` for the block; `default_t`;
-  `default_scales`).
+  over a noise ensemble (8 draws, DIFT's), with defaults by model family (`diffrep.core.blocks` for
+  the block; `default_t`; `default_scales`), or DIFT's published settings by name (`reference.py`).
 - `pixel_describer()`, `daisy_describer()`: the classical baselines, through the same matcher.
 """
 
@@ -21,6 +21,7 @@ from ...core import Featurizer, load_backbone
 from ...data import match_channels
 from ...errors import DiffrepError
 from ...features import Cell, Daisy, DiffusionFeatures, RawPixels
+from .reference import REFERENCES, Reference, reference as reference_of
 
 
 def category_prompt(category: str | None) -> str:
@@ -85,24 +86,36 @@ def default_scales(featurizer: Featurizer) -> tuple[float, ...]:
     return (1.0, 0.5, 0.25, 0.125) if pixel_unet else (1.0,)
 
 
+DIFT_ENSEMBLE = 8   # DIFT's noise draws per image in both its settings: the average smooths out the noise's own pattern
+
+
 class DiffusionDescriber(Describer):
     """Diffusion features of one or more blocks at noise level t, averaged over `ensemble` noise draws.
-    The text prompt reaches conditional UNets only (pixel UNets and DiT take none)."""
+    The text prompt reaches conditional UNets only (pixel UNets and DiT take none).
 
-    def __init__(self, featurizer: Featurizer, blocks: list[str] | str | None = None, t=None, ensemble: int = 4,
-                 seed: int = 0, precision: str = "fp32", batch_size: int = 8, scales: tuple | list | None = None):
+    Each setting left None comes from `reference` (a DIFT setting by name, `REFERENCES`: 'dift-sd',
+    'dift-adm') when one is named, else from the defaults: the block from `diffrep.core.blocks`, t from
+    `default_t` (by model family, never by block), ensemble 8 (DIFT's), scales from `default_scales`.
+    A given setting always wins, so `reference='dift-adm', t=50` is DIFT's ADM setting at t = 50."""
+
+    def __init__(self, featurizer: Featurizer, blocks: list[str] | str | None = None, t=None,
+                 ensemble: int | None = None, seed: int = 0, precision: str = "fp32", batch_size: int = 8,
+                 scales: tuple | list | None = None, reference: str | None = None):
         backbone = featurizer.backbone
-        if blocks is None:
-            blocks = featurizer.default_blocks("match")
+        self.reference, self.reference_name = reference_of(reference), reference
+        if self.reference is not None and backbone.noise.kind != "vp":
+            raise DiffrepError(f"reference {reference} gives DDPM timesteps; this model's noise levels are EDM σ")
+        blocks = _setting(blocks, self.reference, "block", featurizer.default_blocks("match"))
         blocks = [blocks] if isinstance(blocks, str) else list(blocks)
         descriptors = ["+".join(featurizer.check_blocks(d.split("+"))) for d in blocks]
         taps = featurizer.check_blocks([part for d in descriptors for part in d.split("+")])
-        self.t = backbone.noise.check(t if t is not None else default_t(featurizer, descriptors))
+        self.t = backbone.noise.check(_setting(t, self.reference, "t", default_t(featurizer)))
+        ensemble = _setting(ensemble, self.reference, "ensemble", DIFT_ENSEMBLE)
         if ensemble < 1:
             raise DiffrepError(f"ensemble must be ≥ 1, got {ensemble}")
         # every image gets the same noise (one draw per ensemble member), as DIFT does, whatever the batch
         source = DiffusionFeatures(featurizer, taps, [self.t], ensemble, seed, shared_noise=True, precision=precision)
-        scales = tuple(scales) if scales else default_scales(featurizer)
+        scales = tuple(_setting(scales or None, self.reference, "scales", default_scales(featurizer)))
         # DiT takes its own size only; UNets run on any multiple of the total stride (what check_images demands)
         fixed_size = backbone.image_size if featurizer.is_dit else None
         if any(not 0 < sc <= 4 for sc in scales) or (fixed_size and scales != (1.0,)):
@@ -113,22 +126,41 @@ class DiffusionDescriber(Describer):
                          conditional=type(backbone.denoiser).__name__ == "UNet2DConditionModel")
         self.featurizer, self.taps, self.ensemble, self.seed, self.precision = featurizer, taps, ensemble, seed, precision
 
+    def settings(self) -> dict:
+        """What every results JSON records of this descriptor besides its blocks: the noise level, the
+        ensemble and scales actually used, the seed, and the reference with its own values (or None)."""
+        ref = self.reference and {"name": self.reference_name, **self.reference.to_json()}
+        return {"t": self.t, "ensemble": self.ensemble, "scales": list(self.scales), "seed": self.seed,
+                "reference": ref}
 
-LATENT_T = 261   # DIFT's timestep for Stable Diffusion's up_blocks.1 (of 1,000)
+
+def _setting(given, ref: Reference | None, field: str, default):
+    """The given value, else the reference's, else the default: a flag overrides a reference."""
+    if given is not None:
+        return given
+    return getattr(ref, field) if ref is not None else default
 
 
-def default_t(featurizer: Featurizer, descriptors: list[str]) -> int | float:
-    """DIFT's own setting where it applies, t = 261 for a latent VP UNet's `up_blocks.1` (Stable
-    Diffusion); elsewhere the lightest noise (t = 0; σ_min for EDM), best on validation warps with
-    photos-ddpm."""
+def default_t(featurizer: Featurizer) -> int | float:
+    """The noise level when none is given: one per model family, whatever the block, so a block or an
+    'a+b' join chosen by hand is compared at the same t as the default block.
+
+    - Latent VP denoisers (Stable Diffusion's family, and DiT on the same latents): DIFT's t = 261,
+      its setting for Stable Diffusion (`REFERENCES['dift-sd']`).
+    - Every other model (pixel UNets; EDM models): the lightest noise (t = 0; σ_min for EDM), best on
+      validation warps with photos-ddpm, as DIFT finds light noise best for geometric matching. DIFT's
+      own ADM setting (t = 101 at `output_blocks.4`) is `reference='dift-adm'` (`--reference dift-adm`):
+      a default for a pixel UNet cannot tell ADM-256 from the small bundled models.
+    """
     noise = featurizer.backbone.noise
-    if featurizer.backbone.is_latent and noise.kind == "vp" and descriptors == featurizer.default_blocks("match"):
-        return min(LATENT_T, noise.num_steps - 1)
+    if featurizer.backbone.is_latent and noise.kind == "vp":
+        return min(REFERENCES["dift-sd"].t, noise.num_steps - 1)
     return noise.lightest
 
 
-def load_featurizer(model: str, device: str = "auto", precision: str = "fp32") -> Featurizer:
-    return Featurizer(load_backbone(model, device, precision))
+def load_featurizer(model: str, device: str = "auto", precision: str = "fp32", **model_options) -> Featurizer:
+    """The featurizer of `model`; `model_options`: `load_backbone`'s preset, flags and class_label."""
+    return Featurizer(load_backbone(model, device, precision, **model_options))
 
 
 def pixel_describer(radius: int = 4) -> Describer:

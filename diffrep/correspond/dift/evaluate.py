@@ -19,10 +19,11 @@ from ...data import Pair, load_pairs
 from ...core import RunOn
 from ...errors import DiffrepError
 from ...metrics import ALPHAS, correct_matches, pair_hits, score_matches
-from ...options import check, noise_level, option
+from ...options import MODEL_HELP, check, noise_level, option
 from ...plotting import grid_rows, plot_grid
 from ...runs import header, locked, write_results
 from .describe import Describer, DiffusionDescriber, category_prompt, daisy_describer, load_featurizer, pixel_describer
+from .reference import REFERENCES, reference, references_help
 from .matching import CHUNK, Matches, match_maps, prepare
 from .pictures import draw_matches, draw_pca, pca_rgb
 
@@ -32,31 +33,44 @@ SWEEP_TS = [0, 10, 50, 100, 200]
 
 @dataclass
 class DescriptorConfig(RunOn):
-    """How every DIFT command describes images."""
+    """How every DIFT command describes images. A setting left unset comes from `reference` when one
+    is named, else from the defaults by model family (`DiffusionDescriber`); one that is set wins."""
 
-    model: str = option("photos-ddpm", "bundled name, local diffusers folder or hub id")
-    block: str | None = option(None, "block to match with; 'a+b' joins blocks (default: up_blocks.1 in SD-sized "
-                                     "latent UNets as DIFT, else mid_block)", parse=str)
-    t: float | None = option(None, "noise level: timestep (σ for EDM); default 261 for latent UNets at their "
-                                   "default block (DIFT's setting for Stable Diffusion), else the lightest (0; σ_min "
-                                   "for EDM), best on validation warps with photos-ddpm", parse=noise_level)
-    ensemble: int = option(4, "noise draws averaged (DIFT: 8)", min=1)
-    scales: list | None = option(None, "image scales whose features are joined (default: 1,0.5,0.25,0.125 for "
-                                       "pixel UNets, 1 for latent UNets and DiT)", parse=float, many=True, above=0,
-                                 max=4)
+    model: str = option("photos-ddpm", MODEL_HELP)
+    reference: str | None = option(None, "start from DIFT's published setting for a model family ("
+                                         + references_help() + "; one scale); flags given as well override it",
+                                   choices=tuple(REFERENCES), parse=str)
+    block: str | None = option(None, "block to match with (diffrep or guided-diffusion name); 'a+b' joins blocks "
+                                     "(default: the reference's, else up_blocks.1 in SD-sized latent UNets as DIFT, "
+                                     "else mid_block)", parse=str)
+    t: float | None = option(None, "noise level: timestep (σ for EDM); default the reference's, else one per model "
+                                   "family whatever the block: 261 for latent DDPM models (DIFT's for Stable "
+                                   "Diffusion), else the lightest (0; σ_min for EDM), best on validation warps with "
+                                   "photos-ddpm", parse=noise_level)
+    ensemble: int | None = option(None, "noise draws averaged (default: the reference's, else 8, DIFT's)", parse=int,
+                                  min=1)
+    scales: list | None = option(None, "image scales whose features are joined (default: the reference's (1), else "
+                                       "1,0.5,0.25,0.125 for pixel UNets, 1 for latent UNets and DiT)", parse=float,
+                                 many=True, above=0, max=4)
     seed: int = option(0, "seed of the noise (and of the warps)")
     prompt: str | None = option(None, "text condition for conditional models (default: 'a photo of a {category}' "
                                       "when the category is known, else empty)", parse=str)
     mutual: bool = option(False, "keep only mutual nearest neighbours (others count as misses)")
     size: int | None = option(None, "match: resize both images to SIZE×SIZE first; warps: image side (default "
-                                    "128); SPair: resize to SIZE×SIZE", parse=int, min=8)
+                                    "128); SPair: resize to SIZE×SIZE (default: the reference's)", parse=int, min=8)
 
     def __post_init__(self):
         check(self)
 
+    @property
+    def image_size(self) -> int | None:
+        """--size, else the reference's (DIFT resizes every image to it), else None."""
+        ref = reference(self.reference)
+        return self.size if self.size is not None or ref is None else ref.size
+
     def describer(self, featurizer) -> DiffusionDescriber:
         return DiffusionDescriber(featurizer, self.block, self.t, self.ensemble, self.seed, self.precision,
-                                  scales=self.scales)
+                                  scales=self.scales, reference=self.reference)
 
 
 @dataclass
@@ -69,8 +83,10 @@ class MatchEvalConfig(DescriptorConfig):
     pairs: int | None = option(None, "warps: number of pairs (default 120); SPair: at most this many", parse=int, min=1)
     baselines: bool = option(True, "skip the raw-pixel and DAISY baselines")
     examples: int = option(4, "match pictures written for the first pairs (match-eval)", min=0)
-    ts: list = option(SWEEP_TS, "noise levels (match-sweep)", parse=noise_level, flag="--t")
-    blocks: list | None = option(None, "blocks (match-sweep; default: every top-level block)", many=True)
+    ts: list | None = option(None, "noise levels (match-sweep; default 0,10,50,100,200, plus the reference's t)",
+                             parse=noise_level, many=True, flag="--t")
+    blocks: list | None = option(None, "blocks (match-sweep; default: every top-level block, plus the reference's "
+                                       "block)", many=True)
 
     @property
     def benchmark_name(self) -> str:
@@ -79,7 +95,7 @@ class MatchEvalConfig(DescriptorConfig):
     def load_pairs(self) -> tuple[list[Pair], int | None, str]:
         if self.benchmark_name == "spair" and not self.spair:
             raise DiffrepError("the spair benchmark needs the SPair-71k folder: --spair /path/to/SPair-71k")
-        return load_pairs(self.spair or "warps", self.split, self.pairs, self.size, self.seed)
+        return load_pairs(self.spair or "warps", self.split, self.pairs, self.image_size, self.seed)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -119,17 +135,17 @@ def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
     with locked(out) as out:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()
-        describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision))
+        describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision, **cfg.model_options()))
         print(f"{len(pairs)} pairs, {sum(len(p.source_points) for p in pairs)} keypoints; {cfg.model} "
-              f"{describer.blocks[0]} t={describer.t} ensemble {cfg.ensemble} scales {list(describer.scales)}")
+              f"{describer.blocks[0]} {settings_line(describer)}")
         matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc="diffusion features")[describer.blocks[0]]
         per_pair = {p.name: round(100 * pair_hits(p, m, 0.1).float().mean().item(), 1) for p, m in zip(pairs, matches)}
         methods = {"diffusion": {**score_matches(pairs, matches), "block": describer.blocks[0], "t": describer.t,
                                  "scales": list(describer.scales), "pck@0.1_per_pair": per_pair}}
         if cfg.baselines:
             methods.update(_score_baselines(pairs, size, cfg.mutual))
-        result = {**_header(cfg, pairs, rule, start), "block": describer.blocks[0], "t": describer.t,
-                  "scales": list(describer.scales), "methods": methods}
+        result = {**_header(cfg, pairs, rule, start), "block": describer.blocks[0], **describer.settings(),
+                  "methods": methods}
         write_results(out, "match-eval", result, cfg)
         _examples(describer, pairs[:cfg.examples], matches, size, cfg.prompt, out)
         print(format_eval_table(result))
@@ -137,10 +153,16 @@ def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
         return result
 
 
+def settings_line(describer: DiffusionDescriber) -> str:
+    """t, ensemble, scales and reference of a describer, as the commands print them."""
+    ref = f" (reference {describer.reference_name})" if describer.reference else ""
+    return f"t={describer.t} ensemble {describer.ensemble} scales {list(describer.scales)}{ref}"
+
+
 def _header(cfg: MatchEvalConfig, pairs: list[Pair], rule: str, start: float) -> dict:
     return {**header("dift", cfg.model, cfg.benchmark_name, {"total": round(time.time() - start, 1)}),
             "benchmark": cfg.benchmark_name, "n_pairs": len(pairs), "n_points": sum(len(p.source_points) for p in pairs),
-            "alphas": list(ALPHAS), "threshold": rule,
+            "alphas": list(ALPHAS), "threshold": rule, "size": cfg.image_size,
             "pck": "per_point: all keypoints pooled; per_image: mean over pairs of each pair's fraction (%)"}
 
 
@@ -181,19 +203,19 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
     with locked(out) as out:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()
-        featurizer = load_featurizer(cfg.model, cfg.device, cfg.precision)
-        blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("probe"))
-        ts = [featurizer.backbone.noise.check(t) for t in cfg.ts]
+        featurizer = load_featurizer(cfg.model, cfg.device, cfg.precision, **cfg.model_options())
+        ts, blocks = sweep_axes(cfg, featurizer)
         cells = []
         for t in ts:
             describer = DiffusionDescriber(featurizer, blocks, t, cfg.ensemble, cfg.seed, cfg.precision,
-                                           scales=cfg.scales)
+                                           scales=cfg.scales, reference=cfg.reference)
             matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc=f"t={t}, {len(blocks)} blocks")
             cells += [{"t": t, "block": b, **score_matches(pairs, matches[b])} for b in blocks]
             row = zip(blocks, cells[-len(blocks):])
             print(f"t={t}: " + ", ".join(f"{b} {c[HEADLINE]['per_point']:.1f}" for b, c in row))
         baselines = _score_baselines(pairs, size, cfg.mutual) if cfg.baselines else None
-        result = {**_header(cfg, pairs, rule, start), "ts": ts, "blocks": blocks, "cells": cells,
+        fixed = {k: v for k, v in describer.settings().items() if k != "t"}   # the same in every row
+        result = {**_header(cfg, pairs, rule, start), **fixed, "ts": ts, "blocks": blocks, "cells": cells,
                   "best": max(cells, key=lambda c: c[HEADLINE]["per_point"]),
                   "heatmap": f"PCK@{HEADLINE} per point (%)", **({"baselines": baselines} if baselines else {})}
         write_results(out, "match-sweep", result, cfg)
@@ -201,6 +223,15 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
         print(format_sweep_table(result))
         print(f"wrote {out / 'match-sweep.json'} and {out / 'heatmap.png'} ({result['timing_s']['total']:.0f} s)")
         return result
+
+
+def sweep_axes(cfg: MatchEvalConfig, featurizer) -> tuple[list, list[str]]:
+    """The sweep's noise levels and blocks: those given, else the defaults with the reference's t and
+    block added, so that DIFT's own cell is in the grid."""
+    ref = reference(cfg.reference)
+    ts = cfg.ts or sorted(set(SWEEP_TS) | ({ref.t} if ref else set()))
+    blocks = cfg.blocks or featurizer.default_blocks("probe") + ([ref.block] if ref else [])
+    return [featurizer.backbone.noise.check(t) for t in ts], featurizer.check_blocks(blocks)
 
 
 def sweep_grid(result: dict) -> torch.Tensor:

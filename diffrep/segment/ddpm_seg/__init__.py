@@ -1,5 +1,6 @@
 """DDPM-Seg: few-label semantic segmentation with an ensemble of per-pixel MLPs on a diffusion
-model's decoder features (config, pixel sampling, training, --select, prediction and evaluation)."""
+model's decoder features (config, the reference's settings per data set, pixel sampling, training,
+--select, prediction and evaluation)."""
 
 from .config import SegConfig, default_levels
 from .pools import PixelPools, held_out_sets, sample_pixels, usable_pixels

@@ -1,18 +1,25 @@
-"""`diffrep segment train | predict | eval` (DDPM-Seg); flags from SegConfig and EvalConfig."""
+"""`diffrep segment train | predict | eval` (DDPM-Seg); flags from SegConfig and EvalConfig. `train`'s
+flags are unset by default, so that those given override `--reference`'s settings and the rest keep them."""
 
 from __future__ import annotations
 
 from ...options import add_options, from_args
-from .config import SegConfig
+from .config import SegConfig, with_reference
 from .predict import EvalConfig, RunSettings, evaluate, predict_files
 from .train import train_segmenter
 
 
+def train_config(args) -> SegConfig:
+    """The flags given, over the settings of --reference when it names a DDPM-Seg data set, over the defaults."""
+    given = {k: v for k, v in vars(args).items() if k in SegConfig.__dataclass_fields__ and v is not None}
+    return with_reference(given.get("reference"), **given)
+
+
 def register(commands) -> None:
     seg = commands.group("segment", help="DDPM-Seg: few-label semantic segmentation from pixel features")
-    p = seg.add("train", lambda args: train_segmenter(from_args(SegConfig, args), args.out),
+    p = seg.add("train", lambda args: train_segmenter(train_config(args), args.out),
                 help="train the per-pixel MLP ensemble (and the baselines) on a few labelled images")
-    add_options(p, SegConfig)
+    add_options(p, SegConfig, unset=True)
     p.add_argument("--out", required=True,
                    help="run folder: config.json, heads-*.safetensors, segment-train.json, cache/")
 

@@ -8,24 +8,35 @@ from dataclasses import dataclass
 from diffusers import DDPMScheduler
 
 from ...core import RunOn
-from ...options import check, noise_level, option
+from ...options import MODEL_HELP, check, noise_level, option
+from .reference import REFERENCE, reference_settings
 
 DDPM_SEG_TS = (50, 150, 250)   # DDPM-Seg's timesteps (of 1000)
 
 
 @dataclass
 class SegConfig(RunOn):
-    model: str = option("scenes-ddpm", "bundled name, local diffusers folder or hub id")
-    data: str = option("scenes", "'scenes' (bundled) or a folder with images/ + masks/")
+    model: str = option("scenes-ddpm", MODEL_HELP)
+    data: str = option("scenes", "'scenes' (bundled), a folder with images/ + masks/, or DDPM-Seg's layout: a folder "
+                                 "of images each beside a same-stem .npy label array, or a data set root with "
+                                 "real/train and real/test")
+    reference: str | None = option(None, f"DDPM-Seg's settings for one of its data sets ({', '.join(REFERENCE)}): its "
+                                         "blocks (as output_blocks.N), t, labelled count, K, batch size, classes and one "
+                                         "noise for every image and t; flags given with it override it",
+                                   choices=tuple(REFERENCE), parse=str)
     labelled: int | None = option(None, "labelled images to train on, the first N (default: 20 of the bundled scenes; "
-                                        "all of a folder's)", parse=int, min=1)
+                                        "all of a folder's; --reference: its own count)", parse=int, min=1)
     blocks: list | None = option(None, "blocks (default: mid_block + up blocks but the last)", many=True)
     ts: list | None = option(None, "noise levels (default 50,150,250; σ for EDM)", parse=noise_level, many=True,
                              flag="--t")
     k: int = option(10, "MLPs in the ensemble", min=1)
     ensemble: int = option(1, "noise draws averaged per feature (DDPM-Seg: 1)", min=1)
-    seed: int = option(0, "seed of the fixed noise and of the heads' initialisation")
-    shared_noise: bool = option(True, "one noise per image instead of one shared fixed noise", flag="--fresh-noise")
+    seed: int = option(0, "seed of the noise and of the heads' initialisation")
+    shared_noise: bool = option(True, "give each image a noise of its own (seeded by its index) instead of one noise "
+                                      "shared by every image", flag="--fresh-noise")
+    noise_per_t: bool = option(True, "use the same noise at every t (DDPM-Seg's reference, with the shared noise: one "
+                                     "noise tensor for every image and every t) instead of a separate seeded draw "
+                                     "per t", flag="--same-noise-every-t")
     pixels_per_image: int = option(1000, "pixels drawn afresh from each labelled image every epoch", min=1)
     balanced: bool = option(True, "sample pixels uniformly (default: class-balanced)", flag="--uniform")
     pool_mb: float = option(512.0, "cap on the in-RAM pool of sampled pixel features (MB)", above=0)
@@ -49,6 +60,12 @@ class SegConfig(RunOn):
 
     def __post_init__(self):
         check(self)
+
+
+def with_reference(name: str | None, **given) -> SegConfig:
+    """A SegConfig from DDPM-Seg's settings for its data set `name` (none: the defaults), the fields in
+    `given` overriding them: what `segment train --reference NAME` plus other flags builds."""
+    return SegConfig(**{**(reference_settings(name) if name else {}), **given})
 
 
 def default_levels(noise) -> list:

@@ -53,9 +53,10 @@ class Segmenter:
                                "segment train` again into this folder") from None
         self.cfg.baselines = self.cfg.baselines and baselines
         self.cfg.device, self.cfg.precision = device or self.cfg.device, precision or self.cfg.precision
-        featurizer = Featurizer(load_backbone(self.cfg.model, self.cfg.device, self.cfg.precision))
+        featurizer = Featurizer(load_backbone(self.cfg.model, self.cfg.device, self.cfg.precision, **self.cfg.model_options()))
         self.sources = feature_sources(self.cfg, featurizer, self.image_channels)
         self.stride = max(b.stride for b in featurizer.feature_info())
+        self.side = featurizer.backbone.image_size   # DDPM-Seg's layout is read at this size
         self.heads = {}
         for name in self.sources:
             self.heads[name] = load_heads(self.run / f"heads-{name}.safetensors")
@@ -108,7 +109,8 @@ class RunSettings:
 
 @dataclass
 class EvalConfig(RunSettings):
-    data: str = option("scenes", "'scenes' (its test split) or a folder with images/ + masks/")
+    data: str = option("scenes", "'scenes' (its test split), a folder with images/ + masks/, or DDPM-Seg's layout (images "
+                                 "beside .npy label arrays; a data set root's real/test)")
     n: int | None = option(None, "test images (default: all; scenes: 200)", parse=int, min=1)
     split: str = option("test", "'val' scores on validation images (bundled scenes: train-split scenes never "
                                 "labelled) to choose settings", choices=("test", "val"))
@@ -127,7 +129,7 @@ def evaluate(run: str | Path, cfg: EvalConfig | None = None, out: str | Path | N
     start = time.time()
     seg = Segmenter(run, cfg.baselines, cfg.device, cfg.precision)
     with locked(out or seg.run) as out:
-        test = load_seg_data(cfg.data, cfg.split, cfg.n, seg.classes, seg.ignore_index, lazy=True)
+        test = load_seg_data(cfg.data, cfg.split, cfg.n, seg.classes, seg.ignore_index, lazy=True, side=seg.side)
         metrics = {m: SegMetrics(seg.classes, seg.ignore_index) for m in seg.methods()}
         examples = []
         for i, preds in enumerate(tqdm(seg.predict(test.images, workers=cfg.workers), total=len(test), desc="evaluating",
@@ -146,7 +148,8 @@ def evaluate(run: str | Path, cfg: EvalConfig | None = None, out: str | Path | N
         scores = {m: s.compute() for m, s in metrics.items()}
         result = {**header("ddpm_seg", seg.cfg.model, test.name, {"total": round(time.time() - start, 1)}),
                   **scores.pop("diffusion"), "baselines": scores, "run": str(seg.run), "n_test": len(test),
-                  "blocks": seg.cfg.blocks, "ts": seg.cfg.ts, "k": seg.cfg.k, "peak_rss_mb": peak_rss_mb()}
+                  "blocks": seg.cfg.blocks, "ts": seg.cfg.ts, "k": seg.cfg.k, "reference": seg.cfg.reference,
+                  "peak_rss_mb": peak_rss_mb()}
         train_json = seg.run / "segment-train.json"
         if train_json.is_file():
             result["train_peak_rss_mb"] = read_json(train_json, "the run's training record").get("peak_rss_mb")

@@ -62,7 +62,8 @@ def select_cells(cfg: SegConfig, featurizer: Featurizer, data: ImageSet, cache_r
     if len(data) < 2:
         raise DiffrepError("--select cross-validates over labelled images: it needs at least 2")
     blocks, ts = candidates(featurizer, cfg)
-    source = DiffusionFeatures(featurizer, blocks, ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.precision)
+    source = DiffusionFeatures(featurizer, blocks, ts, cfg.ensemble, cfg.seed, cfg.shared_noise, cfg.precision,
+                               noise_per_t=cfg.noise_per_t)
     print(f"--select: {len(blocks)} blocks × {len(ts)} t, cross-validated on {len(data)} labelled images")
     cache = ImageCache(cache_root / "select", source, data.images, cfg.extract_batch, "candidate features", state)
     if state is not None and state.num_processes > 1:

@@ -1,6 +1,6 @@
 """DDPM-Seg training: few labelled images, pixel features from an on-disk cache, K per-pixel MLPs.
 
-    labelled images ─► maps at blocks × t (one fixed noise) ─► on-disk cache, one file per image
+    labelled images ─► maps at blocks × t (seeded noise) ─► on-disk cache, one file per image
                     ─► pixels sampled per image (class-balanced) ─► K per-pixel MLPs
 
 Memory is bounded by construction: training holds one image's maps plus a pool of sampled pixels
@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ...core import Featurizer, load_backbone, random_init
 from ...data import ImageSet, load_seg_data
+from ...data.masks import declares_classes
 from ...errors import DiffrepError
 from ...features import PEAK, DiffusionFeatures, ImageCache, RawPixels, total_channels
 from ...features.cell import key_from_json, key_to_json
@@ -31,6 +32,7 @@ from ...heads import PixelMLPs, train_heads
 from ...runs import atomic_path, header, peak_rss_mb, in_run_folder, write_results
 from .config import SegConfig, default_levels
 from .pools import PixelPools
+from .reference import reference_classes
 from .select import select_cells
 
 def _fit(pools: PixelPools, channels: int, n_classes: int, k: int, cfg: SegConfig, desc: str) -> tuple[PixelMLPs, dict]:
@@ -64,13 +66,23 @@ def load_heads(path: Path) -> tuple[PixelMLPs, list]:
 def feature_sources(cfg: SegConfig, featurizer: Featurizer, channels: int) -> dict:
     """Each method's feature source (the random-weight network only when baselines are asked)."""
     sources = {"diffusion": DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, cfg.shared_noise,
-                                              cfg.precision)}
+                                              cfg.precision, noise_per_t=cfg.noise_per_t)}
     if cfg.baselines:
         sources["raw_pixels"] = RawPixels(cfg.neighbourhood, channels)
         rand = Featurizer(random_init(featurizer.backbone, cfg.seed + 1))   # +1: not the init of a seed-0 model
         sources["random_weights"] = DiffusionFeatures(rand, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed,
-                                                      cfg.shared_noise, cfg.precision, weights="random")
+                                                      cfg.shared_noise, cfg.precision, weights="random",
+                                                      noise_per_t=cfg.noise_per_t)
     return sources
+
+
+def labelled_data(cfg: SegConfig, side: int) -> ImageSet:
+    """The labelled images of `cfg.data` (DDPM-Seg's layout resized to the model's `side`); under
+    --reference, a folder that declares no classes gets the reference's classes and ignore label."""
+    if cfg.reference and not declares_classes(cfg.data):
+        classes, ignore = reference_classes(cfg.reference)
+        return load_seg_data(cfg.data, "train", cfg.labelled, classes, ignore, side=side)
+    return load_seg_data(cfg.data, "train", cfg.labelled, side=side)
 
 
 def _train_on_source(name: str, source, cache: ImageCache, data: ImageSet, cfg: SegConfig, out: Path) -> dict:
@@ -114,12 +126,12 @@ def train_segmenter(cfg: SegConfig, out: str | Path, data: ImageSet | None = Non
 
 def _train(cfg: SegConfig, out: Path, data: ImageSet | None, state, device) -> dict | None:
     start = time.time()
-    data = load_seg_data(cfg.data, "train", cfg.labelled) if data is None else data
+    backbone = load_backbone(cfg.model, device, cfg.precision, **cfg.model_options())
+    data = labelled_data(cfg, backbone.image_size) if data is None else data
     cfg.labelled = cfg.labelled or len(data)
     if len(data) < cfg.labelled:
         raise DiffrepError(f"asked for {cfg.labelled} labelled images but {cfg.data} gives only {len(data)}")
     data = data.subset(slice(0, cfg.labelled))
-    backbone = load_backbone(cfg.model, device, cfg.precision)
     featurizer = Featurizer(backbone)
     if cfg.select:   # blocks and ts given are the candidates
         cfg.blocks, cfg.ts, cfg.selection = select_cells(cfg, featurizer, data, out / "cache", state)
@@ -128,7 +140,8 @@ def _train(cfg: SegConfig, out: Path, data: ImageSet | None, state, device) -> d
     data = with_colour_copies(data, cfg.colour_copies)
     sources = feature_sources(cfg, featurizer, data.images.shape[1])
     print(f"DDPM-Seg on {len(data)} labelled images of {data.name}: blocks {cfg.blocks}, t {cfg.ts}, "
-          f"{total_channels(sources['diffusion'])} channels per pixel")
+          f"{total_channels(sources['diffusion'])} channels per pixel"
+          + (f" (the reference's {cfg.reference} settings)" if cfg.reference else ""))
     if data.images.shape[1] != backbone.image_channels:   # the diffusion source converts; raw pixels keep the data's
         print(f"note: the diffusion features see the {data.images.shape[1]}-channel images converted to "
               f"{backbone.image_channels} channel(s) for the model")
@@ -147,6 +160,7 @@ def _train(cfg: SegConfig, out: Path, data: ImageSet | None, state, device) -> d
         timing[name] = round(time.time() - t0, 1)
     timing["total"] = round(time.time() - start, 1)
     result = {**header("ddpm_seg", cfg.model, data.name, timing), "n_labelled": len(data), "heads": heads,
+              "reference": cfg.reference,   # the DDPM-Seg data set whose settings were used (None: none)
               "peak_rss_mb": peak_rss_mb(),
               "largest_feature_tensor_mb": {k: round(v / 2**20, 2) for k, v in PEAK.peak.items()},
               "all_in_ram_mb": round(len(data) * total_channels(sources["diffusion"]) * data.masks[0].numel() * 4

@@ -182,7 +182,7 @@ def load_model(run: str | Path, device: str = "auto"):
     raw.setdefault("taps", "block-outputs")   # runs saved before the option read the blocks' outputs
     cfg = PanopticConfig(**raw)
     vocab = Vocabulary([Category(c["id"], tuple(c["names"]), c["isthing"]) for c in meta["train_vocab"]])
-    backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)
+    backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device, **cfg.model_options())
     model = PanopticModel(build_source(cfg, backbone), name_encoder(backbone, "cpu").width, cfg, vocab)
     model.load_trainable(load_file(str(run / "odise.safetensors")))
     return model.eval().to(resolve_device(device)), cfg, vocab, backbone

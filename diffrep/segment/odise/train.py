@@ -143,7 +143,7 @@ def _cached_maps(source, cfg, conditioning: str, train: tuple, val: tuple, side:
 def _train(cfg, out: Path, train, val, full: Vocabulary, train_vocab: Vocabulary, cache_root: Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device)
+    backbone = None if cfg.source == "pixels" else load_backbone(cfg.model, device, **cfg.model_options())
     text = name_encoder(backbone, device)
     names, owner = train_vocab.name_table(text)
     full_names, full_owner = full.name_table(text)
