@@ -1,8 +1,10 @@
 """OpenAI's ADM 256×256 unconditional network at its real shape (random weights), through diffrep's
 guided-diffusion path: conversion, `diffrep info`, feature extraction with and without the early stop,
-and DDPM-Seg's `segment train` on 20 labelled images with the FFHQ-34 settings.
+and DDPM-Seg's `segment train` on 20 labelled images with the FFHQ-34 settings; with `--end-to-end`,
+also `classify` (attention and feedback heads, diffssl's settings) and `match` (DIFT's ADM setting) on
+a few photographs, to show they run at this shape (their accuracy on random weights means nothing).
 
-    python benchmarks/bench_adm256.py [--images 20] [--threads 2] [--skip-segment]
+    python benchmarks/bench_adm256.py [--images 20] [--threads 2] [--skip-segment] [--end-to-end]
 
 The checkpoint is written by OpenAI's own `guided_diffusion.script_util.create_model` with the
 preset's flags (its default initialisation; weights change neither time nor memory) and saved as a
@@ -75,6 +77,21 @@ def write_ddpm_seg_layout(folder: Path, n: int, size: int = 256) -> None:
             np.save(folder / "real" / split / f"image_{i}.npy", masks[i].numpy().astype(np.int64))
 
 
+def write_class_folder(folder: Path, per_class: dict, size: int = 256) -> None:
+    """Two classes of 256×256 crops (scikit-image's astronaut and cat photographs), train/ and test/."""
+    from skimage import data as photos
+    sources = {"astronaut": photos.astronaut(), "chelsea": photos.chelsea()}
+    rng = np.random.default_rng(0)
+    for split, n in per_class.items():
+        for name, photo in sources.items():
+            (folder / split / name).mkdir(parents=True)
+            for i in range(n):
+                side = int(rng.integers(min(photo.shape[:2]) // 2, min(photo.shape[:2])))
+                y, x = (int(rng.integers(0, d - side + 1)) for d in photo.shape[:2])
+                crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BICUBIC)
+                crop.save(folder / split / name / f"{i}.png")
+
+
 def cli(argv: list[str]) -> str:
     return f"import sys; from diffrep.cli import main; sys.exit(main({argv!r}))"
 
@@ -99,6 +116,9 @@ def main() -> None:
     parser.add_argument("--extract-images", type=int, default=2, help="images timed for the early stop")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-segment", action="store_true")
+    parser.add_argument("--extract-batch", type=int, default=None, help="segment train's --extract-batch "
+                                                                          "(default: the command's own, 8)")
+    parser.add_argument("--end-to-end", action="store_true", help="also run classify and match at this shape")
     args = parser.parse_args()
     result = {"preset": PRESET, "threads": args.threads, "machine": platform.processor() or platform.machine(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
@@ -126,14 +146,41 @@ def main() -> None:
             argv = ["segment", "train", "--model", str(ckpt), "--preset", PRESET, "--reference", "ffhq_34",
                     "--data", str(tmp / "ffhq_like"), "--labelled", str(args.images), "--no-baselines",
                     "--out", str(tmp / "seg")]
-            result["segment_train"] = run_child(cli(argv), args.threads, cache)
+            argv += ["--extract-batch", str(args.extract_batch)] if args.extract_batch else []
+            key = f"segment_train_extract_batch_{args.extract_batch or 8}"
+            result[key] = run_child(cli(argv), args.threads, cache)
             train = json.loads((tmp / "seg" / "segment-train.json").read_text())
-            result["segment_train"].update(channels=train["heads"]["diffusion"]["channels"],
-                                           timing_s=train["timing_s"], blocks=train.get("blocks"))
-            print("segment train", result["segment_train"])
+            config = json.loads((tmp / "seg" / "config.json").read_text())
+            result[key].update(channels=train["heads"]["diffusion"]["channels"], timing_s=train["timing_s"],
+                               blocks=config["blocks"], ts=config["ts"], reference=config.get("reference"))
+            print("segment train", result[key])
+        if args.end_to_end:
+            result.update(end_to_end(tmp, ckpt, args.threads, cache))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    RESULTS.write_text(json.dumps({**earlier, **result}, indent=2))   # a partial run keeps the other steps' figures
     print(f"wrote {RESULTS}")
+
+
+def end_to_end(tmp: Path, ckpt: Path, threads: int, cache: dict) -> dict:
+    """`classify` (attention + feedback, diffssl's blocks and pairs) and `match` (DIFT's ADM setting)."""
+    model = ["--model", str(ckpt), "--preset", PRESET]
+    write_class_folder(tmp / "crops", {"train": 4, "test": 2})
+    classify = run_child(cli(["classify", *model, "--reference", "diffssl", "--data", str(tmp / "crops"),
+                              "--heads", "attention,feedback", "--epochs", "1", "--width", "64", "--batch-size", "4",
+                              "--train-batch", "4", "--no-baselines", "--out", str(tmp / "cls")]), threads, cache)
+    report = json.loads((tmp / "cls" / "classify.json").read_text())
+    classify.update(resolved=report["reference"]["resolved"], heads=[row.get("head") for row in report["heads"]],
+                    n_train=report["n_train"], n_test=report["n_test"])
+    print("classify", classify)
+    src, tgt = tmp / "crops" / "test" / "astronaut" / "0.png", tmp / "crops" / "test" / "astronaut" / "1.png"
+    match = run_child(cli(["match", str(src), str(tgt), *model, "--reference", "dift-adm", "--ensemble", "2",
+                           "--points", "64,64;128,128;200,90", "--out", str(tmp / "match.png")]), threads, cache)
+    record = json.loads((tmp / "match.json").read_text())
+    match.update({k: record.get(k) for k in ("block", "t", "ensemble", "size", "reference")},
+                 matches=len(record["matches"]))
+    print("match", match)
+    return {"classify_attention_feedback": classify, "match_dift_adm_ensemble2": match}
 
 
 if __name__ == "__main__":

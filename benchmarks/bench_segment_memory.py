@@ -3,13 +3,8 @@
 need to hold every pixel feature in RAM as float32: N·C·H·W·4 bytes.
 
     python benchmarks/bench_segment_memory.py [--epochs 1] [--threads 2]
-    python benchmarks/bench_segment_memory.py --shape adm256 [--images 50]   # ADM-256-shaped, 8,448 channels
 
-`--shape adm256`: OpenAI's ADM 256×256 unconditional UNet as published (channels 256 × (1,1,2,2,4,4),
-two residual blocks per level, attention at 32, 16 and 8 with 64-channel heads, scale-shift norm),
-random weights, on 256×256 scenes; decoder blocks up_blocks.0, .1, .2 and .4 at t ∈ {50, 150, 250}:
-3 × (1024 + 1024 + 512 + 256) = 8,448 channels per pixel, as DDPM-Seg's reference taps. The reference
-holds N·C·H·W·4 bytes of features in RAM (2.2 GB per image).
+(OpenAI's ADM-256 at its real shape, converted from its own network: benchmarks/bench_adm256.py.)
 
 The backbone is a randomly initialised UNet2DModel (widths 32/64/128/256, no attention; weights do
 not change memory or time) whose mid block and first three up blocks at t ∈ {50, 150, 250} give
@@ -42,23 +37,15 @@ WIDTHS = (32, 64, 128, 256)
 BLOCKS = ["mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]
 TS = [50, 150, 250]
 RESULTS = Path(__file__).parent / "results" / "segment-memory.json"
-ADM = dict(size=256, widths=(256, 256, 512, 512, 1024, 1024), blocks=["up_blocks.0", "up_blocks.1", "up_blocks.2",
-                                                                       "up_blocks.4"])
 
 
-def write_model(folder: Path, shape: str = "small") -> None:
+def write_model(folder: Path) -> None:
     from diffusers import DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    if shape == "adm256":
-        UNet2DModel(sample_size=256, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=ADM["widths"],
-                    down_block_types=("DownBlock2D",) * 3 + ("AttnDownBlock2D",) * 3,
-                    up_block_types=("AttnUpBlock2D",) * 3 + ("UpBlock2D",) * 3, attention_head_dim=64,
-                    resnet_time_scale_shift="scale_shift").save_pretrained(folder / "unet")
-    else:
-        UNet2DModel(block_out_channels=WIDTHS, down_block_types=("DownBlock2D",) * 4, up_block_types=("UpBlock2D",) * 4,
-                    layers_per_block=1, sample_size=SIZE, in_channels=3, out_channels=3,
-                    add_attention=False).save_pretrained(folder / "unet")
+    UNet2DModel(block_out_channels=WIDTHS, down_block_types=("DownBlock2D",) * 4, up_block_types=("UpBlock2D",) * 4,
+                layers_per_block=1, sample_size=SIZE, in_channels=3, out_channels=3,
+                add_attention=False).save_pretrained(folder / "unet")
     DDPMScheduler().save_pretrained(folder / "scheduler")
 
 
@@ -92,15 +79,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=1, help="training epochs (memory does not grow with them)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--shape", choices=("small", "adm256"), default="small")
     parser.add_argument("--images", type=int, default=N_IMAGES, help="labelled images")
     args = parser.parse_args()
-    adm = args.shape == "adm256"
-    size, blocks, n_images = (ADM["size"] if adm else SIZE), (ADM["blocks"] if adm else BLOCKS), args.images
-    results = RESULTS.with_name("segment-memory-adm256.json") if adm else RESULTS
+    size, blocks, n_images, results = SIZE, BLOCKS, args.images, RESULTS
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_model(tmp / "model", args.shape)
+        write_model(tmp / "model")
         write_data(tmp / "data", n_images, size)
         floor_code = (f"import torch; torch.set_num_threads({args.threads}); import diffrep.segment.ddpm_seg; "
                       f"from diffrep.core import load_backbone; load_backbone({str(tmp / 'model')!r})")
@@ -116,7 +100,7 @@ def main() -> None:
         cache_mb = sum(p.stat().st_size for p in (tmp / "run" / "cache").rglob("*")) / 2**20
     channels = train["heads"]["diffusion"]["channels"]
     reference_mb = n_images * channels * size * size * 4 / 2**20
-    model = "ADM-256-shaped UNet2DModel (random weights)" if adm else f"random UNet2DModel widths {list(WIDTHS)}, no attention"
+    model = f"random UNet2DModel widths {list(WIDTHS)}, no attention"
     result = {"n_images": n_images, "size": size, "channels": channels, "blocks": blocks, "ts": TS,
               "model": model, "epochs": args.epochs,
               "threads": args.threads, "k": 10, "peak_rss_mb": round(peak_mb, 1), "wall_s": round(wall_s, 1),
