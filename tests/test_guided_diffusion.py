@@ -157,6 +157,14 @@ def test_half_precision_checkpoint_loads(tmp_path):
     assert torch.equal(unet.conv_in.weight, model.input_blocks[0][0].weight.half().float())
 
 
+def test_legacy_torch_format_loads(tmp_path):
+    """Checkpoints saved before torch 1.6's zip format cannot be memory-mapped; they are read whole."""
+    model = openai_model(SMALL)
+    torch.save(model.state_dict(), tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    folder = convert(tmp_path / "old.pt", tmp_path / "converted", flags=flags_text(SMALL))
+    assert torch.equal(load_backbone(folder).denoiser.conv_in.weight, model.input_blocks[0][0].weight)
+
+
 def test_class_label_is_a_setting(tmp_path):
     settings = {**SMALL, "class_cond": True}
     model = openai_model(settings)
@@ -232,7 +240,7 @@ def test_bad_checkpoints_are_refused_in_one_line(small_checkpoint, tmp_path, cap
     assert "not a guided-diffusion UNet state dict" in bad(convert_args + [str(tmp_path / "other.pt"), flags, "--out", str(out)], capsys)
     with open(tmp_path / "object.pt", "wb") as f:
         pickle.dump(torch.nn.Linear(2, 2), f)
-    assert "cannot read" in bad(convert_args + [str(tmp_path / "object.pt"), flags, "--out", str(out)], capsys)
+    assert "holds pickled Python objects" in bad(convert_args + [str(tmp_path / "object.pt"), flags, "--out", str(out)], capsys)
     data = small_checkpoint.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     assert "cannot read" in bad(convert_args + [str(tmp_path / "cut.pt"), flags, "--out", str(out)], capsys)

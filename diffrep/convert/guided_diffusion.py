@@ -27,8 +27,10 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import shlex
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -304,10 +306,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise DiffrepError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:   # torch raises RuntimeError, UnpicklingError, EOFError … for a bad file
+        state = _load_tensors(path)
+    except pickle.UnpicklingError:
+        raise DiffrepError(f"{path} holds pickled Python objects, not only tensors: diffrep reads checkpoints with "
+                           "weights_only=True and does not unpickle objects from a file") from None
+    except Exception as err:   # torch raises RuntimeError, EOFError … for a damaged file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DiffrepError(f"cannot read {path} as a PyTorch checkpoint of tensors ({first[:200]})") from None
+        raise DiffrepError(f"cannot read {path} as a PyTorch checkpoint; is it damaged or truncated? ({first[:120]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -317,6 +322,20 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise DiffrepError(f"{path} is not a guided-diffusion UNet state dict: no input_blocks.0.0.weight / out.2.weight "
                            f"(its first keys: {shown or 'none'})")
     return state
+
+
+def _load_tensors(path: Path):
+    """torch.load with weights_only=True, memory-mapped (a 2.2 GB file is not read into RAM twice); files
+    in torch's pre-1.6 format cannot be mapped and are read whole. torch's warnings about a file it then
+    refuses are silenced: the refusal is reported in one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _shape(t) -> str:
