@@ -68,7 +68,7 @@ def cmd_info(args) -> None:
     if args.json_out:
         write_json(args.json_out, [dict(name=b.name, channels=b.channels, stride=b.stride, top_level=b.top_level,
                                         guided_diffusion=refs.get(b.name, (None, None))[0],
-                                        diffssl=int(refs[b.name][1]) if b.name in refs else None) for b in info])
+                                        diffssl=refs.get(b.name, (None, None))[1]) for b in info])
 
 
 def _register_info(commands: Commands) -> None:

@@ -19,7 +19,7 @@ from diffusers import DiTTransformer2DModel
 from ..errors import DiffrepError
 from .backbone import Backbone, autocast_dtype, run_denoiser
 from .blocks import default_blocks
-from .reference_names import guided_diffusion_names, reference_aliases
+from .reference_names import reference_aliases, reference_names
 
 SUB_BLOCKS = ("resnets", "attentions", "downsamplers", "upsamplers")
 UNET_TOP = ("conv_in", "down_blocks", "mid_block", "up_blocks", "conv_out")
@@ -111,6 +111,7 @@ class Featurizer:
         self.model = backbone.denoiser
         self.is_dit = isinstance(self.model, DiTTransformer2DModel)
         self._info: list[BlockInfo] | None = None
+        self._references: dict[str, tuple[str, int]] | None = None
 
     # ------------------------------------------------------------------ block catalogue
     def _candidates(self) -> dict[str, torch.nn.Module]:
@@ -163,16 +164,17 @@ class Featurizer:
         """The blocks `use` taps when none are named (the rules: `diffrep.core.blocks`)."""
         return default_blocks(self, use)
 
-    def reference_names(self) -> dict[str, tuple[str, str]]:
+    def reference_names(self) -> dict[str, tuple[str, int]]:
         """{diffrep block: (guided-diffusion name, diffssl number)} for UNets (`diffrep.core.reference_names`)."""
-        adm = guided_diffusion_names(self.model)
-        return {name: (ref, str(number)) for number, (ref, name) in enumerate(adm.items(), start=1)}
+        if self._references is None:
+            self._references = reference_names(self.model)
+        return self._references
 
     def check_blocks(self, blocks: list[str]) -> list[str]:
         """diffrep block names, in execution order without repeats, from diffrep names or the references'
         (guided-diffusion's `output_blocks.6`, diffssl's `24`)."""
         valid = self.block_names()
-        aliases = reference_aliases(self.model)
+        aliases = reference_aliases(self.reference_names())
         blocks = [b if b in valid else aliases.get(str(b), b) for b in blocks]
         unknown = [b for b in blocks if b not in valid]
         if unknown:

@@ -49,8 +49,13 @@ def guided_diffusion_names(model: torch.nn.Module) -> dict[str, str]:
     return {**names, **{f"output_blocks.{k}": name for k, name in enumerate(outputs)}}
 
 
-def reference_aliases(model: torch.nn.Module) -> dict[str, str]:
-    """Every name a reference gives a block → diffrep's name: guided-diffusion's, and diffssl's numbers
-    ("1", "2", …) in the same order."""
+def reference_names(model: torch.nn.Module) -> dict[str, tuple[str, int]]:
+    """{diffrep block: (guided-diffusion name, diffssl number)}: diffssl numbers the blocks from 1 in the
+    same order ({} for models that are not UNets)."""
     adm = guided_diffusion_names(model)
-    return {**adm, **{str(number): name for number, name in enumerate(adm.values(), start=1)}}
+    return {name: (ref, number) for number, (ref, name) in enumerate(adm.items(), start=1)}
+
+
+def reference_aliases(names: dict[str, tuple[str, int]]) -> dict[str, str]:
+    """Every name a reference gives a block → diffrep's name, from `reference_names`."""
+    return {alias: name for name, (ref, number) in names.items() for alias in (ref, str(number))}
