@@ -1,6 +1,7 @@
 """Files written whole or not at all: `atomic_path` yields a temporary name beside the target and
-renames it into place once the block ends without error. Kept apart from `runs` (which knows run
-folders and processes) so that any module can write atomically without importing the rest."""
+renames it into place once the block ends without error; and `cache_root`, where diffrep keeps what it
+writes once and reuses. Kept apart from `runs` (which knows run folders and processes) so that any
+module can use them without importing the rest."""
 
 from __future__ import annotations
 
@@ -43,3 +44,9 @@ def atomic_path(path: str | Path):
     finally:
         if tmp.exists():
             _remove(tmp)
+
+
+def cache_root() -> Path:
+    """Where diffrep keeps what it writes once and reuses (the panoptic scenes, converted checkpoints):
+    $DIFFREP_CACHE, else ~/.cache/diffrep."""
+    return Path(os.environ.get("DIFFREP_CACHE", Path.home() / ".cache" / "diffrep"))

@@ -26,7 +26,6 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import os
 import pickle
 import shlex
 import time
@@ -38,7 +37,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import save_file
 
 from ..errors import DiffrepError
-from ..files import atomic_path
+from ..files import atomic_path, cache_root
 from .adm_unet import ADMUNet2DModel
 
 NUM_CLASSES = 1000   # OpenAI's class-conditional models are ImageNet's
@@ -399,14 +398,6 @@ def convert(checkpoint: str | Path, out: str | Path, preset: str | None = None, 
              "parsed": dataclasses.asdict(parsed), "class": cls.__name__,
              "converted": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     return out
-
-
-def cache_root() -> Path:
-    """Where checkpoints given as `--model FILE.pt` are converted to: $DIFFREP_CACHE, else
-    $XDG_CACHE_HOME/diffrep, else ~/.cache/diffrep."""
-    if os.environ.get("DIFFREP_CACHE"):
-        return Path(os.environ["DIFFREP_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffrep"
 
 
 def cached_folder(checkpoint: str | Path, preset: str | None = None, flags: str | None = None) -> Path:

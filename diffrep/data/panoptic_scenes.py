@@ -20,7 +20,6 @@ Decisions:
 from __future__ import annotations
 
 import fcntl
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..files import cache_root
 from .coco_panoptic import PanopticSet, write_split
 from .scenes import _digits, _texture
 
@@ -141,10 +141,6 @@ def _caption(digits: list[str], stuff: list[str]) -> str:
     """'a three and a seven on brick wall beside grass' (every digit placed and every region)."""
     things = " and ".join(with_article(d) for d in digits)
     return f"{things} on {stuff[0]}" + "".join(f" beside {s}" for s in stuff[1:])
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DIFFREP_CACHE", Path.home() / ".cache" / "diffrep"))
 
 
 @lru_cache(maxsize=None)
