@@ -278,6 +278,12 @@ def _heads_of(f: ADMFlags, width: int, upsample: bool) -> int:
     return fixed if fixed is not None else width // f.num_head_channels
 
 
+def _layer_pairs(src: str, dst: str, kind: str) -> list[tuple[str, str]]:
+    """(guided-diffusion layer, diffusers layer) inside a 'res' or 'plain' module pair."""
+    return [(".".join(filter(None, (src, old))), ".".join(filter(None, (dst, new))))
+            for old, new in (RES if kind == "res" else {"": ""}).items()]
+
+
 def convert_state_dict(state: dict, f: ADMFlags) -> dict[str, torch.Tensor]:
     """guided-diffusion tensors renamed (and q, k, v split) into `UNet2DModel`'s names, as float32."""
     out = {}
@@ -287,12 +293,10 @@ def convert_state_dict(state: dict, f: ADMFlags) -> dict[str, torch.Tensor]:
             out.update(_attention_tensors(state, src, dst, _heads_of(f, width, dst.startswith("up_")),
                                           legacy=not f.use_new_attention_order))
             continue
-        names = RES if kind == "res" else {"": ""}
-        for old, new in names.items():
+        for old, new in _layer_pairs(src, dst, kind):
             for p in ("weight", "bias"):
-                key = ".".join(filter(None, (src, old, p)))
-                if key in state:
-                    out[".".join(filter(None, (dst, new, p)))] = state[key]
+                if f"{old}.{p}" in state:
+                    out[f"{new}.{p}"] = state[f"{old}.{p}"]
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
@@ -337,8 +341,8 @@ def _load_tensors(path: Path):
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _shape(t) -> str:
-    return "×".join(map(str, t.shape)) or "scalar"
+def _shape(shape) -> str:
+    return "×".join(map(str, shape)) or "scalar"
 
 
 def check_against(state: dict, f: ADMFlags, flags_text: str) -> None:
@@ -353,17 +357,16 @@ def check_against(state: dict, f: ADMFlags, flags_text: str) -> None:
             wanted.update({f"{src}.norm.weight": (width,), f"{src}.qkv.weight": (3 * width, width, 1),
                            f"{src}.proj_out.weight": (width, width, 1)})
             continue
-        for old, new in (RES if kind == "res" else {"": ""}).items():
-            key = ".".join(filter(None, (dst, new, "weight")))
-            if key in expected:
-                wanted[".".join(filter(None, (src, old, "weight")))] = tuple(expected[key].shape)
+        for old, new in _layer_pairs(src, dst, kind):
+            if f"{new}.weight" in expected:
+                wanted[f"{old}.weight"] = tuple(expected[f"{new}.weight"].shape)
     for key, shape in wanted.items():
         if key not in state:
-            raise DiffrepError(f"the checkpoint does not match the flags: it has no {key} (expected {'×'.join(map(str, shape))} "
+            raise DiffrepError(f"the checkpoint does not match the flags: it has no {key} (expected {_shape(shape)} "
                                f"for --flags \"{flags_text}\")")
         if tuple(state[key].shape) != shape:
-            raise DiffrepError(f"the checkpoint does not match the flags: {key} is {_shape(state[key])} in the file, "
-                               f"{'×'.join(map(str, shape))} for these flags")
+            raise DiffrepError(f"the checkpoint does not match the flags: {key} is {_shape(state[key].shape)} in the "
+                               f"file, {_shape(shape)} for these flags")
     extra = sorted({k.rsplit(".", 1)[0] for k in state} - {k.rsplit(".", 1)[0] for k in wanted})
     if extra:
         raise DiffrepError(f"the checkpoint does not match the flags: it has {extra[0]}, which these flags do not build")
