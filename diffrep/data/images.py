@@ -122,11 +122,16 @@ def _fitted(im: Image.Image, size: int | None) -> tuple[torch.Tensor, str | None
     pads = _pads(im.size[1], im.size[0], size) if changed else None
     if changed and pads is None:
         im = im.resize((size, size), Image.BICUBIC)
-    t = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
-    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    t = as_tensor(im)
     if pads is not None:
         t = F.pad(t[None], pads, mode="replicate")[0]
     return t, (None if not changed else "padded" if pads is not None else "resized")
+
+
+def as_tensor(im: Image.Image) -> torch.Tensor:
+    """A decoded 8-bit image (L or RGB) as C×H×W in [-1, 1]."""
+    t = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
 
 
 def resized_as_files(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DiffrepError
-from .images import list_images
+from .images import _header_size, as_tensor, list_images
 
 
 def is_array_folder(folder: Path) -> bool:
@@ -57,15 +57,6 @@ def read_label_array(path: Path) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file from its header."""
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except (UnidentifiedImageError, OSError) as err:
-        raise DiffrepError(f"cannot read image {path}: {err}") from None
-
-
 def _check_fit(labels: np.ndarray, path: Path, image_path: Path, image_hw: tuple[int, int], side: int | None) -> None:
     if labels.shape != image_hw:
         raise DiffrepError(f"label array {path} is {labels.shape[0]}×{labels.shape[1]} but its image {image_path} is "
@@ -91,11 +82,12 @@ def read_array_image(path: Path, side: int | None) -> torch.Tensor:
         raise DiffrepError(f"cannot read image {path}: {err}") from None
     if side is not None and im.size != (side, side):
         im = im.resize((side, side), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    return as_tensor(im)
 
 
 def read_array_labels(path: Path, image_path: Path, side: int | None) -> torch.Tensor:
     """The label array of `image_path`, checked against the image's size and resized as the image is."""
     labels = read_label_array(path)
-    _check_fit(labels, path, image_path, _image_size(image_path), side)
+    width, height = _header_size(image_path)
+    _check_fit(labels, path, image_path, (height, width), side)
     return torch.from_numpy(labels if side is None or labels.shape == (side, side) else nearest(labels, side))
