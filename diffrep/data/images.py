@@ -60,12 +60,15 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def read(self, path: Path) -> torch.Tensor:
+        """One file as the sequence serves it (a subclass may read another way)."""
+        return read_image(path, self.channels, self.size)[0]
+
     def __getitem__(self, index):
         if isinstance(index, int) or (torch.is_tensor(index) and index.ndim == 0):
-            return read_image(self.paths[int(index)], self.channels, self.size)[0]
-        if isinstance(index, slice):
-            return ImageFiles(self.paths[index], self.channels, self.size)
-        return ImageFiles([self.paths[int(i)] for i in index], self.channels, self.size)
+            return self.read(self.paths[int(index)])
+        paths = self.paths[index] if isinstance(index, slice) else [self.paths[int(i)] for i in index]
+        return type(self)(paths, self.channels, self.size)   # a subset reads as this one does
 
     @property
     def shape(self) -> tuple:

@@ -206,16 +206,10 @@ class LabelArrays(MaskFiles):
 
 
 class ArrayImages(ImageFiles):
-    """The images of DDPM-Seg's layout as a lazy sequence, resized bilinearly to side×side as read."""
+    """The images of DDPM-Seg's layout as a lazy sequence (RGB), resized bilinearly to side×side as read."""
 
-    def __init__(self, paths: list[Path], side: int | None):
-        super().__init__(paths, 3, side)
-
-    def __getitem__(self, index):
-        if isinstance(index, int) or (torch.is_tensor(index) and index.ndim == 0):
-            return read_array_image(self.paths[int(index)], self.size)
-        paths = self.paths[index] if isinstance(index, slice) else [self.paths[int(i)] for i in index]
-        return ArrayImages(paths, self.size)
+    def read(self, path: Path) -> torch.Tensor:
+        return read_array_image(path, self.size)
 
 
 def _lazy_folder(root: Path, split: str, n: int | None, classes: list[str], ignore: int | None,
@@ -225,7 +219,7 @@ def _lazy_folder(root: Path, split: str, n: int | None, classes: list[str], igno
     if ignore is None:
         ignore = _read_classes(split_root, torch.zeros(1, dtype=torch.long))[1] if _has_classes_file(split_root) else None
     if _is_array_pairs(pairs):
-        images, masks = ArrayImages([p for p, _ in pairs], side), LabelArrays(pairs, len(classes), ignore, side)
+        images, masks = ArrayImages([p for p, _ in pairs], 3, side), LabelArrays(pairs, len(classes), ignore, side)
     else:
         images, masks = ImageFiles([p for p, _ in pairs], 3, None), MaskFiles([m for _, m in pairs], len(classes), ignore)
     return ImageSet(images, classes=classes, name=str(split_root), masks=masks, ignore_index=ignore)
