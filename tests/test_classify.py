@@ -9,7 +9,7 @@ import torch
 
 from diffrep.cli import main
 from diffrep.features import FeatureStore, as_tensor
-from diffrep.heads.classifier import FusionHead, PooledHead, accuracy, make_head, train_classifier
+from diffrep.heads.classifier import FusionHead, make_head
 
 
 def test_pooled_heads_pool_to_p_and_the_mlp_has_one_hidden_layer():
@@ -46,33 +46,11 @@ def test_fusion_shares_one_transformer_over_levels_and_concatenates_their_cls():
         make_head("linear", [(8, 4, 4), (6, 8, 8)], 1, 10)
 
 
-def test_training_keeps_the_epoch_best_on_validation_and_learns_a_separable_task():
-    torch.manual_seed(0)   # the head's initial weights
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(400, 4, 4, 4, generator=gen)
-    y = (x[:, 0].mean((1, 2)) > 0).long()
-    x[:, 1] += 3 * y[:, None, None]                                 # a strong signal in channel 1
-
-    def batches(idx, shuffle):
-        def run():
-            order = idx[torch.randperm(len(idx), generator=gen)] if shuffle else idx
-            for s in range(0, len(order), 32):
-                yield [x[order[s:s + 32]]], y[order[s:s + 32]]
-        return run
-    head = PooledHead(4, 1, 2)
-    fit = train_classifier(head, batches(torch.arange(300), True), batches(torch.arange(300, 400), False),
-                           epochs=8, lr=1e-2)
-    assert fit["val_accuracy"] == max(h["val_accuracy"] for h in fit["history"])
-    assert fit["epoch"] == 1 + max(range(8), key=lambda e: (fit["history"][e]["val_accuracy"], -e))
-    assert accuracy(head, batches(torch.arange(300, 400), False)(), classes=2) == pytest.approx(fit["val_accuracy"])
-    assert fit["val_accuracy"] > 0.95
-
-
 def test_classify_end_to_end_with_baselines(unet_dir, labelled_folder, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "linear,cnn,attention,fusion",
             "--blocks", "mid_block,up_blocks.0", "--t", "25,100", "--pools", "1,2", "--epochs", "2", "--width", "16",
-            "--batch-size", "16", "--out", str(out)]
+            "--batch-size", "16", "--lr", "1e-3,1e-2", "--weight-decay", "0.05", "--seeds", "0,1", "--out", str(out)]
     assert main(args) == 0
     result = json.loads((out / "classify.json").read_text())
     rows = {(r["source"], r["head"]): r for r in result["heads"]}
@@ -82,21 +60,37 @@ def test_classify_end_to_end_with_baselines(unet_dir, labelled_folder, tmp_path,
     assert [(c["t"], c["block"]) for c in rows[("diffusion", "fusion")]["cells"]] == \
         [(25, "mid_block"), (25, "up_blocks.0"), (100, "mid_block"), (100, "up_blocks.0")]
     assert [(c["t"], c["block"]) for c in rows[("diffusion", "attention")]["cells"]] == [(25, "mid_block")]
-    for r in result["heads"]:
-        assert 0 <= r["accuracy"] <= 1 and r["parameters"] > 0 and 1 <= r["epoch"] <= 2
+    for r in result["heads"]:                                        # each head: a grid of 2, then seed 1 again
+        assert len(r["accuracies"]) == 2 and r["seeds"] == [0, 1] and r["parameters"] > 0
+        assert r["accuracy"] == pytest.approx(sum(r["accuracies"]) / 2) and r["accuracy_sd"] >= 0
+        assert [g["lr"] for g in r["grid"]] == [1e-3, 1e-2] and r["recipe"]["lr"] in (1e-3, 1e-2)
+        assert r["recipe"]["optimizer"] == "adamw" and all(1 <= e <= 2 for e in r["best_epochs"])
+        best = max(r["grid"], key=lambda g: (g["val_accuracy"], -g["val_loss"]))
+        assert r["recipe"]["lr"] == best["lr"] and r["val_accuracies"][0] == best["val_accuracy"]
+    assert rows[("pixels", "cnn")]["from_scratch"] and not rows[("diffusion", "cnn")]["from_scratch"]
+    assert rows[("pixels", "cnn")]["parameters"] != rows[("diffusion", "cnn")]["parameters"]
+    compared = {(c["a"], c["b"]): c for c in result["comparisons"]}
+    assert ("diffusion attention", "pixels cnn (from scratch)") in compared
+    assert ("diffusion fusion", "diffusion attention") in compared
+    for c in compared.values():
+        assert c["verdict"] in ("better", "worse", "tie")
+        assert (c["verdict"] == "tie") == (abs(c["difference"]) <= c["margin"])
     assert (out / "classify.png").stat().st_size > 0
     printed = capsys.readouterr().out
-    assert "linear 2×2" in printed and "random_weights" in printed
+    assert "linear 2×2" in printed and "random_weights" in printed and "±" in printed and "comparisons" in printed
     assert main(args) == 0                                           # again, from the cached maps: the same table
     again = json.loads((out / "classify.json").read_text())["heads"]
-    assert [(r["head"], r["accuracy"], r["epoch"]) for r in again] == \
-        [(r["head"], r["accuracy"], r["epoch"]) for r in result["heads"]]
+    assert [(r["head"], r["accuracies"], r["best_epochs"]) for r in again] == \
+        [(r["head"], r["accuracies"], r["best_epochs"]) for r in result["heads"]]
 
 
 @pytest.mark.parametrize("args, message", [
     (["--heads", "transformer"], "--heads must be one of"),
     (["--pools", "0"], "--pools must be at least 1"),
     (["--blocks", "nope"], "nope"),
+    (["--seeds", "0,1,0"], "--seeds lists a seed twice"),
+    (["--lr", "0"], "--lr must be above 0"),
+    (["--optimizer", "adam"], "--optimizer must be one of"),
 ])
 def test_classify_bad_settings_are_refused_in_one_line(unet_dir, labelled_folder, tmp_path, capsys, args, message):
     code = main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), *args, "--out", str(tmp_path / "r")])
@@ -108,10 +102,11 @@ def test_the_feedback_row_trains_adapters_and_head_live(unet_dir, labelled_folde
     out = tmp_path / "fb"
     assert main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "feedback",
                  "--blocks", "mid_block", "--t", "25", "--epochs", "2", "--width", "16", "--train-batch", "8",
-                 "--batch-size", "16", "--no-baselines", "--out", str(out)]) == 0
+                 "--batch-size", "16", "--no-baselines", "--lr", "1e-3", "--out", str(out)]) == 0
     (row,) = json.loads((out / "classify.json").read_text())["heads"]
     assert row["head"] == "feedback" and row["fed_back"] == {"up_blocks.0": "down_blocks.1", "up_blocks.1": "down_blocks.0"}
-    assert 0 <= row["accuracy"] <= 1 and 1 <= row["epoch"] <= 2 and row["parameters"] > 0
+    assert 0 <= row["accuracy"] <= 1 and 1 <= row["best_epochs"][0] <= 2 and row["parameters"] > 0
+    assert row["recipe"]["lr"] == 1e-3 and len(row["grid"]) == 1          # no attention head ran: its grid, here one point
 
 
 def test_feedback_on_a_dit_is_refused_before_any_work(dit_dir, labelled_folder, tmp_path, capsys):
@@ -131,7 +126,7 @@ def test_distorted_copies_add_fit_rows_only_and_are_cached_once(unet_dir, labell
     assert not set(rows.tolist()) & set((val + 10).tolist())       # the validation images' copies stay out
     out = tmp_path / "aug"
     assert main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "linear",
-                 "--pools", "2", "--blocks", "mid_block", "--t", "25", "--epochs", "1", "--augment", "2",
+                 "--pools", "2", "--blocks", "mid_block", "--t", "25", "--epochs", "1", "--augment", "2", "--lr", "1e-2",
                  "--rotate", "5", "--no-baselines", "--out", str(out)]) == 0
     result = json.loads((out / "classify.json").read_text())
     assert result["augment"]["copies"] == 2 and result["augment"]["distortion"]["rotate"] == 5
@@ -139,13 +134,6 @@ def test_distorted_copies_add_fit_rows_only_and_are_cached_once(unet_dir, labell
     c0, c1 = (as_tensor(s.array(s.keys[0])) for s in (a, b))
     plain = FeatureStore(out / "cache" / "train-diffusion")
     assert c0.shape == c1.shape == as_tensor(plain.array(plain.keys[0])).shape and not torch.equal(c0, c1)
-
-
-def test_without_validation_the_last_epoch_is_kept():
-    torch.manual_seed(0)
-    x, y = torch.randn(64, 2, 2, 2), torch.randint(0, 2, (64,))
-    fit = train_classifier(PooledHead(2, 1, 2), lambda: iter([([x], y)]), None, epochs=3, lr=1e-2)
-    assert fit["val_accuracy"] is None and fit["epoch"] == 3 and len(fit["history"]) == 3
 
 
 def test_label_subsets_take_k_per_class_the_same_for_every_call():
@@ -198,14 +186,17 @@ def test_label_efficiency_rows_plot_and_the_data_sets_own_val_split(unet_dir, tm
     data, out = _split_folder(tmp_path / "digits"), tmp_path / "run"
     assert main(["classify", "--model", str(unet_dir), "--data", str(data), "--heads", "linear,cnn", "--pools", "2",
                  "--blocks", "mid_block", "--t", "25", "--epochs", "2", "--labels-per-class", "1,3,all",
-                 "--max-side", "8", "--batch-size", "16", "--out", str(out)]) == 0
+                 "--max-side", "8", "--batch-size", "16", "--lr", "1e-3,1e-2", "--weight-decay", "0.05",
+                 "--out", str(out)]) == 0
     result = json.loads((out / "classify.json").read_text())
     assert result["n_val"] == 8 and "val split" in result["selection"]
     few = [r for r in result["label_efficiency"] if r["labels_per_class"] != "all"]
     assert {(r["source"], r["head"], r["labels_per_class"]) for r in few} == \
         {(s, h, k) for s in ("diffusion", "pixels", "random_weights") for h in ("linear 2×2", "cnn") for k in (1, 3)}
-    for r in few:
-        assert r["n_fit"] == 2 * r["labels_per_class"] and r["val_accuracy"] is None and r["epoch"] == 2
+    chosen = {(r["source"], r["head"]): r["recipe"] for r in result["heads"]}
+    for r in few:                                                       # the recipe chosen on all labels, no grid
+        assert r["n_fit"] == 2 * r["labels_per_class"] and r["val_accuracy"] is None and r["best_epochs"] == [2]
+        assert r["recipe"] == chosen[(r["source"], r["head"])] and len(r["grid"]) == 1
     assert all(r["n_fit"] == 24 and r["val_accuracy"] is not None for r in result["heads"])
     store = FeatureStore(out / "cache" / "train-diffusion")
     assert as_tensor(store.array(store.keys[0])).shape[-2:] == (8, 8)   # the test UNet's 16² mid_block, pooled

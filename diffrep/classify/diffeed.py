@@ -6,8 +6,8 @@ decoder features (`feedback.Feedback`). The `feedback` row of `diffrep classify`
                (or to those `--feedback-pairs` names: `--reference diffssl` feeds block b to 38 − b)
             ─► the read block of pass 2, pooled to ≤ 16×16 ─► the attention head
 
-Only the adapters and the head train (SGD; lr 1e-2 for the adapters as the reference, the head's own
-for the head); the UNet is frozen. The two passes run live on every batch, so this row costs about
+Only the adapters and the head train (`heads.recipe`, one learning rate for both: the recipe chosen
+for the attention head on the same cell, else the attention grid searched here); the UNet is frozen. The two passes run live on every batch, so this row costs about
 three forwards per image per epoch where the cached heads cost none.
 """
 
@@ -20,8 +20,10 @@ from ..core import Featurizer
 from ..data.holdout import holdout_split
 from ..data.images import match_channels
 from ..data.stream import ImageBatches
-from ..heads.classifier import accuracy, default_lr, make_head, parameter_count, pool_to_token_grid, train_classifier
+from ..heads.classifier import accuracy, make_head, parameter_count, pool_to_token_grid
+from ..heads.recipe import grid, search_and_repeat, train
 from .feedback import Feedback, _check_unet
+from .report import format_row
 
 
 def check_model(backbone) -> None:
@@ -75,9 +77,10 @@ class _Unwrap(nn.Module):
         return self.inner(inputs[0])
 
 
-def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: int, device, dtype) -> dict:
-    """The `feedback` row: trained on the train split minus the held-out eighth (epoch chosen there),
-    test scored once."""
+def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: int, device, dtype,
+                       recipe=None) -> dict:
+    """The `feedback` row: trained on the train split minus the held-out eighth (epoch chosen there)
+    by `recipe` (None: the attention head's grid, searched here), once per seed; test scored once per seed."""
     labels = {s: d.labels for s, d in splits.items()}
     train_images = splits["train"].images
     if "val" in splits:   # the data set's own validation split
@@ -94,23 +97,26 @@ def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: i
         probe = FeedbackClassifier(backbone, block, t, nn.Identity(), cfg.seed, pairs)
         rows, first = next(iter(ImageBatches(splits["train"].images, 1, batches=[[0]])))
         shape = tuple(probe.read(first, rows).shape[1:])
-    torch.manual_seed(cfg.seed)
-    head = make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth)
-    model = FeedbackClassifier(backbone, block, t, head, cfg.seed, pairs)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    groups = [{"params": model.feedback.parameters(), "lr": default_lr("feedback")},
-              {"params": head.parameters(), "lr": default_lr("attention")}]
-    fitted = train_classifier(
-        _Unwrap(model), lambda: _live_batches(train_images, labels["train"], fit, cfg.train_batch, cfg.workers, gen),
-        lambda: _live_batches(val_images, val_labels, val, cfg.batch_size, cfg.workers), cfg.epochs,
-        default_lr("attention"), device, f"{source_name} feedback", dtype, groups)
-    test = accuracy(_Unwrap(model), _live_batches(splits["test"].images, labels["test"],
-                                                 torch.arange(len(labels["test"])), cfg.batch_size, cfg.workers),
-                    device, dtype, classes)
-    trainable = parameter_count(model.feedback) + parameter_count(head)
-    print(f"  {source_name:>14} {'feedback':<10} test {100 * test:.2f}%  (val {100 * fitted['val_accuracy']:.2f}%, "
-          f"{trainable:,} parameters, {fitted['train_s']:.0f} s)")
-    return {"source": source_name, "head": "feedback", "kind": "feedback", "pool": None,
-            "cells": [{"t": t, "block": block}], "fed_back": model.feedback.pairs, "accuracy": test,
-            "val_accuracy": fitted["val_accuracy"], "epoch": fitted["epoch"], "parameters": trainable,
-            "train_s": fitted["train_s"]}
+
+    def build():
+        head = make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth)
+        return _Unwrap(FeedbackClassifier(backbone, block, t, head, cfg.seed, pairs))
+
+    def fit_model(model, recipe, seed, label):
+        gen = torch.Generator().manual_seed(seed)
+        return train(model, lambda: _live_batches(train_images, labels["train"], fit, cfg.train_batch, cfg.workers, gen),
+                     lambda: _live_batches(val_images, val_labels, val, cfg.batch_size, cfg.workers), recipe,
+                     -(-len(fit) // cfg.train_batch), device, label, dtype)
+
+    def score(model):
+        return accuracy(model, _live_batches(splits["test"].images, labels["test"], torch.arange(len(labels["test"])),
+                                             cfg.batch_size, cfg.workers), device, dtype, classes)
+
+    recipes = [recipe] if recipe is not None else grid("attention", cfg.recipe(), cfg.lr, cfg.weight_decay)
+    numbers, _ = search_and_repeat(build, recipes, fit_model, cfg.head_seeds(), score, f"{source_name} feedback")
+    model = build().inner
+    row = {"source": source_name, "head": "feedback", "kind": "feedback", "pool": None,
+           "cells": [{"t": t, "block": block}], "fed_back": model.feedback.pairs, "labels_per_class": "all",
+           "n_fit": len(fit), **numbers, "parameters": parameter_count(model.feedback) + parameter_count(model.head)}
+    print(format_row(f"{source_name} feedback", row))
+    return row

@@ -2,9 +2,12 @@
 several blocks and noise levels, as one table: `diffrep classify`.
 
     images ─► DiffusionFeatures at ts × blocks ─► maps pooled to ≤ 16×16, in the feature store
-           ─► each head trained on the train split minus a held-out eighth (its epoch chosen there)
-           ─► test accuracy, scored once per head
-    the same heads on raw pixels and on the same network with random weights, in the same run
+           ─► each head: its recipe chosen from a small lr × weight-decay grid on validation
+              (the train split minus a held-out eighth), its epoch there too (early stopping)
+           ─► the chosen recipe trained again under every --seeds; test scored once per head and seed
+           ─► mean ± spread, and each comparison called a tie when inside the spreads
+    the same heads on raw pixels and on the same network with random weights, in the same run and by
+    the same search; on pixels `cnn` is a CNN trained from scratch on the whole image
 
 Single-map heads (linear and MLP at each pool size, CNN, attention) and DifFeed read one cell,
 `--head-block` at `--head-t` (default: the first block at the first noise level); `fusion` (DifFormer)
@@ -14,16 +17,23 @@ the published runs on ADM-256 (`reference`).
 
 Decisions:
 - Validation is the data set's own val split where it has one (`photo-crops`, folders with val/),
-  else a fixed held-out eighth of train. Each head keeps its best epoch there.
+  else a fixed held-out eighth of train. Each head's learning rate, weight decay and epoch are chosen
+  there (`heads.recipe`: AdamW, warm-up and cosine decay, label smoothing 0.1, early stopping).
 - The pixel baseline reads the image cut into patches on the grid of the head cell's map (mnist-ddpm's
-  `mid_block`: 8×8 patches of 4×4 pixels, 16 channels each), so every head reads as many positions from
-  pixels as from the network, and the CNN head on them is a CNN trained from scratch on the whole image.
+  `mid_block`: 8×8 patches of 4×4 pixels, 16 channels each), so every pooled and attention head reads
+  as many positions from pixels as from the network; the CNN on pixels puts the image back together
+  and is five convolutions trained from scratch (`heads.classifier.ImageCNN`).
+- Seeds vary the heads' initialisation and batch order; the features, the validation split and the
+  few-label subsets stay those of `--seed`, so the spread is the training's, not the data's.
 - `--labels-per-class k`: every cached head is trained again on k images per class (a seeded subset of
-  the fit images, the same for every head and source; with `--augment`, their copies too). With so few
-  labels nothing is chosen on validation: the last epoch is scored. An epoch repeats the subset to at
-  least 1,000 rows so that 1 label per class still gets enough steps.
-- Defaults (12 epochs, 128-wide tokens) fit the 2-core CPU budget; the reference trains 28 epochs at 1,024
-  (`--epochs 28 --width 1024` on a GPU).
+  the fit images, the same for every head and source; with `--augment`, their copies too), with the
+  recipe chosen for it on all labels. With so few labels nothing is chosen on validation: every epoch
+  runs and the last is scored. An epoch repeats the subset to at least 1,000 rows so that 1 label per
+  class still gets enough steps.
+- DifFeed (`feedback`) trains live, three forwards per image, so it takes the recipe chosen for the
+  attention head on the same cell rather than searching a grid of its own (unless no attention head runs).
+- Defaults (15 epochs at most, 128-wide tokens, one seed) fit the 2-core CPU budget; the reference trains
+  28 epochs at 1,024 with SGD (`--epochs 28 --width 1024 --optimizer sgd` on a GPU).
 """
 
 from __future__ import annotations
@@ -39,15 +49,15 @@ from ..data import DistortedCopy, Distortion, has_split
 from ..data.holdout import holdout_split
 from ..errors import DiffrepError
 from ..features import Cell, DiffusionFeatures, PixelPatches, ShardedArray, as_tensor, maps_in_store
-from ..heads.classifier import (HEADS, MAX_TOKEN_SIDE, accuracy, default_lr, make_head, parameter_count,
-                                pool_to_token_grid, train_classifier)
+from ..heads.classifier import HEADS, MAX_TOKEN_SIDE, accuracy, make_head, parameter_count, pool_to_token_grid
+from ..heads.recipe import GRIDS, OPTIMIZERS, Recipe, grid, search_and_repeat, train
 from ..options import MODEL_HELP, add_options, check, from_args, named, noise_level, option
 from ..runs import header, in_run_folder, write_results
 from .ddae import labelled_splits
 from .diffeed import check_model, train_feedback_row
 from .difformer import fusion_layout, fusion_spec
 from .reference import REFERENCES, apply_reference, check_numbering, resolved
-from .report import format_label_efficiency, format_table, plot_label_efficiency, plot_table
+from .report import comparisons, format_comparisons, format_label_efficiency, format_row, format_table, plot_label_efficiency, plot_table
 
 DEFAULT_TS = [25, 50, 100]
 PIXELS, RANDOM, DIFFUSION = "pixels", "random_weights", "diffusion"
@@ -87,8 +97,21 @@ class ClassifyConfig(RunOn):
                                                "encoder block (default: every up block to its mirror)",
                                          parse=block_pair, many=True, metavar="DEC:ENC,...")
     pools: list = option([1, 2, 4], "pool sizes p×p of the linear and MLP heads", min=1)
-    epochs: int = option(12, "epochs per head (the learning rate drops ×0.1 at each quarter; the reference: 28)",
+    epochs: int = option(15, "most epochs per head (early stopping on validation may end sooner; the reference: 28)",
                          min=1)
+    optimizer: str = option("adamw", "adamw (warm-up, cosine decay) or sgd (the reference: momentum 0.9, ×0.1 each "
+                                     "quarter)", choices=OPTIMIZERS)
+    lr: list | None = option(None, "learning rates of each head's grid (default by head: " +
+                             "; ".join(f"{k} {','.join(map(str, v[0]))}" for k, v in GRIDS.items()) + ")",
+                             parse=float, many=True, above=0, metavar="LR,...")
+    weight_decay: list | None = option(None, "weight decays of each head's grid (default by head: " +
+                                       "; ".join(f"{k} {','.join(map(str, v[1]))}" for k, v in GRIDS.items()) + ")",
+                                       parse=float, many=True, min=0, metavar="WD,...")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", min=0, below=1)
+    patience: int = option(4, "stop a head after this many epochs without a better val accuracy (0: never)", min=0)
+    seeds: list | None = option(None, "train every head once per seed (initialisation and batch order; the features "
+                                      "stay fixed) and report mean ± spread (default: --seed)", parse=int, many=True,
+                                metavar="S,...")
     width: int = option(128, "token width of the attention and fusion heads (the reference: 1024)", min=8)
     depth: int = option(2, "transformer blocks of the attention and fusion heads", min=1)
     max_side: int = option(MAX_TOKEN_SIDE, "maps are average-pooled to at most this side before any head "
@@ -97,7 +120,7 @@ class ClassifyConfig(RunOn):
     batch_size: int = option(250, "images per forward", min=1)
     train_batch: int = option(64, "images per training step", min=1)
     workers: int = option(0, "DataLoader processes reading images (0: in the main process)", min=0)
-    seed: int = option(0, "seed of the noise, the validation split and the heads")
+    seed: int = option(0, "seed of the noise, the validation split, the few-label subsets and the heads")
     baselines: bool = option(True, "skip the raw-pixel and random-weight baselines")
     augment: int = option(0, "also train the cached heads on N randomly distorted copies of the fit images "
                              "(their maps extracted once each, noise seeded apart)", min=0)
@@ -106,12 +129,21 @@ class ClassifyConfig(RunOn):
                                            parse=label_count, many=True, metavar="K,...")
     distortion: Distortion = option(Distortion(), cli=False)   # how each copy is distorted (its own flags)
 
+    def recipe(self) -> Recipe:
+        """The training settings every head shares; each head's lr and weight decay come from its grid."""
+        return Recipe(self.optimizer, epochs=self.epochs, label_smoothing=self.label_smoothing, patience=self.patience)
+
+    def head_seeds(self) -> list[int]:
+        return self.seeds or [self.seed]
+
     def __post_init__(self):
         if isinstance(self.distortion, dict):
             self.distortion = Distortion(**self.distortion)
         check(self)
         if not self.heads:
             raise DiffrepError("--heads needs at least one of " + ", ".join(HEADS))
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise DiffrepError(f"--seeds lists a seed twice: {','.join(map(str, self.seeds))}")
         for k in self.labels_per_class or []:
             if k != "all" and k < 1:
                 raise DiffrepError(f"--labels-per-class takes positive counts or 'all', not {k}")
@@ -231,38 +263,54 @@ def fit_rows(feats: dict, labels: dict, copies: list, fit: torch.Tensor, few: bo
 
 
 def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict, cells: list, classes: int,
-                device, dtype, copies: list | None = None, labels_per_class=None, head=None) -> list[dict]:
+                device, dtype, copies: list | None = None, labels_per_class=None, head=None,
+                chosen: dict | None = None, pixel_factor: int | None = None) -> list[dict]:
     """Every head of `cfg.heads` on one source's maps (plus the rows of `copies`, the distorted
-    copies' maps of the train split): trained, its epoch chosen on validation, scored on test.
-    Fusion reads `cells`, the single-map heads `head` (default: the first cell). `labels_per_class` k:
-    fit on k images per class and keep the last epoch (nothing is chosen on validation with so few labels)."""
+    copies' maps of the train split): its recipe chosen from its grid on validation, trained once per
+    seed, each scored once on test. Fusion reads `cells`, the single-map heads `head` (default: the
+    first cell). `labels_per_class` k: fit on k images per class with the recipe `chosen` for the head
+    on all labels ({(source, head name): Recipe}) and keep the last epoch (nothing is chosen on
+    validation with so few labels). `pixel_factor`: the maps are pixel patches (`cnn` is then the CNN
+    from scratch). With all labels, the chosen recipes are written into `chosen`."""
     fit, val = fit_and_validation(cfg, feats, labels)
     if labels_per_class is not None:
         fit, val = labels_subset(labels["train"], fit, labels_per_class, cfg.seed), None
-    train = fit_rows(feats, labels, copies or [], fit, few=labels_per_class is not None)
+    train_rows = fit_rows(feats, labels, copies or [], fit, few=labels_per_class is not None)
     test = Rows(feats["test"], labels["test"], torch.arange(len(labels["test"])))
+    steps = -(-len(train_rows.index) // cfg.train_batch)
     rows = []
     for spec in _head_specs(cfg, cells, cells[0] if head is None else head):
         if spec["kind"] == "fusion" and source_name == PIXELS:
             continue   # one map: nothing to fuse
         order, n_blocks, n_levels = fusion_layout(spec["cells"])
         shapes = [tuple(feats["train"][c].shape[1:]) for c in order[:n_blocks]]
-        torch.manual_seed(cfg.seed)
-        head = make_head(spec["kind"], shapes, n_levels, classes, spec["pool"] or 1, cfg.width, cfg.depth)
-        gen = torch.Generator().manual_seed(cfg.seed)
+
+        def build(spec=spec, shapes=shapes, n_levels=n_levels):
+            return make_head(spec["kind"], shapes, n_levels, classes, spec["pool"] or 1, cfg.width, cfg.depth,
+                             pixel_factor)
+
+        def fit_head(model, recipe, seed, label, order=order):
+            gen = torch.Generator().manual_seed(seed)
+            return train(model, lambda: train_rows.batches(order, cfg.train_batch, gen),
+                         None if val is None else (lambda: val.batches(order, 256)), recipe, steps, device,
+                         label, dtype)
+
         desc = f"{source_name} {spec['name']}" + ("" if labels_per_class is None else f" ({labels_per_class}/class)")
-        fitted = train_classifier(head, lambda: train.batches(order, cfg.train_batch, gen),
-                                  None if val is None else (lambda: val.batches(order, 256)), cfg.epochs,
-                                  default_lr(spec["kind"]), device, desc, dtype)
-        score = accuracy(head, test.batches(order, 256), device, dtype, classes)
+        if labels_per_class is None:
+            recipes = grid(spec["kind"], cfg.recipe(), cfg.lr, cfg.weight_decay)
+        else:
+            recipes = [chosen[(source_name, spec["name"])]]
+        numbers, recipe = search_and_repeat(
+            build, recipes, fit_head, cfg.head_seeds(),
+            lambda model, order=order: accuracy(model, test.batches(order, 256), device, dtype, classes), desc)
+        if labels_per_class is None and chosen is not None:
+            chosen[(source_name, spec["name"])] = recipe
         rows.append({"source": source_name, "head": spec["name"], "kind": spec["kind"], "pool": spec["pool"],
                      "cells": [c.as_json() for c in spec["cells"] if isinstance(c, Cell)],
-                     "labels_per_class": labels_per_class or "all", "n_fit": len(fit),
-                     "accuracy": score, "val_accuracy": fitted["val_accuracy"], "epoch": fitted["epoch"],
-                     "parameters": parameter_count(head), "train_s": fitted["train_s"]})
-        shown = "" if val is None else f"val {100 * fitted['val_accuracy']:.2f}%, "
-        print(f"  {desc:<32} test {100 * score:.2f}%  ({shown}{rows[-1]['parameters']:,} parameters, "
-              f"{fitted['train_s']:.0f} s)")
+                     "from_scratch": spec["kind"] == "cnn" and pixel_factor is not None,
+                     "labels_per_class": labels_per_class or "all", "n_fit": len(fit), **numbers,
+                     "parameters": parameter_count(build())})
+        print(format_row(desc, rows[-1]))
     return rows
 
 
@@ -306,16 +354,20 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
     if state is not None and not state.is_main_process:
         return None
     dtype = autocast_dtype(cfg.precision, torch.device(device))
-    rows, few = [], []
+    rows, few, chosen = [], [], {}
     for name in sources:
         t0 = time.time()
         cells = [Cell(t, b) for t in cfg.ts for b in cfg.blocks] if name != PIXELS else [PIXELS]
         first = head if name != PIXELS else PIXELS
-        rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], head=first)
+        factor = sources[PIXELS].factor if name == PIXELS else None
+        rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], head=first,
+                            chosen=chosen, pixel_factor=factor)
         if "feedback" in cfg.heads and name == DIFFUSION:
-            rows.append(train_feedback_row(cfg, name, backbone, splits, classes, device, dtype))
+            rows.append(train_feedback_row(cfg, name, backbone, splits, classes, device, dtype,
+                                           chosen.get((name, "attention"))))
         for k in [k for k in cfg.labels_per_class or [] if k != "all"]:
-            few += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], k, first)
+            few += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], k, first,
+                               chosen, factor)
         timing[f"{name}_heads"] = round(time.time() - t0, 1)
     timing["total"] = round(time.time() - start, 1)
     result = {**header("gdc", cfg.model, cfg.data, timing), "n_train": len(labels["train"]),
@@ -323,16 +375,18 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
               "classes": splits["train"].classes, "blocks": cfg.blocks, "ts": cfg.ts, "head_cell": head.as_json(),
               "reference": reference,
               "pixel_patches": sources[PIXELS].factor if PIXELS in sources else None,
-              "selection": ("each head's epoch chosen on the val split" if "val" in labels else
-                            "each head's epoch chosen on a held-out eighth of the train split") +
-                           "; test scored once per head",
+              "selection": ("each head's recipe (grid) and epoch chosen on the val split" if "val" in labels else
+                            "each head's recipe (grid) and epoch chosen on a held-out eighth of the train split") +
+                           "; test scored once per head and seed; few-label rows reuse the head's recipe",
+              "recipe": cfg.recipe().as_json(), "seeds": cfg.head_seeds(),
               "augment": {"copies": cfg.augment, "distortion": asdict(cfg.distortion)} if cfg.augment else None,
-              "heads": rows}
+              "heads": rows, "comparisons": comparisons(rows)}
     if cfg.labels_per_class:
         result["label_efficiency"] = few + [r for r in rows if r["kind"] != "feedback"]
     write_results(out, "classify", result, cfg)
     plot_table(result, out / "classify.png")
     print(format_table(result))
+    print(format_comparisons(result))
     written = [out / "classify.json", out / "classify.png"]
     if cfg.labels_per_class:
         plot_label_efficiency(result, out / "classify-labels.png")

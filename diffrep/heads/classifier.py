@@ -1,17 +1,18 @@
-"""Classification heads on frozen feature maps (GDC's light heads and DifFormer's fusion), and the
-one training loop they share.
+"""Classification heads on frozen feature maps (GDC's light heads and DifFormer's fusion), the CNN
+trained from scratch they are compared with, and their scoring (their training: `heads.recipe`).
 
 Every head takes a list of maps (one per feature cell, each B×C×h×w; the linear, MLP and CNN heads
 take one) and returns B×classes logits. Inputs are normalised without learned parameters first
 (`BatchNorm2d(affine=False)` for the pooled heads, a LayerNorm over the whole C×h×w map for the
 attention heads), because diffusion activations differ in scale by orders of magnitude between
-blocks and noise levels, and SGD at one learning rate needs them comparable.
+blocks and noise levels, and one learning-rate grid needs them comparable.
 
 - `linear` (p): adaptive average pool to p×p, flatten, one Linear.
 - `mlp` (p): the same, then Linear → ReLU → Linear (hidden 1,024; no norm, no dropout).
 - `cnn`: two 3×3 convolutions (the second with stride 2) of `width` channels with BatchNorm and
   ReLU, global average pool, Linear: a small convolutional head that sees the spatial layout the
-  pooled heads average away. On raw pixels it is a CNN trained from scratch, the fair opponent.
+  pooled heads average away. On raw pixels `cnn` is instead `ImageCNN`, five convolutions trained
+  from scratch on the whole image: the opponent a reviewer accepts.
 - `attention`: each map pooled to at most 16×16, LayerNorm over C×h×w, 1×1 conv to `width`
   (the reference uses 1,024), one token per position; a zero-initialised CLS token; `depth`
   pre-norm transformer blocks (8 heads, MLP ratio 4, GELU, no positional embedding); CLS → Linear.
@@ -23,14 +24,12 @@ blocks and noise levels, and SGD at one learning rate needs them comparable.
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy
+
+from .recipe import _on
 
 HEADS = ("linear", "mlp", "cnn", "attention", "fusion", "feedback")   # feedback: classify.diffeed
 MAX_TOKEN_SIDE = 16
@@ -65,6 +64,46 @@ class ConvHead(nn.Module):
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         return self.layers(self.norm(maps[0]))
+
+
+class ImageCNN(nn.Module):
+    """`cnn` on raw pixels: a CNN trained from scratch on the whole image, the opponent a reviewer
+    accepts: five 3×3 convolutions with BatchNorm and ReLU (32, 64, max-pool, 64, 128, max-pool, 128),
+    global average pool, Linear. It reads the pixel source's patches (space-to-depth by `factor`) and
+    puts the image back together first. While training it shifts each image by up to ±`shift` pixels
+    (zero fill), its usual augmentation; the heads on features get no such help, which can only
+    favour this opponent."""
+
+    def __init__(self, channels: int, factor: int, classes: int, shift: int = 2):
+        super().__init__()
+        self.factor, self.shift = factor, shift
+        image_channels = channels // (factor * factor)
+        widths = [image_channels, 32, 64, "pool", 64, 128, "pool", 128]
+        layers, c = [], image_channels
+        for w in widths[1:]:
+            if w == "pool":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+            c = w
+        self.layers = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        x = F.pixel_shuffle(maps[0], self.factor) if self.factor > 1 else maps[0]
+        if self.training and self.shift:
+            x = random_shift(x, self.shift)
+        return self.layers(x)
+
+
+def random_shift(x: torch.Tensor, most: int) -> torch.Tensor:
+    """Each image of B×C×H×W translated by its own random (dy, dx) in [-most, most], zero fill."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (most, most, most, most))
+    dy, dx = (torch.randint(0, 2 * most + 1, (b,), device=x.device) for _ in range(2))
+    rows = (torch.arange(h, device=x.device) + dy[:, None])[:, None, :, None]     # B×1×H×1
+    cols = (torch.arange(w, device=x.device) + dx[:, None])[:, None, None, :]     # B×1×1×W
+    return padded[torch.arange(b, device=x.device)[:, None, None, None],
+                  torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
 
 
 def token_side(side: int, most: int = MAX_TOKEN_SIDE) -> int:
@@ -114,8 +153,10 @@ class FusionHead(nn.Module):
 
 
 def make_head(kind: str, shapes: list[tuple[int, int, int]], levels: int, classes: int, pool: int = 1,
-              width: int = 256, depth: int = 2) -> nn.Module:
-    """A head of `kind` (see HEADS) over maps of `shapes` (one per block) at `levels` noise levels."""
+              width: int = 256, depth: int = 2, pixel_factor: int | None = None) -> nn.Module:
+    """A head of `kind` (see HEADS) over maps of `shapes` (one per block) at `levels` noise levels.
+    `pixel_factor`: the maps are raw pixels cut into patches of that side (`PixelPatches`), and `cnn`
+    is then the CNN trained from scratch on the whole image (`ImageCNN`)."""
     if kind in ("linear", "mlp", "cnn") and (len(shapes), levels) != (1, 1):
         raise ValueError(f"the {kind} head reads one map; got {len(shapes)} blocks × {levels} levels")
     c = shapes[0][0]
@@ -123,6 +164,8 @@ def make_head(kind: str, shapes: list[tuple[int, int, int]], levels: int, classe
         return PooledHead(c, pool, classes)
     if kind == "mlp":
         return PooledHead(c, pool, classes, hidden=1024)
+    if kind == "cnn" and pixel_factor is not None:
+        return ImageCNN(c, pixel_factor, classes)
     if kind == "cnn":
         return ConvHead(c, classes, width=min(width, 128))
     if kind in ("attention", "fusion"):
@@ -134,54 +177,8 @@ def parameter_count(head: nn.Module) -> int:
     return sum(p.numel() for p in head.parameters() if p.requires_grad)
 
 
-# ----------------------------------------------------------------------------- training
-
-def default_lr(kind: str) -> float:
-    """SGD learning rates of the reference: 1e-2 for linear heads and feedback, 5e-2 for attention."""
-    return 5e-2 if kind in ("attention", "fusion") else 1e-2
-
-
-def _on(inputs: list, device) -> list:
-    return [x.to(device) if torch.is_tensor(x) else x for x in inputs]
-
-
-def train_classifier(head: nn.Module, batches, val_batches, epochs: int, lr: float, device="cpu",
-                     desc: str = "head", autocast_dtype=None, param_groups: list | None = None) -> dict:
-    """SGD (momentum 0.9, weight decay 1e-4) with the learning rate divided by 10 at each quarter of
-    the epochs (the reference: 28 epochs, steps at 7, 14, 21). `batches()` yields (maps, labels) for
-    one epoch, freshly shuffled; `val_batches()` the validation set; `param_groups` (optimiser groups
-    with their own learning rates) instead of all of head's parameters at `lr`. The weights of the
-    epoch with the best validation accuracy are kept (chosen on validation, never on test); with
-    `val_batches` None nothing is chosen and the last epoch is kept. Returns
-    {"val_accuracy", "epoch", "train_s", "history"}."""
-    head.to(device)
-    opt = torch.optim.SGD(param_groups or head.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, math.ceil(epochs / 4)), gamma=0.1)
-    best, best_state, history, start = -1.0, None, [], time.time()
-    for epoch in range(1, epochs + 1):
-        head.train()
-        total = count = 0
-        for maps, y in batches():
-            with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                loss = F.cross_entropy(head(_on(maps, device)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + float(loss.detach()) * len(y), count + len(y)
-        sched.step()
-        acc = None if val_batches is None else accuracy(head, val_batches(), device, autocast_dtype)
-        history.append({"epoch": epoch, "loss": round(total / max(count, 1), 4), "val_accuracy": acc})
-        shown = "" if acc is None else f" val {100 * acc:.2f}%"
-        print(f"  {desc}: epoch {epoch}/{epochs} loss {total / max(count, 1):.4f}{shown}",
-              end="\r" if epoch < epochs else "\n", flush=True)
-        if acc is not None and acc > best:
-            best, best_state, best_epoch = acc, copy.deepcopy(head.state_dict()), epoch
-    if best_state is None:   # nothing to choose on: the last epoch
-        return {"val_accuracy": None, "epoch": epochs, "train_s": round(time.time() - start, 1), "history": history}
-    head.load_state_dict(best_state)
-    return {"val_accuracy": best, "epoch": best_epoch, "train_s": round(time.time() - start, 1), "history": history}
-
+# ----------------------------------------------------------------------------- scoring
+# (training: `heads.recipe`)
 
 @torch.no_grad()
 def predictions(head: nn.Module, batches, device="cpu", autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
