@@ -122,13 +122,15 @@ def add_options(parser, cls, unset: bool = False, skip: tuple[str, ...] = ()) ->
         if not meta or not meta.get("cli") or f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = meta["help"] + ("" if default is None or isinstance(default, bool) else f" (default {_default_text(default)})")
+        # argparse expands %-formats in help: a literal "%" (as in "99.8%") must reach it doubled
+        text = meta["help"].replace("%", "%%")
+        shown = text + ("" if default is None or isinstance(default, bool) else f" (default {_default_text(default)})")
         flag = flag_of(f)
         if isinstance(default, bool):   # a flag flips the default: --name (off by default) or --no-name
             if default and not meta.get("flag"):
                 flag = "--no-" + f.name.replace("_", "-")
             parser.add_argument(flag, dest=f.name, action="store_const", const=not default,
-                                default=None if unset else default, help=meta["help"])
+                                default=None if unset else default, help=text)
             continue
         kind = _parser_of(default, meta)
         parser.add_argument(flag, dest=f.name, type=csv_of(kind) if meta["many"] else kind,

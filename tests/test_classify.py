@@ -29,6 +29,9 @@ def test_attention_head_tokens_cls_and_pooling_to_at_most_16():
     head.transformer.register_forward_hook(lambda m, i, o: seen.update(tokens=i[0].shape))
     assert head([torch.randn(2, 8, 32, 32)]).shape == (2, 5)
     assert seen["tokens"] == (2, 1 + 256, 16)                       # CLS + 16² tokens
+    assert head.positions[0].shape == (1, 256, 16)                  # a learned embedding per position
+    plain = make_head("attention", [(8, 32, 32)], 1, 5, width=16, positions=False)
+    assert plain.positions is None and plain.no_weight_decay() == [plain.cls]   # the reference's: none
     layer = head.transformer.layers[0]
     assert layer.norm_first and layer.self_attn.num_heads == 8 and layer.linear1.out_features == 4 * 16
 

@@ -44,6 +44,7 @@ def test_only_weight_matrices_and_kernels_are_decayed():
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.3 for p in g["params"]}
     kept = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
     assert id(head.cls) in kept and id(head.norms[0].weight) in kept and id(head.classify.bias) in kept
+    assert id(head.positions[0]) in kept
     assert id(head.classify.weight) in decayed and id(head.project[0].weight) in decayed
     assert id(head.transformer.layers[0].self_attn.in_proj_weight) in decayed
     assert len(decayed) + len(kept) == sum(1 for p in head.parameters() if p.requires_grad)
@@ -52,7 +53,7 @@ def test_only_weight_matrices_and_kernels_are_decayed():
 def test_grids_by_head_and_the_user_s_grid_wins():
     base = Recipe(epochs=3)
     assert [(r.lr, r.weight_decay) for r in grid("attention", base)] == [(3e-4, 5e-2), (1e-3, 5e-2)]
-    assert len(grid("linear", base)) == 4 and all(r.epochs == 3 for r in grid("linear", base))
+    assert len(grid("linear", base)) == 6 and all(r.epochs == 3 for r in grid("linear", base))
     assert [(r.lr, r.weight_decay) for r in grid("cnn", base, [0.1], [0.0, 1.0])] == [(0.1, 0.0), (0.1, 1.0)]
     assert [(r.lr, r.weight_decay) for r in grid("attention", Recipe("sgd"))] == [(5e-2, 1e-4)]
 
@@ -148,7 +149,7 @@ def test_the_cnn_from_scratch_reads_the_whole_image_back_from_the_pixel_patches(
     cnn.eval()
     assert cnn([patches]).shape == (3, 10) and torch.equal(seen["x"], images)   # no shift outside training
     convs = [m for m in cnn.layers if isinstance(m, nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [32, 64, 64, 128, 128] and all(c.kernel_size == (3, 3) for c in convs)
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128] and all(c.kernel_size == (3, 3) for c in convs)
     assert sum(isinstance(m, nn.MaxPool2d) for m in cnn.layers) == 2
     assert not isinstance(make_head("attention", [(16, 8, 8)], 1, 10, width=16, pixel_factor=4), ImageCNN)
     assert isinstance(make_head("attention", [(16, 8, 8)], 1, 10, width=16), FusionHead)

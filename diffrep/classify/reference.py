@@ -21,8 +21,9 @@ has one shape (channels and side). diffrep's own rule (`feedback.py`) pairs whol
 `down_blocks.(N−1−j)`: on ADM-256 that is decoder block 22 + 3j with encoder block 19 − 3j (18 for j = 0),
 never 38 − b, with maps resized 2× to 4× (`tests/test_diffssl_reference.py` checks both on the layout).
 
-Not switched: the training settings. The reference trains 28 epochs with 1,024-wide tokens (`--epochs 28
---width 1024`, for a GPU); its linear head reads 2×2 pools (`--pools 2`). Settings given explicitly (flags,
+Not switched: the training settings. The reference trains 28 epochs of SGD with 1,024-wide tokens
+(`--epochs 28 --width 1024 --optimizer sgd --patience 0`, for a GPU); its linear head reads 2×2 pools
+(`--pools 2`). Settings given explicitly (flags,
 config fields) win over the reference's; classify.json records the reference, what it set, what it
 resolved to and what was given instead.
 """

@@ -14,8 +14,9 @@ blocks and noise levels, and one learning-rate grid needs them comparable.
   pooled heads average away. On raw pixels `cnn` is instead `ImageCNN`, five convolutions trained
   from scratch on the whole image: the opponent a reviewer accepts.
 - `attention`: each map pooled to at most 16×16, LayerNorm over C×h×w, 1×1 conv to `width`
-  (the reference uses 1,024), one token per position; a zero-initialised CLS token; `depth`
-  pre-norm transformer blocks (8 heads, MLP ratio 4, GELU, no positional embedding); CLS → Linear.
+  (the reference uses 1,024), one token per position plus a learned position embedding (the
+  reference has none: `positions=False`); a zero-initialised CLS token; `depth` pre-norm transformer
+  blocks (8 heads, MLP ratio 4, GELU); CLS → Linear.
 - `fusion` (DifFormer): the attention head over several cells: for each noise level the tokens of
   all its blocks are concatenated behind one CLS token and passed through one transformer shared by
   every level; the levels' CLS outputs are concatenated → Linear. The attention head is fusion over
@@ -68,7 +69,7 @@ class ConvHead(nn.Module):
 
 class ImageCNN(nn.Module):
     """`cnn` on raw pixels: a CNN trained from scratch on the whole image, the opponent a reviewer
-    accepts: five 3×3 convolutions with BatchNorm and ReLU (32, 64, max-pool, 64, 128, max-pool, 128),
+    accepts: five 3×3 convolutions with BatchNorm and ReLU (32, 32, max-pool, 64, 64, max-pool, 128),
     global average pool, Linear. It reads the pixel source's patches (space-to-depth by `factor`) and
     puts the image back together first. While training it shifts each image by up to ±`shift` pixels
     (zero fill), its usual augmentation; the heads on features get no such help, which can only
@@ -78,7 +79,7 @@ class ImageCNN(nn.Module):
         super().__init__()
         self.factor, self.shift = factor, shift
         image_channels = channels // (factor * factor)
-        widths = [image_channels, 32, 64, "pool", 64, 128, "pool", 128]
+        widths = [image_channels, 32, 32, "pool", 64, 64, "pool", 128]
         layers, c = [], image_channels
         for w in widths[1:]:
             if w == "pool":
@@ -120,11 +121,15 @@ class FusionHead(nn.Module):
     (maps[l·blocks + b] is block b at level l), each of shape (C_b, h_b, w_b) in `shapes`."""
 
     def __init__(self, shapes: list[tuple[int, int, int]], levels: int, classes: int, width: int = 256,
-                 depth: int = 2, heads: int = 8):
+                 depth: int = 2, heads: int = 8, positions: bool = True):
         super().__init__()
         self.levels, self.blocks = levels, len(shapes)
         sides = [(token_side(h), token_side(w)) for _, h, w in shapes]
         self.sides = sides
+        # a learned embedding per token position of each block (shared by the levels, as the
+        # projection): without it the transformer sees a bag of tokens and cannot tell where a stroke is
+        self.positions = nn.ParameterList(nn.Parameter(torch.randn(1, h * w, width) * 0.02) for h, w in sides) \
+            if positions else None
         # one LayerNorm and projection per block, shared by the levels: a block's features at another
         # noise level are the same kind of features
         self.norms = nn.ModuleList(nn.LayerNorm([c, h, w]) for (c, _, _), (h, w) in zip(shapes, sides))
@@ -136,9 +141,13 @@ class FusionHead(nn.Module):
         self.out_norm = nn.LayerNorm(width)
         self.classify = nn.Linear(levels * width, classes)
 
+    def no_weight_decay(self) -> list[nn.Parameter]:
+        return [self.cls, *(self.positions or [])]
+
     def tokens(self, x: torch.Tensor, b: int) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(x, self.sides[b])
-        return self.project[b](self.norms[b](x)).flatten(2).transpose(1, 2)   # B×hw×width
+        tokens = self.project[b](self.norms[b](x)).flatten(2).transpose(1, 2)   # B×hw×width
+        return tokens if self.positions is None else tokens + self.positions[b]
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         if len(maps) != self.levels * self.blocks:
@@ -153,7 +162,7 @@ class FusionHead(nn.Module):
 
 
 def make_head(kind: str, shapes: list[tuple[int, int, int]], levels: int, classes: int, pool: int = 1,
-              width: int = 256, depth: int = 2, pixel_factor: int | None = None) -> nn.Module:
+              width: int = 256, depth: int = 2, pixel_factor: int | None = None, positions: bool = True) -> nn.Module:
     """A head of `kind` (see HEADS) over maps of `shapes` (one per block) at `levels` noise levels.
     `pixel_factor`: the maps are raw pixels cut into patches of that side (`PixelPatches`), and `cnn`
     is then the CNN trained from scratch on the whole image (`ImageCNN`)."""
@@ -169,7 +178,7 @@ def make_head(kind: str, shapes: list[tuple[int, int, int]], levels: int, classe
     if kind == "cnn":
         return ConvHead(c, classes, width=min(width, 128))
     if kind in ("attention", "fusion"):
-        return FusionHead(shapes, levels, classes, width=width, depth=depth)
+        return FusionHead(shapes, levels, classes, width=width, depth=depth, positions=positions)
     raise ValueError(f"unknown head {kind!r}; one of {', '.join(HEADS)}")
 
 
