@@ -32,6 +32,7 @@ def test_attention_head_tokens_cls_and_pooling_to_at_most_16():
     assert head.positions[0].shape == (1, 256, 16)                  # a learned embedding per position
     plain = make_head("attention", [(8, 32, 32)], 1, 5, width=16, positions=False)
     assert plain.positions is None and plain.no_weight_decay() == [plain.cls]   # the reference's: none
+    assert make_head("attention", [(8, 4, 4)], 1, 5, width=16, dropout=0.1).transformer.layers[0].dropout.p == 0.1
     layer = head.transformer.layers[0]
     assert layer.norm_first and layer.self_attn.num_heads == 8 and layer.linear1.out_features == 4 * 16
 

@@ -99,7 +99,8 @@ def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: i
         shape = tuple(probe.read(first, rows).shape[1:])
 
     def build():
-        head = make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth, positions=cfg.positions)
+        head = make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth, positions=cfg.positions,
+                         dropout=cfg.dropout)
         return _Unwrap(FeedbackClassifier(backbone, block, t, head, cfg.seed, pairs))
 
     def fit_model(model, recipe, seed, label):

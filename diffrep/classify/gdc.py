@@ -115,8 +115,10 @@ class ClassifyConfig(RunOn):
                                 metavar="S,...")
     width: int = option(128, "token width of the attention and fusion heads (the reference: 1024)", min=8)
     depth: int = option(2, "transformer blocks of the attention and fusion heads", min=1)
-    positions: bool = option(False, "a learned position embedding on the attention and fusion heads' tokens (the "
-                                    "reference has none; on MNIST val it scored 99.4% against 99.8% without)")
+    dropout: float = option(0.0, "dropout inside the attention and fusion heads' transformer blocks", min=0, below=1)
+    positions: bool = option(True, "attention and fusion heads without learned position embeddings on their tokens "
+                                   "(as the reference; chosen on MNIST val: pixels 86.0% without, 90.0% with; random "
+                                   "weights 92.0 / 93.6; diffusion 99.6 / 99.6)")
     max_side: int = option(MAX_TOKEN_SIDE, "maps are average-pooled to at most this side before any head "
                                            "(the attention heads' token grid; the reference: 16)", min=1,
                            max=MAX_TOKEN_SIDE)
@@ -290,7 +292,7 @@ def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict
 
         def build(spec=spec, shapes=shapes, n_levels=n_levels):
             return make_head(spec["kind"], shapes, n_levels, classes, spec["pool"] or 1, cfg.width, cfg.depth,
-                             pixel_factor, cfg.positions)
+                             pixel_factor, cfg.positions, cfg.dropout)
 
         def fit_head(model, recipe, seed, label, order=order):
             gen = torch.Generator().manual_seed(seed)

@@ -16,7 +16,7 @@ blocks and noise levels, and one learning-rate grid needs them comparable.
 - `attention`: each map pooled to at most 16×16, LayerNorm over C×h×w, 1×1 conv to `width`
   (the reference uses 1,024), one token per position plus a learned position embedding (the
   reference has none: `positions=False`); a zero-initialised CLS token; `depth` pre-norm transformer
-  blocks (8 heads, MLP ratio 4, GELU); CLS → Linear.
+  blocks (8 heads, MLP ratio 4, GELU, `dropout` 0 by default); CLS → Linear.
 - `fusion` (DifFormer): the attention head over several cells: for each noise level the tokens of
   all its blocks are concatenated behind one CLS token and passed through one transformer shared by
   every level; the levels' CLS outputs are concatenated → Linear. The attention head is fusion over
@@ -121,7 +121,7 @@ class FusionHead(nn.Module):
     (maps[l·blocks + b] is block b at level l), each of shape (C_b, h_b, w_b) in `shapes`."""
 
     def __init__(self, shapes: list[tuple[int, int, int]], levels: int, classes: int, width: int = 256,
-                 depth: int = 2, heads: int = 8, positions: bool = True):
+                 depth: int = 2, heads: int = 8, positions: bool = True, dropout: float = 0.0):
         super().__init__()
         self.levels, self.blocks = levels, len(shapes)
         sides = [(token_side(h), token_side(w)) for _, h, w in shapes]
@@ -135,7 +135,7 @@ class FusionHead(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm([c, h, w]) for (c, _, _), (h, w) in zip(shapes, sides))
         self.project = nn.ModuleList(nn.Conv2d(c, width, 1) for c, _, _ in shapes)
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(width)
@@ -162,7 +162,8 @@ class FusionHead(nn.Module):
 
 
 def make_head(kind: str, shapes: list[tuple[int, int, int]], levels: int, classes: int, pool: int = 1,
-              width: int = 256, depth: int = 2, pixel_factor: int | None = None, positions: bool = True) -> nn.Module:
+              width: int = 256, depth: int = 2, pixel_factor: int | None = None, positions: bool = True,
+              dropout: float = 0.0) -> nn.Module:
     """A head of `kind` (see HEADS) over maps of `shapes` (one per block) at `levels` noise levels.
     `pixel_factor`: the maps are raw pixels cut into patches of that side (`PixelPatches`), and `cnn`
     is then the CNN trained from scratch on the whole image (`ImageCNN`)."""
@@ -178,7 +179,7 @@ def make_head(kind: str, shapes: list[tuple[int, int, int]], levels: int, classe
     if kind == "cnn":
         return ConvHead(c, classes, width=min(width, 128))
     if kind in ("attention", "fusion"):
-        return FusionHead(shapes, levels, classes, width=width, depth=depth, positions=positions)
+        return FusionHead(shapes, levels, classes, width=width, depth=depth, positions=positions, dropout=dropout)
     raise ValueError(f"unknown head {kind!r}; one of {', '.join(HEADS)}")
 
 
