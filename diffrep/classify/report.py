@@ -94,19 +94,22 @@ def plot_table(result: dict, path: Path) -> None:
     names = list(dict.fromkeys(r["head"] for r in rows))
     sources = list(dict.fromkeys(r["source"] for r in rows))
     by = {(r["source"], r["head"]): r for r in rows}
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
+    fig, ax = plt.subplots(figsize=(max(7, 1.5 * len(names)), 4))
     width = 0.8 / len(sources)
     for i, s in enumerate(sources):
         present = [(j, by[(s, h)]) for j, h in enumerate(names) if (s, h) in by]
         ax.bar([j + i * width for j, _ in present], [100 * r["accuracy"] for _, r in present], width,
                yerr=[100 * r["accuracy_sd"] for _, r in present], capsize=2, label=s)
-    ax.set_xticks([j + width * (len(sources) - 1) / 2 for j in range(len(names))], names, rotation=20)
+    scratch = {r["head"] for r in rows if r.get("from_scratch")}
+    ticks = [h + ("\n(pixels: from scratch)" if h in scratch else "") for h in names]
+    ax.set_xticks([j + width * (len(sources) - 1) / 2 for j in range(len(names))], ticks, fontsize=8)
     low = min(100 * r["accuracy"] for r in rows)
     ax.set_ylim(max(0, low - 5), 100)
     seeds = result.get("seeds", [0])
     ax.set_ylabel("test accuracy (%)" + (f", mean ± sd of {len(seeds)} seeds" if len(seeds) > 1 else ""))
     ax.set_title(f"heads on {result['model']} features, {result['data']}")
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside the bars, not over them
+    fig.tight_layout()
     save_figure(fig, path)
 
 
