@@ -79,7 +79,7 @@ def test_classify_end_to_end_with_baselines(unet_dir, labelled_folder, tmp_path,
     for c in compared.values():
         assert c["verdict"] in ("better", "worse", "tie")
         assert (c["verdict"] == "tie") == (abs(c["difference"]) <= c["margin"])
-    assert (out / "classify.png").stat().st_size > 0
+    assert (out / "classify.png").stat().st_size > 0 and not (out / "classify.partial.json").exists()
     printed = capsys.readouterr().out
     assert "linear 2×2" in printed and "random_weights" in printed and "±" in printed and "comparisons" in printed
     assert main(args) == 0                                           # again, from the cached maps: the same table
@@ -214,3 +214,22 @@ def test_labels_per_class_must_be_positive(unet_dir, labelled_folder, tmp_path, 
                  "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "--labels-per-class takes positive counts" in err and not (tmp_path / "r").exists()
+
+
+def test_a_run_stopped_half_way_keeps_the_sources_it_finished(unet_dir, labelled_folder, tmp_path, monkeypatch):
+    import diffrep.classify.gdc as gdc
+    real = gdc.train_table
+
+    def stop_at_pixels(cfg, source_name, *args, **kwargs):
+        if source_name == "pixels":
+            raise KeyboardInterrupt   # as a time limit would stop it
+        return real(cfg, source_name, *args, **kwargs)
+    monkeypatch.setattr(gdc, "train_table", stop_at_pixels)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "linear", "--pools", "2",
+              "--blocks", "mid_block", "--t", "25", "--epochs", "1", "--lr", "1e-2", "--weight-decay", "0",
+              "--out", str(out)])
+    partial = json.loads((out / "classify.partial.json").read_text())
+    assert partial["sources_done"] == ["diffusion"] and [r["source"] for r in partial["heads"]] == ["diffusion"]
+    assert not (out / "classify.json").exists()

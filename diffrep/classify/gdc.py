@@ -53,7 +53,7 @@ from ..features import Cell, DiffusionFeatures, PixelPatches, ShardedArray, as_t
 from ..heads.classifier import HEADS, MAX_TOKEN_SIDE, accuracy, make_head, parameter_count, pool_to_token_grid
 from ..heads.recipe import GRIDS, OPTIMIZERS, Recipe, grid, search_and_repeat, train
 from ..options import MODEL_HELP, add_options, check, from_args, named, noise_level, option
-from ..runs import header, in_run_folder, write_results
+from ..runs import header, in_run_folder, write_json, write_results
 from .ddae import labelled_splits
 from .diffeed import check_model, train_feedback_row
 from .difformer import fusion_layout, fusion_spec
@@ -360,7 +360,24 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
         return None
     dtype = autocast_dtype(cfg.precision, torch.device(device))
     rows, few, chosen = [], [], {}
-    for name in sources:
+
+    def assemble() -> dict:
+        result = {**header("gdc", cfg.model, cfg.data, timing), "n_train": len(labels["train"]),
+                  "n_val": len(labels["val"]) if "val" in labels else None, "n_test": len(labels["test"]),
+                  "classes": splits["train"].classes, "blocks": cfg.blocks, "ts": cfg.ts,
+                  "head_cell": head.as_json(), "reference": reference,
+                  "pixel_patches": sources[PIXELS].factor if PIXELS in sources else None,
+                  "selection": ("each head's recipe (grid) and epoch chosen on the val split" if "val" in labels else
+                                "each head's recipe (grid) and epoch chosen on a held-out eighth of the train "
+                                "split") + "; test scored once per head and seed; few-label rows reuse the head's recipe",
+                  "recipe": cfg.recipe().as_json(), "seeds": cfg.head_seeds(),
+                  "augment": {"copies": cfg.augment, "distortion": asdict(cfg.distortion)} if cfg.augment else None,
+                  "heads": rows, "comparisons": comparisons(rows)}
+        if cfg.labels_per_class:
+            result["label_efficiency"] = few + [r for r in rows if r["kind"] != "feedback"]
+        return result
+
+    for i, name in enumerate(sources):
         t0 = time.time()
         cells = [Cell(t, b) for t in cfg.ts for b in cfg.blocks] if name != PIXELS else [PIXELS]
         first = head if name != PIXELS else PIXELS
@@ -374,21 +391,13 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
             few += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], k, first,
                                chosen, factor)
         timing[f"{name}_heads"] = round(time.time() - t0, 1)
+        # the sources done so far, beside (not over) any finished classify.json: a long run stopped
+        # half-way keeps its finished rows
+        write_json(out / "classify.partial.json", {**assemble(), "sources_done": list(sources)[:i + 1]})
     timing["total"] = round(time.time() - start, 1)
-    result = {**header("gdc", cfg.model, cfg.data, timing), "n_train": len(labels["train"]),
-              "n_val": len(labels["val"]) if "val" in labels else None, "n_test": len(labels["test"]),
-              "classes": splits["train"].classes, "blocks": cfg.blocks, "ts": cfg.ts, "head_cell": head.as_json(),
-              "reference": reference,
-              "pixel_patches": sources[PIXELS].factor if PIXELS in sources else None,
-              "selection": ("each head's recipe (grid) and epoch chosen on the val split" if "val" in labels else
-                            "each head's recipe (grid) and epoch chosen on a held-out eighth of the train split") +
-                           "; test scored once per head and seed; few-label rows reuse the head's recipe",
-              "recipe": cfg.recipe().as_json(), "seeds": cfg.head_seeds(),
-              "augment": {"copies": cfg.augment, "distortion": asdict(cfg.distortion)} if cfg.augment else None,
-              "heads": rows, "comparisons": comparisons(rows)}
-    if cfg.labels_per_class:
-        result["label_efficiency"] = few + [r for r in rows if r["kind"] != "feedback"]
+    result = assemble()
     write_results(out, "classify", result, cfg)
+    (out / "classify.partial.json").unlink(missing_ok=True)
     plot_table(result, out / "classify.png")
     print(format_table(result))
     print(format_comparisons(result))

@@ -81,6 +81,8 @@ def comparisons(rows: list[dict]) -> list[dict]:
 
 
 def format_comparisons(result: dict) -> str:
+    if not result.get("comparisons"):
+        return "comparisons: none (one head per source)"
     lines = ["comparisons (difference of the means; a tie when within sd_a + sd_b):"]
     for c in result.get("comparisons", []):
         lines.append(f"  {c['a']:<36} vs {c['b']:<36} {100 * c['difference']:+6.2f} "
