@@ -98,10 +98,12 @@ def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: i
         rows, first = next(iter(ImageBatches(splits["train"].images, 1, batches=[[0]])))
         shape = tuple(probe.read(first, rows).shape[1:])
 
-    def build():
-        head = make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth, positions=cfg.positions,
+    def head():
+        return make_head("attention", [shape], 1, classes, width=cfg.width, depth=cfg.depth, positions=cfg.positions,
                          dropout=cfg.dropout)
-        return _Unwrap(FeedbackClassifier(backbone, block, t, head, cfg.seed, pairs))
+
+    def build():
+        return _Unwrap(FeedbackClassifier(backbone, block, t, head(), cfg.seed, pairs))
 
     def fit_model(model, recipe, seed, label):
         gen = torch.Generator().manual_seed(seed)
@@ -111,13 +113,13 @@ def train_feedback_row(cfg, source_name: str, backbone, splits: dict, classes: i
 
     def score(model):
         return accuracy(model, _live_batches(splits["test"].images, labels["test"], torch.arange(len(labels["test"])),
-                                             cfg.batch_size, cfg.workers), device, dtype, classes)
+                                             cfg.batch_size, cfg.workers), device, dtype)
 
     recipes = [recipe] if recipe is not None else grid("attention", cfg.recipe(), cfg.lr, cfg.weight_decay)
     numbers, _ = search_and_repeat(build, recipes, fit_model, cfg.head_seeds(), score, f"{source_name} feedback")
-    model = build().inner
+    # the shape probe's adapters are those every trained model had: its pairs and size, without another UNet pass
     row = {"source": source_name, "head": "feedback", "kind": "feedback", "pool": None,
-           "cells": [{"t": t, "block": block}], "fed_back": model.feedback.pairs, "labels_per_class": "all",
-           "n_fit": len(fit), **numbers, "parameters": parameter_count(model.feedback) + parameter_count(model.head)}
+           "cells": [{"t": t, "block": block}], "fed_back": probe.feedback.pairs, "labels_per_class": "all",
+           "n_fit": len(fit), **numbers, "parameters": parameter_count(probe.feedback) + parameter_count(head())}
     print(format_row(f"{source_name} feedback", row))
     return row

@@ -307,7 +307,7 @@ def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict
             recipes = [chosen[(source_name, spec["name"])]]
         numbers, recipe = search_and_repeat(
             build, recipes, fit_head, cfg.head_seeds(),
-            lambda model, order=order: accuracy(model, test.batches(order, 256), device, dtype, classes), desc)
+            lambda model, order=order: accuracy(model, test.batches(order, 256), device, dtype), desc)
         if labels_per_class is None and chosen is not None:
             chosen[(source_name, spec["name"])] = recipe
         rows.append({"source": source_name, "head": spec["name"], "kind": spec["kind"], "pool": spec["pool"],

@@ -28,9 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy
 
-from .recipe import _on
+from .recipe import evaluate
 
 HEADS = ("linear", "mlp", "cnn", "attention", "fusion", "feedback")   # feedback: classify.diffeed
 MAX_TOKEN_SIDE = 16
@@ -190,22 +189,7 @@ def parameter_count(head: nn.Module) -> int:
 # ----------------------------------------------------------------------------- scoring
 # (training: `heads.recipe`)
 
-@torch.no_grad()
-def predictions(head: nn.Module, batches, device="cpu", autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
-    head.eval()
-    preds, labels = [], []
-    for maps, y in batches:
-        with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            preds.append(head(_on(maps, device)).argmax(1).cpu())
-        labels.append(y)
-    return torch.cat(preds), torch.cat(labels)
 
-
-def accuracy(head: nn.Module, batches, device="cpu", autocast_dtype=None, classes: int | None = None) -> float:
-    """Top-1 accuracy (torchmetrics) of `head` over `batches`."""
-    pred, y = predictions(head, batches, device, autocast_dtype)
-    if not len(y):
-        return float("nan")
-    return float(multiclass_accuracy(pred, y, num_classes=classes or int(max(pred.max(), y.max())) + 1,
-                                     average="micro"))
+def accuracy(head: nn.Module, batches, device="cpu", autocast_dtype=None) -> float:
+    """Top-1 accuracy (torchmetrics) of `head` over `batches`: how test is scored."""
+    return evaluate(head, batches, device, autocast_dtype)[0]

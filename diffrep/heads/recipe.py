@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy
+from torchmetrics.classification import MulticlassAccuracy
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -117,18 +117,21 @@ def _on(inputs: list, device) -> list:
 
 @torch.no_grad()
 def evaluate(head: nn.Module, batches, device="cpu", autocast_dtype=None) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy without smoothing) of `head` over `batches`: validation's
-    two numbers. The loss breaks ties of accuracy, which a small validation set near 100% has many of."""
+    """(top-1 accuracy, mean cross-entropy without smoothing) of `head` over `batches`, streamed batch
+    by batch (NaN for no batches): validation's two numbers, and test's first. The loss breaks ties
+    of accuracy, which a small validation set near 100% has many of."""
     head.eval()
-    logits, labels = [], []
+    metric, loss, count = None, 0.0, 0
     for maps, y in batches:
         with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            logits.append(head(_on(maps, device)).float().cpu())
-        labels.append(y)
-    logits, labels = torch.cat(logits), torch.cat(labels)
-    acc = multiclass_accuracy(logits.argmax(1), labels, num_classes=logits.shape[1], average="micro")
-    return float(acc), float(F.cross_entropy(logits, labels))
+            logits = head(_on(maps, device)).float().cpu()
+        metric = metric or MulticlassAccuracy(num_classes=logits.shape[1], average="micro")
+        metric.update(logits.argmax(1), y)
+        loss, count = loss + float(F.cross_entropy(logits, y, reduction="sum")), count + len(y)
+    if not count:
+        return float("nan"), float("nan")
+    return float(metric.compute()), loss / count
 
 
 def _better(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
