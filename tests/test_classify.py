@@ -216,20 +216,26 @@ def test_labels_per_class_must_be_positive(unet_dir, labelled_folder, tmp_path, 
     assert code == 2 and "--labels-per-class takes positive counts" in err and not (tmp_path / "r").exists()
 
 
-def test_a_run_stopped_half_way_keeps_the_sources_it_finished(unet_dir, labelled_folder, tmp_path, monkeypatch):
+def test_a_run_stopped_half_way_keeps_the_rows_it_finished(unet_dir, labelled_folder, tmp_path, monkeypatch):
     import diffrep.classify.gdc as gdc
     real = gdc.train_table
 
-    def stop_at_pixels(cfg, source_name, *args, **kwargs):
-        if source_name == "pixels":
-            raise KeyboardInterrupt   # as a time limit would stop it
-        return real(cfg, source_name, *args, **kwargs)
-    monkeypatch.setattr(gdc, "train_table", stop_at_pixels)
+    def stop_after_first_random_row(cfg, source_name, *args, on_row=None, **kwargs):
+        def save_then_stop(row):
+            on_row(row)
+            raise KeyboardInterrupt   # as a time limit would stop it, inside the random-weight source
+        return real(cfg, source_name, *args, on_row=save_then_stop if source_name == "random_weights" else on_row,
+                    **kwargs)
+    monkeypatch.setattr(gdc, "train_table", stop_after_first_random_row)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "linear", "--pools", "2",
-              "--blocks", "mid_block", "--t", "25", "--epochs", "1", "--lr", "1e-2", "--weight-decay", "0",
-              "--out", str(out)])
+        main(["classify", "--model", str(unet_dir), "--data", str(labelled_folder), "--heads", "linear,mlp",
+              "--pools", "2", "--blocks", "mid_block", "--t", "25", "--epochs", "1", "--lr", "1e-2",
+              "--weight-decay", "0", "--out", str(out)])
     partial = json.loads((out / "classify.partial.json").read_text())
-    assert partial["sources_done"] == ["diffusion"] and [r["source"] for r in partial["heads"]] == ["diffusion"]
+    # diffusion and pixels finished; of random weights, the linear row finished before the run stopped
+    assert partial["sources_done"] == ["diffusion", "pixels"]
+    assert [(r["source"], r["head"]) for r in partial["heads"]] == [
+        ("diffusion", "linear 2×2"), ("diffusion", "mlp 2×2"), ("pixels", "linear 2×2"), ("pixels", "mlp 2×2"),
+        ("random_weights", "linear 2×2")]
     assert not (out / "classify.json").exists()

@@ -269,14 +269,15 @@ def fit_rows(feats: dict, labels: dict, copies: list, fit: torch.Tensor, few: bo
 
 def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict, cells: list, classes: int,
                 device, dtype, copies: list | None = None, labels_per_class=None, head=None,
-                chosen: dict | None = None, pixel_factor: int | None = None) -> list[dict]:
+                chosen: dict | None = None, pixel_factor: int | None = None, on_row=None) -> list[dict]:
     """Every head of `cfg.heads` on one source's maps (plus the rows of `copies`, the distorted
     copies' maps of the train split): its recipe chosen from its grid on validation, trained once per
     seed, each scored once on test. Fusion reads `cells`, the single-map heads `head` (default: the
     first cell). `labels_per_class` k: fit on k images per class with the recipe `chosen` for the head
     on all labels ({(source, head name): Recipe}) and keep the last epoch (nothing is chosen on
     validation with so few labels). `pixel_factor`: the maps are pixel patches (`cnn` is then the CNN
-    from scratch). With all labels, the chosen recipes are written into `chosen`."""
+    from scratch). With all labels, the chosen recipes are written into `chosen`. `on_row(row)` is called
+    as each row is finished (a long run saves it at once)."""
     fit, val = fit_and_validation(cfg, feats, labels)
     if labels_per_class is not None:
         fit, val = labels_subset(labels["train"], fit, labels_per_class, cfg.seed), None
@@ -316,6 +317,8 @@ def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict
                      "labels_per_class": labels_per_class or "all", "n_fit": len(fit), **numbers,
                      "parameters": parameter_count(build())})
         print(format_row(desc, rows[-1]))
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
@@ -377,23 +380,30 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
             result["label_efficiency"] = few + [r for r in rows if r["kind"] != "feedback"]
         return result
 
-    for i, name in enumerate(sources):
+    done = []
+
+    def keep(row: dict, into: list) -> None:
+        # every finished row at once, beside (not over) any finished classify.json: a long run stopped
+        # half-way keeps what it trained
+        into.append(row)
+        write_json(out / "classify.partial.json", {**assemble(), "sources_done": done})
+
+    for name in sources:
         t0 = time.time()
         cells = [Cell(t, b) for t in cfg.ts for b in cfg.blocks] if name != PIXELS else [PIXELS]
         first = head if name != PIXELS else PIXELS
         factor = sources[PIXELS].factor if name == PIXELS else None
-        rows += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], head=first,
-                            chosen=chosen, pixel_factor=factor)
+        train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], head=first,
+                    chosen=chosen, pixel_factor=factor, on_row=lambda row: keep(row, rows))
         if "feedback" in cfg.heads and name == DIFFUSION:
-            rows.append(train_feedback_row(cfg, name, backbone, splits, classes, device, dtype,
-                                           chosen.get((name, "attention"))))
+            keep(train_feedback_row(cfg, name, backbone, splits, classes, device, dtype,
+                                    chosen.get((name, "attention"))), rows)
         for k in [k for k in cfg.labels_per_class or [] if k != "all"]:
-            few += train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], k, first,
-                               chosen, factor)
+            train_table(cfg, name, feats[name], labels, cells, classes, device, dtype, copies[name], k, first,
+                        chosen, factor, on_row=lambda row: keep(row, few))
         timing[f"{name}_heads"] = round(time.time() - t0, 1)
-        # the sources done so far, beside (not over) any finished classify.json: a long run stopped
-        # half-way keeps its finished rows
-        write_json(out / "classify.partial.json", {**assemble(), "sources_done": list(sources)[:i + 1]})
+        done.append(name)
+        write_json(out / "classify.partial.json", {**assemble(), "sources_done": done})
     timing["total"] = round(time.time() - start, 1)
     result = assemble()
     write_results(out, "classify", result, cfg)
