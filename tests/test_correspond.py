@@ -17,7 +17,7 @@ from diffrep import DiffrepError, Featurizer, load_backbone
 from diffrep.correspond.dift import Matches, check_points, dense_flow, match, match_maps, nearest, pixel_grid, prepare
 from diffrep.data import Pair, spair_pairs, warp_pair
 from diffrep.features import sample_at
-from diffrep.metrics import correct_matches, pck, score_matches
+from diffrep.metrics import ALPHAS, correct_matches, pck, score_matches
 from diffrep.correspond.dift.cli import parse_points
 
 # ----------------------------------------------------------------------------- fixtures
@@ -88,10 +88,16 @@ def test_pck_hand_made():
 def test_pck_uses_target_bbox(spair_dir):
     pairs = spair_pairs(spair_dir, "test")
     assert [p.threshold_size for p in pairs] == [30.0, 28.0]  # max(box width 30, height 20); max(20, 28)
-    cat = pairs[0]
-    off = torch.tensor([[0.0, 1.5], [0.0, 3.0], [0.0, 4.5]])  # within 0.05·30 = 1.5, 0.1·30, 0.15·30
-    result = score_matches([cat], [Matches(cat.target_points + off, torch.ones(3))])
-    assert [result[a]["per_point"] for a in ("0.05", "0.1", "0.15")] == [33.33, 66.67, 100.0]
+    assert ALPHAS == (0.01, 0.02, 0.05, 0.1, 0.15)
+    # errors: cat 0.25, 1, 4 px against α·30 = 0.3, 0.6, 1.5, 3, 4.5 px;
+    #         dog 0.5, 2.5 px against α·28 = 0.28, 0.56, 1.4, 2.8, 4.2 px
+    off = [torch.tensor([[0.15, 0.2], [0.6, 0.8], [0.0, 4.0]]), torch.tensor([[0.3, 0.4], [1.5, 2.0]])]
+    result = score_matches(pairs, [Matches(p.target_points + o, torch.ones(len(o))) for p, o in zip(pairs, off)])
+    # hits per α: cat 1, 1, 2, 2, 3 of 3; dog 0, 1, 1, 2, 2 of 2
+    assert [result[str(a)]["per_point"] for a in ALPHAS] == [20.0, 40.0, 60.0, 80.0, 100.0]
+    assert [result[str(a)]["per_image"] for a in ALPHAS] == [16.67, 41.67, 58.33, 83.33, 100.0]
+    # median of 0.25, 0.5, 1, 2.5, 4; per image: median of the pairs' medians 1 and (0.5 + 2.5) / 2
+    assert result["median_epe"] == {"per_point": 1.0, "per_image": 1.25}
 
 
 def test_mutual_rejections_count_as_misses():
@@ -290,8 +296,13 @@ def test_match_eval_warps_and_spair(unet_dir, spair_dir, tmp_path, capsys):
     assert set(result["methods"]) == {"diffusion", "pixels", "daisy"} and result["n_pairs"] == 3
     assert len(result["methods"]["diffusion"]["pck@0.1_per_pair"]) == 3
     assert (result["t"], result["ensemble"], result["scales"], result["reference"]) == (0, 1, [1, 0.5, 0.25, 0.125], None)
-    assert all(0 <= r[a]["per_point"] <= 100 for r in result["methods"].values() for a in ("0.05", "0.1", "0.15"))
+    assert result["alphas"] == [0.01, 0.02, 0.05, 0.1, 0.15]
+    for r in result["methods"].values():
+        pcks = [r[str(a)]["per_point"] for a in ALPHAS]
+        assert all(0 <= v <= 100 for v in pcks) and pcks == sorted(pcks)   # a looser α never scores less
+        assert r["median_epe"]["per_point"] >= 0 and r["median_epe"]["per_image"] >= 0
     assert "daisy" in printed and "pixels" in printed and "diffusion (mid_block, t=0)" in printed
+    assert "@0.01" in printed and "median EPE" in printed
     assert len(list(out.glob("example-*.png"))) == 2 and len(list(out.glob("features-*.png"))) == 1
 
     out = tmp_path / "spair"
@@ -311,7 +322,9 @@ def test_match_sweep(unet_dir, tmp_path, capsys):
         (10, "mid_block"), (10, "up_blocks.0"), (200, "mid_block"), (200, "up_blocks.0")]
     assert set(result["baselines"]) == {"pixels", "daisy"} and (out / "heatmap.png").stat().st_size > 0
     assert result["ensemble"] == 1 and result["reference"] is None
-    assert "best: t=" in capsys.readouterr().out
+    assert all(set(map(str, ALPHAS)) | {"median_epe"} <= set(c) for c in result["cells"])
+    printed = capsys.readouterr().out
+    assert "best: t=" in printed and "median EPE per point (pixels), t × block" in printed and "PCK@0.01/" in printed
 
 
 # ----------------------------------------------------------------------------- bad input

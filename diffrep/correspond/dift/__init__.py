@@ -1,13 +1,14 @@
 """DIFT: dense correspondence by cosine nearest neighbour of diffusion features (describers, the
-chunked matcher, the warps / SPair-71k evaluation and t × block sweep, pictures, and DIFT's published
-settings by name: `--reference dift-sd` / `dift-adm`)."""
+chunked matcher and its sub-pixel refinement, the warps / SPair-71k evaluation and t × block sweep,
+pictures, and DIFT's published settings by name: `--reference dift-sd` / `dift-adm`)."""
 
 from .describe import Describer, DiffusionDescriber, category_prompt, concat_maps, daisy_describer, pixel_describer
 from .evaluate import DescriptorConfig, MatchEvalConfig, predict, run_match_eval, run_match_sweep
 from .matching import Matches, Prepared, check_points, dense_flow, match, match_maps, nearest, pixel_grid, prepare
 from .reference import REFERENCES, Reference
+from .refine import Refinement, refine_matches, soft_argmax
 
 __all__ = ["DescriptorConfig", "Describer", "DiffusionDescriber", "MatchEvalConfig", "Matches", "Prepared",
-           "REFERENCES", "Reference", "category_prompt", "check_points", "concat_maps", "daisy_describer",
-           "dense_flow", "match", "match_maps", "nearest", "pixel_describer", "pixel_grid", "predict", "prepare",
-           "run_match_eval", "run_match_sweep"]
+           "REFERENCES", "Reference", "Refinement", "category_prompt", "check_points", "concat_maps",
+           "daisy_describer", "dense_flow", "match", "match_maps", "nearest", "pixel_describer", "pixel_grid",
+           "predict", "prepare", "refine_matches", "run_match_eval", "run_match_sweep", "soft_argmax"]

@@ -98,6 +98,6 @@ def register(commands) -> None:
     p.add_argument("--out", default="runs/corr", help="run folder (default runs/corr)")
 
     p = commands.add("match-sweep", lambda a: run_match_sweep(from_args(MatchEvalConfig, a), a.out),
-                     help="PCK@0.1 for every (t, block): table, JSON, heatmap")
+                     help="PCK and median EPE for every (t, block): table, JSON, heatmap of PCK@0.1")
     add_options(p, MatchEvalConfig, skip=eval_only)
     p.add_argument("--out", default="runs/corr-sweep", help="run folder (default runs/corr-sweep)")

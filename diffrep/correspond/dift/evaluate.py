@@ -3,7 +3,9 @@
 `run_match_eval` scores one (t, block) and both baselines on a benchmark, writes config.json,
 match-eval.json, example match pictures and a PCA picture, and prints the table. `run_match_sweep`
 scores every (t, block) cell (all blocks come from one forward pass per t), writes match-sweep.json
-and a heatmap of PCK@0.1 per point, and prints the table.
+and a heatmap of PCK@0.1 per point, and prints the table. Every method and cell has PCK at each α of
+`metrics.ALPHAS` (strict 0.01 to loose 0.15) and the median end-point error in pixels; α = 0.1 stays the
+headline (heatmap, best cell) as it is the one DIFT reports.
 """
 
 from __future__ import annotations
@@ -163,7 +165,9 @@ def _header(cfg: MatchEvalConfig, pairs: list[Pair], rule: str, start: float) ->
     return {**header("dift", cfg.model, cfg.benchmark_name, {"total": round(time.time() - start, 1)}),
             "benchmark": cfg.benchmark_name, "n_pairs": len(pairs), "n_points": sum(len(p.source_points) for p in pairs),
             "alphas": list(ALPHAS), "threshold": rule, "size": cfg.image_size,
-            "pck": "per_point: all keypoints pooled; per_image: mean over pairs of each pair's fraction (%)"}
+            "pck": "per_point: all keypoints pooled; per_image: mean over pairs of each pair's fraction (%)",
+            "median_epe": "end-point error in pixels of the target image; per_point: median over all keypoints; "
+                          "per_image: median over pairs of each pair's median"}
 
 
 def _examples(describer, pairs: list[Pair], matches, size, prompt, out: Path) -> None:
@@ -184,15 +188,20 @@ def _examples(describer, pairs: list[Pair], matches, size, prompt, out: Path) ->
 
 
 def format_eval_table(result: dict) -> str:
+    """PCK (%) at each α and the median EPE (pixels), per point and per image, one row per method."""
     alphas = [str(a) for a in result["alphas"]]
     labels = {name: f"{name} ({r['block']}, t={r['t']})" if name == "diffusion" else f"{name} ({r['descriptor']})"
               for name, r in result["methods"].items()}
     width = max(34, *(len(v) + 2 for v in labels.values()))
+    pair = "pt".rjust(7) + "img".rjust(6)   # each column group: per point, then per image
     lines = [f"PCK (%) on {result['benchmark']} ({result['n_pairs']} pairs, {result['n_points']} points); "
-             f"threshold {result['threshold']}",
-             "method".ljust(width) + "".join(f"@{a} pt".rjust(10) + f"@{a} img".rjust(11) for a in alphas)]
+             f"threshold {result['threshold']}; median end-point error (EPE) in pixels",
+             " " * width + "".join(f"@{a}".rjust(13) for a in alphas) + "median EPE".rjust(13),
+             "method".ljust(width) + pair * (len(alphas) + 1)]
     for name, r in result["methods"].items():
-        cells = (f"{r[a]['per_point']:.1f}".rjust(10) + f"{r[a]['per_image']:.1f}".rjust(11) for a in alphas)
+        cells = [f"{r[a]['per_point']:.1f}".rjust(7) + f"{r[a]['per_image']:.1f}".rjust(6) for a in alphas]
+        epe = r["median_epe"]
+        cells.append(f"{epe['per_point']:.2f}".rjust(7) + f"{epe['per_image']:.2f}".rjust(6))
         lines.append(labels[name].ljust(width) + "".join(cells))
     return "\n".join(lines)
 
@@ -212,7 +221,8 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
             matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc=f"t={t}, {len(blocks)} blocks")
             cells += [{"t": t, "block": b, **score_matches(pairs, matches[b])} for b in blocks]
             row = zip(blocks, cells[-len(blocks):])
-            print(f"t={t}: " + ", ".join(f"{b} {c[HEADLINE]['per_point']:.1f}" for b, c in row))
+            print(f"t={t}: PCK@{HEADLINE} (median EPE px) " + ", ".join(
+                f"{b} {c[HEADLINE]['per_point']:.1f} ({c['median_epe']['per_point']:.2f})" for b, c in row))
         baselines = _score_baselines(pairs, size, cfg.mutual) if cfg.baselines else None
         fixed = {k: v for k, v in describer.settings().items() if k != "t"}   # the same in every row
         result = {**_header(cfg, pairs, rule, start), **fixed, "ts": ts, "blocks": blocks, "cells": cells,
@@ -234,25 +244,38 @@ def sweep_axes(cfg: MatchEvalConfig, featurizer) -> tuple[list, list[str]]:
     return [featurizer.backbone.noise.check(t) for t in ts], featurizer.check_blocks(blocks)
 
 
-def sweep_grid(result: dict) -> torch.Tensor:
-    """t × block PCK@0.1 per point."""
-    value = {(c["t"], c["block"]): c[HEADLINE]["per_point"] for c in result["cells"]}
+def sweep_grid(result: dict, key: str = HEADLINE) -> torch.Tensor:
+    """t × block per-point values of one score: PCK@α (key α, default the headline) or "median_epe"."""
+    value = {(c["t"], c["block"]): c[key]["per_point"] for c in result["cells"]}
     return torch.tensor([[value[t, b] for b in result["blocks"]] for t in result["ts"]])
+
+
+def _scores(r: dict) -> str:
+    """Every α's PCK and the median EPE of one cell or method, per point, on one line."""
+    pck = " / ".join(f"{r[str(a)]['per_point']:.1f}" for a in ALPHAS)
+    return f"PCK@{'/'.join(map(str, ALPHAS))} {pck}, median EPE {r['median_epe']['per_point']:.2f} px"
 
 
 def _baseline_line(result: dict) -> str:
     bl = result.get("baselines")
     if not bl:
         return ""
-    return "baselines: " + ", ".join(f"{n} ({r['descriptor']}) {r[HEADLINE]['per_point']:.1f}" for n, r in bl.items())
+    return "baselines: " + ", ".join(f"{n} ({r['descriptor']}) {r[HEADLINE]['per_point']:.1f} "
+                                     f"(EPE {r['median_epe']['per_point']:.2f} px)" for n, r in bl.items())
 
 
 def format_sweep_table(result: dict) -> str:
+    """The headline PCK grid and the median EPE grid (t × block, per point), the best cell with all its
+    scores, and the baselines."""
+    ts, blocks = result["ts"], result["blocks"]
     lines = [f"PCK@{HEADLINE} per point (%) on {result['benchmark']} ({result['n_pairs']} pairs), t × block",
-             *grid_rows(sweep_grid(result), result["ts"], result["blocks"], min_width=9)]
+             *grid_rows(sweep_grid(result), ts, blocks, min_width=9),
+             "median EPE per point (pixels), t × block",
+             *grid_rows(sweep_grid(result, "median_epe"), ts, blocks, min_width=9)]
     best = result["best"]
     lines.append(f"best: t={best['t']} {best['block']}: PCK@{HEADLINE} {best[HEADLINE]['per_point']:.1f} per point, "
                  f"{best[HEADLINE]['per_image']:.1f} per image")
+    lines.append(f"  per point: {_scores(best)}; median EPE per image {best['median_epe']['per_image']:.2f} px")
     return "\n".join(filter(None, [*lines, _baseline_line(result)]))
 
 

@@ -17,11 +17,14 @@ Decisions:
   from the low-resolution map when it is compared, so memory is bounded by `chunk` whatever the image size.
 - Mutual check (optional): a match p→q is kept when q's own nearest neighbour in the whole source
   image lies within `radius` pixels of p (default: the describer's stride, the scale features resolve).
+- Refinement (optional, `refine.py`): each coarse match is moved to the best sub-pixel position of a
+  fine descriptor inside a small window around it. The mutual check is made on the coarse matches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,9 @@ import torch.nn.functional as F
 from ...data import pad_to_multiple
 from ...errors import DiffrepError
 from ...features import sample_at
+
+if TYPE_CHECKING:   # refine.py builds on this module
+    from .refine import Refinement
 
 CHUNK = 4096  # pixels compared at once: similarity blocks stay ≤ CHUNK × CHUNK floats (64 MB)
 
@@ -128,8 +134,10 @@ class Matches:
 
 
 def match_maps(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tgt: Prepared, points: torch.Tensor,
-               mutual: bool = False, radius: float | None = None, chunk: int = CHUNK) -> Matches:
-    """Match input-image `points` of the source to the target, given both images' descriptor maps."""
+               mutual: bool = False, radius: float | None = None, chunk: int = CHUNK,
+               refine: Refinement | None = None) -> Matches:
+    """Match input-image `points` of the source to the target, given both images' descriptor maps;
+    with `refine`, each match is then refined to sub-pixel precision with its fine maps."""
     src_xy = src.to_model(points)
     queries = sample_at(src_feat, src_xy, src.padded_hw)
     tgt_grid = pixel_grid(tgt.hw)
@@ -141,13 +149,16 @@ def match_maps(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tg
         back, _ = nearest(sample_at(tgt_feat, found, tgt.padded_hw), src_feat, back_grid, src.padded_hw, chunk)
         radius = radius if radius is not None else src.padded_hw[0] / src_feat.shape[-2]
         keep = (back_grid[back] - src_xy).norm(dim=1) <= radius
+    if refine is not None:
+        found = refine.apply(found, src_xy, src, tgt)
     return Matches(tgt.to_input(found), sim, keep)
 
 
 def dense_flow(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tgt: Prepared,
                chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """The nearest target pixel for every source pixel, in the prepared (model) frame: h×w×2 target
-    (x, y) and h×w similarity. Costs (h·w)² dot products; chunked, so memory stays bounded."""
+    (x, y) and h×w similarity. Costs (h·w)² dot products; chunked, so memory stays bounded. Coarse
+    only (pixel centres): refining every pixel's match (`refine.py`) is not wired in yet."""
     src_grid, tgt_grid = pixel_grid(src.hw), pixel_grid(tgt.hw)
     idx, sim = nearest(sample_at(src_feat, src_grid, src.padded_hw), tgt_feat, tgt_grid, tgt.padded_hw, chunk)
     return tgt_grid[idx].view(*src.hw, 2), sim.view(src.hw)
