@@ -6,9 +6,9 @@ from .describe import Describer, DiffusionDescriber, category_prompt, concat_map
 from .evaluate import DescriptorConfig, MatchEvalConfig, predict, run_match_eval, run_match_sweep
 from .matching import Matches, Prepared, check_points, dense_flow, match, match_maps, nearest, pixel_grid, prepare
 from .reference import REFERENCES, Reference
-from .refine import Refinement, refine_matches, soft_argmax
+from .refine import Refinement, Refiner, refine_matches, refiner, soft_argmax
 
 __all__ = ["DescriptorConfig", "Describer", "DiffusionDescriber", "MatchEvalConfig", "Matches", "Prepared",
-           "REFERENCES", "Reference", "Refinement", "category_prompt", "check_points", "concat_maps",
+           "REFERENCES", "Reference", "Refinement", "Refiner", "category_prompt", "check_points", "concat_maps",
            "daisy_describer", "dense_flow", "match", "match_maps", "nearest", "pixel_describer", "pixel_grid",
-           "predict", "prepare", "refine_matches", "run_match_eval", "run_match_sweep", "soft_argmax"]
+           "predict", "prepare", "refine_matches", "refiner", "run_match_eval", "run_match_sweep", "soft_argmax"]

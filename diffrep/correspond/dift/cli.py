@@ -47,7 +47,8 @@ def grid_points(hw: tuple[int, int], n: int = 4) -> torch.Tensor:
 class MatchConfig(DescriptorConfig):
     points: str | None = option(None, 'source points "x,y;x,y" in pixels (default: a 4×4 grid)', parse=str)
     category: str | None = option(None, "object category, for the prompt 'a photo of a {category}'", parse=str)
-    flow: bool = option(False, "also write the dense flow (every source pixel) as <out>-flow.npz")
+    flow: bool = option(False, "also write the dense flow (every source pixel) as <out>-flow.npz (coarse: "
+                               "--refine moves the --points matches only)")
 
 
 def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) -> dict:
@@ -59,17 +60,20 @@ def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) ->
     source, target = (read_image(Path(p), 3, None)[0] for p in (source_path, target_path))
     points = parse_points(cfg.points) if cfg.points is not None else grid_points(tuple(source.shape[-2:]))
     describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision, **cfg.model_options()))
+    refine = cfg.refiner(describer)
     prompt = cfg.prompt if cfg.prompt is not None else category_prompt(cfg.category)
-    found, (src, tgt), (fs, ft) = match(describer, source, target, points, cfg.image_size, prompt, cfg.mutual)
+    found, (src, tgt), (fs, ft) = match(describer, source, target, points, cfg.image_size, prompt, cfg.mutual,
+                                        refine=refine)
     record = {"source": source_path, "target": target_path, "model": cfg.model, "block": describer.blocks[0],
-              **describer.settings(), "precision": cfg.precision, "device": cfg.device, "prompt": prompt,
-              "size": cfg.image_size,
-              "coordinates": "x, y in pixels of each input image (pixel centres at integers)",
+              **describer.settings(), "refine": refine.settings() if refine else None, "precision": cfg.precision,
+              "device": cfg.device, "prompt": prompt, "size": cfg.image_size,
+              "coordinates": "x, y in pixels of each input image (pixel centres at integers); with refine, "
+                             "'target' is refined and 'coarse' the match before refinement",
               "matches": found.to_json(points)}
     if cfg.flow:   # computed before any file is written: a failure leaves nothing half-written
         flow, sim = dense_flow(fs, src, ft, tgt)
         target_xy = tgt.to_input(flow.view(-1, 2)).view(flow.shape)
-    title = f"{describer.blocks[0]} {settings_line(describer)}"
+    title = f"{describer.blocks[0]} {settings_line(describer, refine)}"
     draw_matches(source, target, points, found.points, out, title=title)
     draw_pca([p.image[:, :p.hw[0], :p.hw[1]] for p in (src, tgt)], pca_rgb([fs, ft], [src, tgt]), names["features"])
     if cfg.flow:
@@ -91,7 +95,8 @@ def register(commands) -> None:
     add_options(p, MatchConfig)
     p.add_argument("--out", default="match.png", help="picture (.png); the JSON, features picture and flow go beside it")
 
-    sweep_only, eval_only = ("ts", "blocks"), ("block", "t", "examples")
+    refine = ("refine", "refine_t", "refine_radius", "refine_temperature")   # match-sweep scores coarse matches
+    sweep_only, eval_only = ("ts", "blocks"), ("block", "t", "examples", *refine)
     p = commands.add("match-eval", lambda a: run_match_eval(from_args(MatchEvalConfig, a), a.out),
                      help="PCK of DIFT matching on warps or SPair-71k, with baselines")
     add_options(p, MatchEvalConfig, skip=sweep_only)

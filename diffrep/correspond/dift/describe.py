@@ -50,6 +50,11 @@ class Describer:
         self.stride, self.fixed_size, self.scales = stride, fixed_size, tuple(scales)
         self.batch_size, self.channels, self.conditional = batch_size, channels, conditional
 
+    def cell(self, descriptor: str) -> float:
+        """Image pixels per cell of a descriptor's map: 1 for per-pixel sources (raw pixels, DAISY), less
+        when an image scale above 1 is joined (scales are joined on the finest grid)."""
+        return 1 / max(self.scales)
+
     def describe(self, images: list[torch.Tensor], prompt: str | None = None) -> list[dict[str, torch.Tensor]]:
         per_scale = [self._describe_at([self._rescale(im, sc) for im in images], prompt) for sc in self.scales]
         return [{d: concat_maps([ps[i][d] for ps in per_scale]) for d in self.blocks} for i in range(len(images))]
@@ -125,6 +130,12 @@ class DiffusionDescriber(Describer):
                          batch_size=batch_size, channels=backbone.image_channels,
                          conditional=type(backbone.denoiser).__name__ == "UNet2DConditionModel")
         self.featurizer, self.taps, self.ensemble, self.seed, self.precision = featurizer, taps, ensemble, seed, precision
+
+    def cell(self, descriptor: str) -> float:
+        """Image pixels per cell of the descriptor's map: its finest part's stride (a join is resized to
+        its finest map), over the largest image scale."""
+        strides = {b.name: b.stride for b in self.featurizer.feature_info()}
+        return min(strides[part] for part in descriptor.split("+")) / max(self.scales)
 
     def settings(self) -> dict:
         """What every results JSON records of this descriptor besides its blocks: the noise level, the

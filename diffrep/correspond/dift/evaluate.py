@@ -1,7 +1,10 @@
 """PCK evaluation of DIFT matching and its t × block sweep, with the baselines in the same run.
 
 `run_match_eval` scores one (t, block) and both baselines on a benchmark, writes config.json,
-match-eval.json, example match pictures and a PCA picture, and prints the table. `run_match_sweep`
+match-eval.json, example match pictures and a PCA picture, and prints the table. With `--refine`
+it scores the diffusion matches twice, coarse ("diffusion") and refined ("diffusion+refine"), from
+one matching run: the refined row moves the very matches of the coarse row, so the two differ by the
+refinement alone. The baselines stay coarse: they are the classical reference points. `run_match_sweep`
 scores every (t, block) cell (all blocks come from one forward pass per t), writes match-sweep.json
 and a heatmap of PCK@0.1 per point, and prints the table. Every method and cell has PCK at each α of
 `metrics.ALPHAS` (strict 0.01 to loose 0.15) and the median end-point error in pixels; α = 0.1 stays the
@@ -21,16 +24,24 @@ from ...data import Pair, load_pairs
 from ...core import RunOn
 from ...errors import DiffrepError
 from ...metrics import ALPHAS, correct_matches, pair_hits, score_matches
-from ...options import MODEL_HELP, check, noise_level, option
+from ...options import MODEL_HELP, check, named, noise_level, option
 from ...plotting import grid_rows, plot_grid
 from ...runs import header, locked, write_results
 from .describe import Describer, DiffusionDescriber, category_prompt, daisy_describer, load_featurizer, pixel_describer
 from .reference import REFERENCES, reference, references_help
 from .matching import CHUNK, Matches, match_maps, prepare
+from .refine import MAX_RADIUS, Refiner, check_temperature, check_window, refiner
 from .pictures import draw_matches, draw_pca, pca_rgb
 
 HEADLINE = "0.1"  # the α of the heatmap and the "best" cell
 SWEEP_TS = [0, 10, 50, 100, 200]
+REFINED = "diffusion+refine"   # match-eval's row of the refined diffusion matches
+
+
+@named("temperature (a positive number, or 'hard')")
+def temperature(text: str) -> float | None:
+    """A soft-argmax temperature; 'hard' is None, the hard argmax."""
+    return None if text.strip().lower() == "hard" else float(text)
 
 
 @dataclass
@@ -60,9 +71,37 @@ class DescriptorConfig(RunOn):
     mutual: bool = option(False, "keep only mutual nearest neighbours (others count as misses)")
     size: int | None = option(None, "match: resize both images to SIZE×SIZE first; warps: image side (default "
                                     "128); SPair: resize to SIZE×SIZE (default: the reference's)", parse=int, min=8)
+    refine: str | None = option(None, "refine each match inside a window with a finer descriptor: a block or 'a+b' "
+                                      "join of the same model (read at --refine-t, one image scale, the same "
+                                      "ensemble and seed), or daisy or pixels (default: no refinement)", parse=str,
+                                metavar="FINE")
+    refine_t: float | None = option(None, "noise level of the --refine block (default the model's lightest: fine "
+                                          "detail is what light noise leaves intact)", parse=noise_level)
+    refine_radius: int | None = option(None, f"refinement window of (2R+1)² pixels, R from 1 to {MAX_RADIUS} "
+                                             "(default one coarse cell, the block's stride: the coarse match is "
+                                             "mostly within a cell of the truth, and a wider window only offers the "
+                                             "fine descriptor lookalikes)", parse=int, metavar="R")
+    refine_temperature: float | None = option(None, "soft-argmax temperature (> 0) for sub-pixel matches; 'hard' "
+                                                    "(default): the best pixel of the window", parse=temperature,
+                                              metavar="T")
 
     def __post_init__(self):
         check(self)
+        self._check_refine()
+
+    def _check_refine(self) -> None:
+        """Each --refine-* setting in range, and none without --refine (it would do nothing)."""
+        given = {"--refine-t": self.refine_t, "--refine-radius": self.refine_radius,
+                 "--refine-temperature": self.refine_temperature}
+        if self.refine is None:
+            stray = [flag for flag, value in given.items() if value is not None]
+            if stray:
+                raise DiffrepError(f"{stray[0]} needs --refine FINE (a finer block of the model, daisy or pixels)")
+            return
+        if self.refine_radius is None:   # its default needs the model: `refine.refiner` picks it
+            check_temperature(self.refine_temperature)
+        else:
+            check_window(self.refine_radius, self.refine_temperature)
 
     @property
     def image_size(self) -> int | None:
@@ -73,6 +112,12 @@ class DescriptorConfig(RunOn):
     def describer(self, featurizer) -> DiffusionDescriber:
         return DiffusionDescriber(featurizer, self.block, self.t, self.ensemble, self.seed, self.precision,
                                   scales=self.scales, reference=self.reference)
+
+    def refiner(self, describer: DiffusionDescriber) -> Refiner | None:
+        """The refinement of the describer's matches that --refine asks for, or None."""
+        if self.refine is None:
+            return None
+        return refiner(describer, self.refine, self.refine_t, self.refine_radius, self.refine_temperature)
 
 
 @dataclass
@@ -103,9 +148,11 @@ class MatchEvalConfig(DescriptorConfig):
 # ----------------------------------------------------------------------------- evaluation
 
 def predict(describer: Describer, pairs: list[Pair], size: int | None = None, prompt: str | None = None, mutual: bool = False,
-            pairs_per_batch: int = 4, chunk: int = CHUNK, desc: str = "matching") -> dict[str, list[Matches]]:
+            pairs_per_batch: int = 4, chunk: int = CHUNK, desc: str = "matching",
+            refine: Refiner | None = None) -> dict[str, list[Matches]]:
     """Matches of every pair's source keypoints, for each of the describer's blocks: {block: [Matches]}.
-    `prompt` None means DIFT's default per pair (category_prompt of its category)."""
+    `prompt` None means DIFT's default per pair (category_prompt of its category). With `refine`, the
+    matches are refined with fine maps of the same prepared images (`Matches.unrefined()`: the coarse)."""
     size = size or describer.fixed_size
     out: dict[str, list[Matches]] = {b: [] for b in describer.blocks}
     for b0 in tqdm(range(0, len(pairs), pairs_per_batch), desc=desc, dynamic_ncols=True, leave=False):
@@ -116,12 +163,16 @@ def predict(describer: Describer, pairs: list[Pair], size: int | None = None, pr
         results: list = [None] * len(batch)
         for text, idx in groups.items():
             prepared = [tuple(prepare(im, describer.stride, size) for im in batch[i].images()) for i in idx]
-            maps = describer.describe([p.image for pp in prepared for p in pp], text)
+            images = [p.image for pp in prepared for p in pp]
+            maps = describer.describe(images, text)
+            fine = refine.maps(images, text) if refine else [None] * len(images)
             for j, i in enumerate(idx):
-                results[i] = (prepared[j], maps[2 * j], maps[2 * j + 1])
-        for pair, ((src, tgt), fs, ft) in zip(batch, results):
+                results[i] = (prepared[j], maps[2 * j], maps[2 * j + 1], fine[2 * j:2 * j + 2])
+        for pair, ((src, tgt), fs, ft, fine) in zip(batch, results):
+            refinement = refine.refinement(*fine) if refine else None
             for block in describer.blocks:
-                out[block].append(match_maps(fs[block], src, ft[block], tgt, pair.source_points, mutual, chunk=chunk))
+                out[block].append(match_maps(fs[block], src, ft[block], tgt, pair.source_points, mutual, chunk=chunk,
+                                             refine=refinement))
     return out
 
 
@@ -138,15 +189,20 @@ def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()
         describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision, **cfg.model_options()))
+        refine = cfg.refiner(describer)
         print(f"{len(pairs)} pairs, {sum(len(p.source_points) for p in pairs)} keypoints; {cfg.model} "
-              f"{describer.blocks[0]} {settings_line(describer)}")
-        matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc="diffusion features")[describer.blocks[0]]
-        per_pair = {p.name: round(100 * pair_hits(p, m, 0.1).float().mean().item(), 1) for p, m in zip(pairs, matches)}
-        methods = {"diffusion": {**score_matches(pairs, matches), "block": describer.blocks[0], "t": describer.t,
-                                 "scales": list(describer.scales), "pck@0.1_per_pair": per_pair}}
+              f"{describer.blocks[0]} {settings_line(describer, refine)}")
+        matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc="diffusion features",
+                          refine=refine)[describer.blocks[0]]
+        rows = {"diffusion": [m.unrefined() for m in matches], **({REFINED: matches} if refine else {})}
+        refined = {REFINED: {"refine": refine.settings()}} if refine else {}
+        methods = {name: {**score_matches(pairs, found), "block": describer.blocks[0], "t": describer.t,
+                          "scales": list(describer.scales), **refined.get(name, {}),
+                          "pck@0.1_per_pair": _per_pair(pairs, found)} for name, found in rows.items()}
         if cfg.baselines:
             methods.update(_score_baselines(pairs, size, cfg.mutual))
         result = {**_header(cfg, pairs, rule, start), "block": describer.blocks[0], **describer.settings(),
+                  "refine": refine.settings() if refine else None, "refined_methods": [REFINED] if refine else [],
                   "methods": methods}
         write_results(out, "match-eval", result, cfg)
         _examples(describer, pairs[:cfg.examples], matches, size, cfg.prompt, out)
@@ -155,10 +211,22 @@ def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
         return result
 
 
-def settings_line(describer: DiffusionDescriber) -> str:
-    """t, ensemble, scales and reference of a describer, as the commands print them."""
+def _per_pair(pairs: list[Pair], matches: list[Matches]) -> dict[str, float]:
+    return {p.name: round(100 * pair_hits(p, m, 0.1).float().mean().item(), 1) for p, m in zip(pairs, matches)}
+
+
+def refine_text(settings: dict) -> str:
+    """A refinement's settings as the commands print them: 'refined by up_blocks.1 t=0, window 5×5, hard'."""
+    t = "" if settings["t"] is None else f" t={settings['t']}"
+    n, temp = settings["window"], settings["temperature"]
+    return f"refined by {settings['fine']}{t}, window {n}×{n}, " + ("hard" if temp is None else f"T={temp:g}")
+
+
+def settings_line(describer: DiffusionDescriber, refine: Refiner | None = None) -> str:
+    """t, ensemble, scales and reference of a describer (and its refinement), as the commands print them."""
     ref = f" (reference {describer.reference_name})" if describer.reference else ""
-    return f"t={describer.t} ensemble {describer.ensemble} scales {list(describer.scales)}{ref}"
+    fine = f"; {refine_text(refine.settings())}" if refine else ""
+    return f"t={describer.t} ensemble {describer.ensemble} scales {list(describer.scales)}{ref}{fine}"
 
 
 def _header(cfg: MatchEvalConfig, pairs: list[Pair], rule: str, start: float) -> dict:
@@ -171,13 +239,14 @@ def _header(cfg: MatchEvalConfig, pairs: list[Pair], rule: str, start: float) ->
 
 
 def _examples(describer, pairs: list[Pair], matches, size, prompt, out: Path) -> None:
-    """Match pictures of the first pairs (green within 0.1·threshold size, red beyond) and the PCA
-    picture of the first pair's features."""
+    """Match pictures of the first pairs (green within 0.1·threshold size, red beyond; refined matches
+    when refined) and the PCA picture of the first pair's (coarse) features."""
     for pair, m in zip(pairs, matches):
         src, tgt = pair.images()
         ok = correct_matches(m.points, pair.target_points, pair.threshold_size, 0.1)
+        how = "" if m.coarse is None else ", refined"
         draw_matches(src, tgt, pair.source_points, m.points, out / f"example-{pair.name}.png", ok,
-                     f"{pair.name}: {describer.blocks[0]} t={describer.t}")
+                     f"{pair.name}: {describer.blocks[0]} t={describer.t}{how}")
     if pairs:
         images = pairs[0].images()
         prepared = [prepare(im, describer.stride, size or describer.fixed_size) for im in images]
@@ -190,7 +259,8 @@ def _examples(describer, pairs: list[Pair], matches, size, prompt, out: Path) ->
 def format_eval_table(result: dict) -> str:
     """PCK (%) at each α and the median EPE (pixels), per point and per image, one row per method."""
     alphas = [str(a) for a in result["alphas"]]
-    labels = {name: f"{name} ({r['block']}, t={r['t']})" if name == "diffusion" else f"{name} ({r['descriptor']})"
+    labels = {name: f"{name} ({r['descriptor']})" if "block" not in r else
+              f"{name} ({r['block']}, t={r['t']}" + (f"; {refine_text(r['refine'])})" if "refine" in r else ")")
               for name, r in result["methods"].items()}
     width = max(34, *(len(v) + 2 for v in labels.values()))
     pair = "pt".rjust(7) + "img".rjust(6)   # each column group: per point, then per image
@@ -209,6 +279,9 @@ def format_eval_table(result: dict) -> str:
 # ----------------------------------------------------------------------------- sweep
 
 def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
+    if cfg.refine is not None:
+        raise DiffrepError("match-sweep scores coarse matches only: choose t and block with it, then score the "
+                           "refinement with match-eval --refine")
     with locked(out) as out:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()

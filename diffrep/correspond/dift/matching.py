@@ -34,7 +34,7 @@ from ...errors import DiffrepError
 from ...features import sample_at
 
 if TYPE_CHECKING:   # refine.py builds on this module
-    from .refine import Refinement
+    from .refine import Refinement, Refiner
 
 CHUNK = 4096  # pixels compared at once: similarity blocks stay ≤ CHUNK × CHUNK floats (64 MB)
 
@@ -116,17 +116,25 @@ def nearest(queries: torch.Tensor, feat: torch.Tensor, candidates: torch.Tensor,
 @dataclass
 class Matches:
     """Target points (K×2, input-image x, y) for K source points, their cosine similarity and, with the
-    mutual check, whether each match is mutual (None when not checked)."""
+    mutual check, whether each match is mutual (None when not checked). A refined match keeps its
+    coarse point too, so one matching run gives both (`unrefined`)."""
 
     points: torch.Tensor
     similarity: torch.Tensor
     mutual: torch.Tensor | None = None
+    coarse: torch.Tensor | None = None   # K×2 target points before refinement; None when not refined
+
+    def unrefined(self) -> Matches:
+        """The coarse matches alone (these matches when they were not refined)."""
+        return self if self.coarse is None else Matches(self.coarse, self.similarity, self.mutual)
 
     def to_json(self, source: torch.Tensor) -> list[dict]:
         rows = []
         for i, (s, t) in enumerate(zip(source.tolist(), self.points.tolist())):
             row = {"source": [round(v, 2) for v in s], "target": [round(v, 2) for v in t],
                    "similarity": round(float(self.similarity[i]), 4)}
+            if self.coarse is not None:
+                row["coarse"] = [round(v, 2) for v in self.coarse[i].tolist()]
             if self.mutual is not None:
                 row["mutual"] = bool(self.mutual[i])
             rows.append(row)
@@ -143,15 +151,15 @@ def match_maps(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tg
     tgt_grid = pixel_grid(tgt.hw)
     idx, sim = nearest(queries, tgt_feat, tgt_grid, tgt.padded_hw, chunk)
     found = tgt_grid[idx]
-    keep = None
+    keep, coarse = None, None
     if mutual:
         back_grid = pixel_grid(src.hw)
         back, _ = nearest(sample_at(tgt_feat, found, tgt.padded_hw), src_feat, back_grid, src.padded_hw, chunk)
         radius = radius if radius is not None else src.padded_hw[0] / src_feat.shape[-2]
         keep = (back_grid[back] - src_xy).norm(dim=1) <= radius
     if refine is not None:
-        found = refine.apply(found, src_xy, src, tgt)
-    return Matches(tgt.to_input(found), sim, keep)
+        found, coarse = refine.apply(found, src_xy, src, tgt), tgt.to_input(found)
+    return Matches(tgt.to_input(found), sim, keep, coarse)
 
 
 def dense_flow(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tgt: Prepared,
@@ -165,11 +173,14 @@ def dense_flow(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tg
 
 
 def match(describer, source: torch.Tensor, target: torch.Tensor, points, size: int | None = None,
-          prompt: str | None = None, mutual: bool = False, chunk: int = CHUNK):
+          prompt: str | None = None, mutual: bool = False, chunk: int = CHUNK, refine: Refiner | None = None):
     """Match `points` (K×2, x y) of `source` into `target` (C×H×W images in [-1, 1]) with the describer's
-    first descriptor. Returns (Matches, (src Prepared, tgt Prepared), (src map, tgt map))."""
+    first descriptor; with `refine` (`refine.refiner(describer, fine, …)`), refine each match with the
+    fine maps of the same prepared images (the coarse points stay in `Matches.coarse`).
+    Returns (Matches, (src Prepared, tgt Prepared), (src map, tgt map)): the coarse maps."""
     points = check_points(points, tuple(source.shape[-2:]), "source points")
     size = size or describer.fixed_size
     src, tgt = prepare(source, describer.stride, size), prepare(target, describer.stride, size)
     fs, ft = (d[describer.blocks[0]] for d in describer.describe([src.image, tgt.image], prompt))
-    return match_maps(fs, src, ft, tgt, points, mutual, chunk=chunk), (src, tgt), (fs, ft)
+    refinement = None if refine is None else refine.refinement(*refine.maps([src.image, tgt.image], prompt))
+    return match_maps(fs, src, ft, tgt, points, mutual, chunk=chunk, refine=refinement), (src, tgt), (fs, ft)

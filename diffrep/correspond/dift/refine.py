@@ -22,6 +22,19 @@ Decisions:
   many fine descriptors at once. By default chunk keeps ≤ WINDOW_PIXELS window pixels, whatever r.
 - The similarity a match reports and the mutual check stay the coarse ones: refinement moves a match
   within its window, it does not decide whether the match is right.
+
+The fine level of a describer (`refiner(coarse, fine, …)` → `Refiner`, what `match(…, refine=)`,
+`predict(…, refine=)` and the commands' `--refine` take):
+- FINE is a block (or 'a+b' join) of the coarse describer's own model, described by a second
+  `DiffusionDescriber` on the same featurizer (the model is loaded once), at the lightest noise level
+  unless t is given (fine detail is what light noise leaves intact), at one image scale (the smaller
+  scales add context, not detail), with the coarse describer's ensemble and seed; or 'daisy' or
+  'pixels', the classical describers. Its maps cover the same prepared (resized, padded) images.
+- A fine level whose cells are not smaller than the coarse descriptor's is refused: it resolves
+  nothing the coarse match did not.
+- The default radius is one coarse cell (rounded up, at most MAX_RADIUS): coarse descriptors are
+  bilinear blends within a cell, so the true position usually lies within a cell of the coarse
+  match; a wider window only gives the less semantic fine descriptor lookalikes to jump to.
 """
 
 from __future__ import annotations
@@ -34,10 +47,12 @@ import torch.nn.functional as F
 
 from ...errors import DiffrepError
 from ...features import PEAK, sample_at
+from .describe import Describer, DiffusionDescriber, daisy_describer, pixel_describer
 from .matching import Prepared, check_points, pixel_grid
 
 MAX_RADIUS = 64         # a window of 129² pixels: beyond that, match at a finer stride instead
 WINDOW_PIXELS = 16384   # window pixels compared at once by default (16384 × C floats of fine descriptors)
+CLASSICAL = {"daisy": daisy_describer, "pixels": pixel_describer}   # fine levels that need no model
 
 
 def check_window(radius, temperature) -> None:
@@ -122,3 +137,77 @@ class Refinement:
 
     def apply(self, coarse: torch.Tensor, src_xy: torch.Tensor, src: Prepared, tgt: Prepared) -> torch.Tensor:
         return refine_matches(coarse, src_xy, self.src_fine, src, self.tgt_fine, tgt, self.radius, self.temperature)
+
+
+# ----------------------------------------------------------------------------- the fine level of a describer
+
+
+@dataclass
+class Refiner:
+    """A fine describer and how its maps refine each pair's coarse matches (see the module docstring);
+    made by `refiner`, checked when made."""
+
+    describer: Describer                 # the fine level: its first descriptor, one image scale
+    radius: int                          # window of (2r+1)² target pixels around each coarse match
+    temperature: float | None = None     # soft-argmax temperature; None: hard argmax (pixel centres)
+
+    def __post_init__(self):
+        check_window(self.radius, self.temperature)
+
+    @property
+    def fine(self) -> str:
+        return self.describer.blocks[0]
+
+    def maps(self, images: list[torch.Tensor], prompt: str | None = None) -> list[torch.Tensor]:
+        """The fine map of each prepared image (C×h×w), in the order given."""
+        return [d[self.fine] for d in self.describer.describe(images, prompt)]
+
+    def refinement(self, src_fine: torch.Tensor, tgt_fine: torch.Tensor) -> Refinement:
+        return Refinement(src_fine, tgt_fine, self.radius, self.temperature)
+
+    def settings(self) -> dict:
+        """What a results JSON records: the fine descriptor, its noise level (None for daisy / pixels), its
+        cell in pixels, the window and the temperature (None: the hard argmax)."""
+        return {"fine": self.fine, "t": getattr(self.describer, "t", None), "cell": self.describer.cell(self.fine),
+                "radius": self.radius, "window": 2 * self.radius + 1, "temperature": self.temperature,
+                "argmax": "hard" if self.temperature is None else "soft"}
+
+
+def refiner(coarse: Describer, fine: str, t=None, radius: int | None = None,
+            temperature: float | None = None) -> Refiner:
+    """The refinement of `coarse`'s matches (its first descriptor) by the fine level `fine`: 'daisy',
+    'pixels', or a block or 'a+b' join of the coarse describer's model at noise level t (default the
+    lightest). `radius` None: one coarse cell. Refused when `fine` has no smaller cells than the coarse
+    descriptor."""
+    if radius is not None:   # checked before any describer is built
+        check_window(radius, temperature)
+    check_temperature(temperature)
+    if fine in CLASSICAL:
+        if t is not None:
+            raise DiffrepError(f"a noise level (--refine-t {t}) is for a diffusion block; {fine} has none")
+        describer = CLASSICAL[fine]()
+    elif isinstance(coarse, DiffusionDescriber):
+        noise = coarse.featurizer.backbone.noise
+        try:
+            describer = DiffusionDescriber(coarse.featurizer, fine, noise.lightest if t is None else t, coarse.ensemble,
+                                           coarse.seed, coarse.precision, batch_size=coarse.batch_size, scales=[1])
+        except DiffrepError as err:   # an unknown block or a t off the schedule: say it is the fine level's
+            raise DiffrepError(f"--refine {fine}: {err}") from None
+    else:
+        raise DiffrepError(f"refining with block {fine!r} needs a diffusion describer to take the model from; "
+                           f"refine this describer with daisy or pixels")
+    fine_cell, coarse_cell = describer.cell(describer.blocks[0]), coarse.cell(coarse.blocks[0])
+    if fine_cell >= coarse_cell:
+        finer = _finer_levels(coarse, coarse_cell)
+        raise DiffrepError(f"--refine {fine} is not finer than the coarse descriptor {coarse.blocks[0]} (cells of "
+                           f"{fine_cell:g} and {coarse_cell:g} px); "
+                           + (f"finer: {', '.join(finer)}" if finer else "nothing here is finer"))
+    radius = radius if radius is not None else min(MAX_RADIUS, max(1, math.ceil(coarse_cell)))
+    return Refiner(describer, radius, temperature)
+
+
+def _finer_levels(coarse: Describer, coarse_cell: float) -> list[str]:
+    """The top-level blocks and classical describers whose cells are smaller than `coarse_cell`."""
+    blocks = [b.name for b in coarse.featurizer.feature_info() if b.top_level and b.stride < coarse_cell] \
+        if isinstance(coarse, DiffusionDescriber) else []
+    return blocks + (list(CLASSICAL) if coarse_cell > 1 else [])
