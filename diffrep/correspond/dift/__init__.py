@@ -1,5 +1,5 @@
 """DIFT: dense correspondence by cosine nearest neighbour of diffusion features (describers, the
-chunked matcher and its sub-pixel refinement, the warps / SPair-71k evaluation and t × block sweep,
+chunked matcher and its sub-pixel refinement, the warps / geo / SPair-71k evaluation and t × block sweep,
 pictures, and DIFT's published settings by name: `--reference dift-sd` / `dift-adm`)."""
 
 from .describe import Describer, DiffusionDescriber, category_prompt, concat_maps, daisy_describer, pixel_describer

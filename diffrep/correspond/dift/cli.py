@@ -98,7 +98,7 @@ def register(commands) -> None:
     refine = ("refine", "refine_t", "refine_radius", "refine_temperature")   # match-sweep scores coarse matches
     sweep_only, eval_only = ("ts", "blocks"), ("block", "t", "examples", *refine)
     p = commands.add("match-eval", lambda a: run_match_eval(from_args(MatchEvalConfig, a), a.out),
-                     help="PCK of DIFT matching on warps or SPair-71k, with baselines")
+                     help="PCK of DIFT matching on warps, geo or SPair-71k, with baselines")
     add_options(p, MatchEvalConfig, skip=sweep_only)
     p.add_argument("--out", default="runs/corr", help="run folder (default runs/corr)")
 

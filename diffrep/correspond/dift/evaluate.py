@@ -65,12 +65,13 @@ class DescriptorConfig(RunOn):
     scales: list | None = option(None, "image scales whose features are joined (default: the reference's (1), else "
                                        "1,0.5,0.25,0.125 for pixel UNets, 1 for latent UNets and DiT)", parse=float,
                                  many=True, above=0, max=4)
-    seed: int = option(0, "seed of the noise (and of the warps)")
+    seed: int = option(0, "seed of the noise (and of the warps and geo pairs: 1 validation, 0 test)")
     prompt: str | None = option(None, "text condition for conditional models (default: 'a photo of a {category}' "
                                       "when the category is known, else empty)", parse=str)
     mutual: bool = option(False, "keep only mutual nearest neighbours (others count as misses)")
-    size: int | None = option(None, "match: resize both images to SIZE×SIZE first; warps: image side (default "
-                                    "128); SPair: resize to SIZE×SIZE (default: the reference's)", parse=int, min=8)
+    size: int | None = option(None, "match: resize both images to SIZE×SIZE first; warps, geo: image side "
+                                    "(default 128); SPair: resize to SIZE×SIZE (default: the reference's)", parse=int,
+                              min=8)
     refine: str | None = option(None, "refine each match inside a window with a finer descriptor: a block or 'a+b' "
                                       "join of the same model (read at --refine-t, one image scale, the same "
                                       "ensemble and seed), or daisy or pixels (default: no refinement)", parse=str,
@@ -122,12 +123,15 @@ class DescriptorConfig(RunOn):
 
 @dataclass
 class MatchEvalConfig(DescriptorConfig):
-    benchmark: str = option("warps", "'warps' (bundled) or 'spair' (with --spair)", choices=("warps", "spair"))
+    benchmark: str = option("warps", "'warps' (bundled photographs, mild warps), 'geo' (unseen photographs rotated "
+                                     "±90° and zoomed ×0.5-2) or 'spair' (with --spair)",
+                            choices=("warps", "geo", "spair"))
     spair: str | None = option(None, "SPair-71k folder (PairAnnotation/, JPEGImages/); implies --benchmark spair",
                                parse=str)
     split: str = option("test", "SPair split: train, val or test (SPair's trn also accepted)",
                         choices=("train", "val", "test", "trn"))
-    pairs: int | None = option(None, "warps: number of pairs (default 120); SPair: at most this many", parse=int, min=1)
+    pairs: int | None = option(None, "warps, geo: number of pairs (default 120); SPair: at most this many", parse=int,
+                               min=1)
     baselines: bool = option(True, "skip the raw-pixel and DAISY baselines")
     examples: int = option(4, "match pictures written for the first pairs (match-eval)", min=0)
     ts: list | None = option(None, "noise levels (match-sweep; default 0,10,50,100,200, plus the reference's t)",
@@ -137,12 +141,14 @@ class MatchEvalConfig(DescriptorConfig):
 
     @property
     def benchmark_name(self) -> str:
-        return "spair" if self.spair or self.benchmark == "spair" else "warps"
+        return "spair" if self.spair else self.benchmark
 
     def load_pairs(self) -> tuple[list[Pair], int | None, str]:
-        if self.benchmark_name == "spair" and not self.spair:
+        if self.benchmark == "spair" and not self.spair:
             raise DiffrepError("the spair benchmark needs the SPair-71k folder: --spair /path/to/SPair-71k")
-        return load_pairs(self.spair or "warps", self.split, self.pairs, self.image_size, self.seed)
+        if self.spair and self.benchmark == "geo":   # warps is the default, so only geo can be a clash
+            raise DiffrepError("--spair runs the SPair-71k benchmark, --benchmark geo the bundled one: give one")
+        return load_pairs(self.spair or self.benchmark, self.split, self.pairs, self.image_size, self.seed)
 
 
 # ----------------------------------------------------------------------------- evaluation
