@@ -239,3 +239,43 @@ def test_a_run_stopped_half_way_keeps_the_rows_it_finished(unet_dir, labelled_fo
         ("diffusion", "linear 2×2"), ("diffusion", "mlp 2×2"), ("pixels", "linear 2×2"), ("pixels", "mlp 2×2"),
         ("random_weights", "linear 2×2")]
     assert not (out / "classify.json").exists()
+
+
+def _row(source, head, kind, accuracies, val, labels="all"):
+    return {"source": source, "head": head, "kind": kind, "accuracies": accuracies, "val_accuracy": val,
+            "labels_per_class": labels, "accuracy": sum(accuracies) / len(accuracies)}
+
+
+def test_fusion_and_feedback_are_compared_with_gdc_best_head_on_val():
+    from diffrep.classify.report import comparisons
+    rows = [_row("diffusion", "linear 4×4", "linear", [0.90, 0.91], 0.95),
+            _row("diffusion", "mlp 4×4", "mlp", [0.93, 0.93], 0.99),        # GDC's best on val
+            _row("diffusion", "attention", "attention", [0.95, 0.96], 0.97),  # best on test, not on val
+            _row("diffusion", "fusion", "fusion", [0.94, 0.94], 0.98),
+            _row("diffusion", "feedback", "feedback", [0.92, 0.92], 0.97)]
+    compared = {(c["a"], c["b"]): c["verdict"] for c in comparisons(rows)}
+    assert compared[("diffusion fusion", "diffusion mlp 4×4")] == "better"
+    assert compared[("diffusion feedback", "diffusion mlp 4×4")] == "worse"
+    assert compared[("diffusion fusion", "diffusion attention")] == "worse"
+    rows[2]["val_accuracy"] = 0.995   # attention best on val: compared once, not twice
+    pairs = [(c["a"], c["b"]) for c in comparisons(rows)]
+    assert pairs.count(("diffusion fusion", "diffusion attention")) == 1
+    assert ("diffusion fusion", "diffusion mlp 4×4") not in pairs
+
+
+def test_join_results_merges_runs_and_refuses_different_experiments():
+    from diffrep.classify.report import join_results
+    head = {"model": "m", "data": "d", "n_train": 10, "n_val": 2, "n_test": 5, "classes": ["a", "b"], "seeds": [0, 1]}
+    a = {**head, "heads": [_row("diffusion", "linear 4×4", "linear", [0.90, 0.91], 0.95),
+                           _row("diffusion", "attention", "attention", [0.95, 0.96], 0.97)]}
+    b = {**head, "sources_done": [], "heads": [_row("diffusion", "attention", "attention", [0.95, 0.96], 0.97),
+                                              _row("diffusion", "fusion", "fusion", [0.97, 0.98], 0.98)]}
+    joined = join_results([a, b], ["a.json", "b.json"])
+    assert [r["head"] for r in joined["heads"]] == ["linear 4×4", "attention", "fusion"]
+    assert ("diffusion fusion", "diffusion attention") in {(c["a"], c["b"]) for c in joined["comparisons"]}
+    assert joined["joined_from"] == ["a.json", "b.json"] and "sources_done" not in joined
+    with pytest.raises(ValueError, match="differs from a.json in seeds"):
+        join_results([a, {**b, "seeds": [0]}], ["a.json", "b.json"])
+    b["heads"][0] = _row("diffusion", "attention", "attention", [0.95, 0.90], 0.97)
+    with pytest.raises(ValueError, match="different scores"):
+        join_results([a, b], ["a.json", "b.json"])

@@ -51,6 +51,12 @@ def _best_linear(rows: list[dict], source: str) -> dict | None:
     return max(linear, key=lambda r: r["val_accuracy"] or 0) if linear else None
 
 
+def _best_on_val(rows: list[dict], source: str, kinds: tuple) -> dict | None:
+    """The source's head of one of `kinds` with the highest val accuracy (the first on ties)."""
+    found = [r for r in rows if r["source"] == source and r["kind"] in kinds and r["val_accuracy"] is not None]
+    return max(found, key=lambda r: r["val_accuracy"]) if found else None
+
+
 def _find(rows: list[dict], source: str, kind: str) -> dict | None:
     return next((r for r in rows if r["source"] == source and r["kind"] == kind), None)
 
@@ -59,7 +65,10 @@ def comparisons(rows: list[dict]) -> list[dict]:
     """The comparisons the survey's claims rest on, each as the difference of the means with its
     verdict against the spreads (`heads.recipe.compare`): every head against its own source's linear
     probe; diffusion attention against the CNN from scratch and against the same head on random
-    weights; DifFormer (fusion) against attention; DifFeed (feedback) against fusion and attention."""
+    weights; DifFormer (fusion) against attention; DifFeed (feedback) against fusion and attention; and
+    the three methods each at its best setting on validation: DifFormer and DifFeed against GDC's best
+    single-map head on diffusion features (the one with the highest val accuracy), when that is not
+    the attention head already compared."""
     rows = [r for r in rows if r.get("labels_per_class", "all") == "all"]
     pairs = []
     for source in dict.fromkeys(r["source"] for r in rows):
@@ -71,6 +80,9 @@ def comparisons(rows: list[dict]) -> list[dict]:
               (_find(rows, "diffusion", "fusion"), attention),
               (_find(rows, "diffusion", "feedback"), _find(rows, "diffusion", "fusion")),
               (_find(rows, "diffusion", "feedback"), attention)]
+    best = _best_on_val(rows, "diffusion", ("linear", "mlp", "cnn", "attention"))
+    if best is not None and best is not attention:
+        pairs += [(_find(rows, "diffusion", "fusion"), best), (_find(rows, "diffusion", "feedback"), best)]
     out = []
     for a, b in pairs:
         if a is None or b is None:
@@ -164,3 +176,37 @@ def plot_label_efficiency(result: dict, path: Path) -> None:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside the plot, not over the lines
     fig.tight_layout()
     save_figure(fig, path)
+
+
+SAME_RUN = ("model", "data", "n_train", "n_val", "n_test", "classes", "seeds")
+
+
+def join_results(results: list[dict], names: list[str]) -> dict:
+    """One `classify` result from several runs of the same model, data, splits and seeds (each a
+    classify.json or classify.partial.json, named by `names`): their rows in order, a head that
+    several runs trained taken from the first (and refused when its scores differ: the runs would
+    not be the same experiment), comparisons made again over all of them. For a table that is too
+    long for one process on a small machine, run in parts side by side."""
+    first = results[0]
+    for result, name in zip(results[1:], names[1:]):
+        for key in SAME_RUN:
+            if result.get(key) != first.get(key):
+                raise ValueError(f"{name} differs from {names[0]} in {key}: {result.get(key)} against {first.get(key)}")
+    rows, few, seen = [], [], {}
+    for result, name in zip(results, names):
+        for row in result["heads"]:
+            key = (row["source"], row["head"], row.get("labels_per_class", "all"))
+            if key in seen:
+                if seen[key]["accuracies"] != row["accuracies"]:
+                    raise ValueError(f"{name} and an earlier run both trained {' '.join(map(str, key))} with "
+                                     f"different scores ({row['accuracies']} against {seen[key]['accuracies']})")
+                continue
+            seen[key] = row
+            rows.append(row)
+        few += [r for r in result.get("label_efficiency", []) if r["labels_per_class"] != "all"]
+    joined = {**first, "heads": rows, "comparisons": comparisons(rows), "joined_from": names,
+              "timing_s": {name: r.get("timing_s") for name, r in zip(names, results)}}
+    joined.pop("sources_done", None)
+    if few:
+        joined["label_efficiency"] = few + [r for r in rows if r["kind"] != "feedback"]
+    return joined
