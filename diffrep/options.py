@@ -93,6 +93,13 @@ def noise_level(text: str):
     return int(value) if value.is_integer() else value
 
 
+@named("noise level(s) (one, or several comma-separated: 0,50)")
+def noise_levels(text: str):
+    """One noise level as `noise_level` gives it, or a list of them when several are given ("0,50")."""
+    levels = [noise_level(v) for v in text.split(",") if v.strip()]
+    return levels[0] if len(levels) == 1 else levels
+
+
 NUMBER = re.compile(r"^-[\d.]")
 
 

@@ -96,13 +96,14 @@ def register(commands) -> None:
     p.add_argument("--out", default="match.png", help="picture (.png); the JSON, features picture and flow go beside it")
 
     refine = ("refine", "refine_t", "refine_radius", "refine_temperature")   # match-sweep scores coarse matches
-    sweep_only, eval_only = ("ts", "blocks"), ("block", "t", "examples", *refine)
+    sweep_only, eval_only = ("ts", "blocks", "joins"), ("block", "t", "examples", *refine)
     p = commands.add("match-eval", lambda a: run_match_eval(from_args(MatchEvalConfig, a), a.out),
                      help="PCK of DIFT matching on warps, geo or SPair-71k, with baselines")
     add_options(p, MatchEvalConfig, skip=sweep_only)
     p.add_argument("--out", default="runs/corr", help="run folder (default runs/corr)")
 
     p = commands.add("match-sweep", lambda a: run_match_sweep(from_args(MatchEvalConfig, a), a.out),
-                     help="PCK and median EPE for every (t, block): table, JSON, heatmap of PCK@0.1")
+                     help="PCK and median EPE for every (t, block) and for joins of several (--joins): table, "
+                          "JSON, heatmap of PCK@0.1")
     add_options(p, MatchEvalConfig, skip=eval_only)
     p.add_argument("--out", default="runs/corr-sweep", help="run folder (default runs/corr-sweep)")

@@ -6,10 +6,24 @@ L2-normalised and concatenated (`concat_maps`). Images of the same size run as o
 several image scales the image is also described shrunk (or grown) and the scales are joined the
 same way, on the finest grid.
 
-- `DiffusionDescriber`: DIFT's descriptor, diffusion features of blocks at one noise level averaged
+- `DiffusionDescriber`: DIFT's descriptor, diffusion features of blocks at a noise level averaged
   over a noise ensemble (8 draws, DIFT's), with defaults by model family (`diffrep.core.blocks` for
   the block; `default_t`; `default_scales`), or DIFT's published settings by name (`reference.py`).
 - `pixel_describer()`, `daisy_describer()`: the classical baselines, through the same matcher.
+
+Hyper-features: a descriptor may join noise levels as well as blocks. Its parts are (block, t) maps:
+- `t=[0, 50]` reads every block of every descriptor at every level: 'a+b' is then a@0, a@50, b@0, b@50;
+- '@' names a block's own levels, binding to the block before it: 'mid_block@50+up_blocks.0@0' (the
+  semantic block under more noise, the fine one under less), 'a@0,50+b@0'; a block without '@' is
+  read at the describer's levels.
+Decisions: every part weighs the same (each L2-normalised over channels, as blocks already were; a
+weight per part would be one more thing to fit on validation, and the sweep's joins are the place to
+compare joins). Parts are joined in a fixed order, blocks in execution order and each block's levels
+ascending, so one join spelt two ways is one descriptor; its name is that canonical spelling, without
+levels when none were named with '@' (they are the describer's `t`, recorded beside it). A (block, t)
+part named twice is refused, not merged: it would weigh double. One forward per level reads every
+block at that level; a level's noise depends on (seed, image, draw, t) alone, so a join equals the
+same parts described one level at a time and joined by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ from ...core import Featurizer, load_backbone
 from ...data import match_channels
 from ...errors import DiffrepError
 from ...features import Cell, Daisy, DiffusionFeatures, RawPixels
+from ...options import noise_level
 from .reference import REFERENCES, Reference, reference as reference_of
 
 
@@ -40,13 +55,14 @@ def concat_maps(maps: list[torch.Tensor]) -> torch.Tensor:
 
 
 class Describer:
-    """Descriptor maps from `source` (see the module). `keys` maps each part of a descriptor to the
-    source's key; `stride`: image sides must be a multiple of it; `fixed_size`: the one size the source
-    takes (DiT), else None; `channels`: what images are converted to (None: as they are)."""
+    """Descriptor maps from `source` (see the module). `parts` maps each descriptor to the source keys
+    of its parts, joined in that order; `stride`: image sides must be a multiple of it; `fixed_size`:
+    the one size the source takes (DiT), else None; `channels`: what images are converted to (None: as
+    they are)."""
 
-    def __init__(self, source, keys: dict, descriptors: list[str], stride: int = 1, fixed_size: int | None = None,
+    def __init__(self, source, parts: dict[str, list], stride: int = 1, fixed_size: int | None = None,
                  scales: tuple = (1.0,), batch_size: int = 8, channels: int | None = None, conditional: bool = False):
-        self.source, self.keys, self.blocks = source, keys, descriptors
+        self.source, self.parts, self.blocks = source, parts, list(parts)
         self.stride, self.fixed_size, self.scales = stride, fixed_size, tuple(scales)
         self.batch_size, self.channels, self.conditional = batch_size, channels, conditional
 
@@ -78,7 +94,7 @@ class Describer:
                                      for i in part])
                 feats = self.source.maps(batch, prompt=prompt) if self.conditional else self.source.maps(batch)
                 for j, i in enumerate(part):
-                    out[i] = {d: concat_maps([feats[self.keys[p]][j] for p in d.split("+")]) for d in self.blocks}
+                    out[i] = {d: concat_maps([feats[key][j] for key in self.parts[d]]) for d in self.blocks}
         return out
 
 
@@ -95,13 +111,16 @@ DIFT_ENSEMBLE = 8   # DIFT's noise draws per image in both its settings: the ave
 
 
 class DiffusionDescriber(Describer):
-    """Diffusion features of one or more blocks at noise level t, averaged over `ensemble` noise draws.
-    The text prompt reaches conditional UNets only (pixel UNets and DiT take none).
+    """Diffusion features of one or more blocks at one or more noise levels t, averaged over `ensemble`
+    noise draws; a descriptor joins blocks and levels (see the module). The text prompt reaches
+    conditional UNets only (pixel UNets and DiT take none).
 
     Each setting left None comes from `reference` (a DIFT setting by name, `REFERENCES`: 'dift-sd',
     'dift-adm') when one is named, else from the defaults: the block from `diffrep.core.blocks`, t from
     `default_t` (by model family, never by block), ensemble 8 (DIFT's), scales from `default_scales`.
-    A given setting always wins, so `reference='dift-adm', t=50` is DIFT's ADM setting at t = 50."""
+    A given setting always wins, so `reference='dift-adm', t=50` is DIFT's ADM setting at t = 50.
+    `t` is one level or a list of levels; `self.t` is the level read, or the list (ascending) when several
+    are read, as the results JSON records it."""
 
     def __init__(self, featurizer: Featurizer, blocks: list[str] | str | None = None, t=None,
                  ensemble: int | None = None, seed: int = 0, precision: str = "fp32", batch_size: int = 8,
@@ -110,39 +129,97 @@ class DiffusionDescriber(Describer):
         self.reference, self.reference_name = reference_of(reference), reference
         if self.reference is not None and backbone.noise.kind != "vp":
             raise DiffrepError(f"reference {reference} gives DDPM timesteps; this model's noise levels are EDM σ")
+        self.featurizer = featurizer
         blocks = _setting(blocks, self.reference, "block", featurizer.default_blocks("match"))
-        blocks = [blocks] if isinstance(blocks, str) else list(blocks)
-        descriptors = ["+".join(featurizer.check_blocks(d.split("+"))) for d in blocks]
-        taps = featurizer.check_blocks([part for d in descriptors for part in d.split("+")])
-        self.t = backbone.noise.check(_setting(t, self.reference, "t", default_t(featurizer)))
+        levels = check_levels(_setting(t, self.reference, "t", default_t(featurizer)), backbone.noise)
+        parts = dict(self._resolve(spec, levels) for spec in ([blocks] if isinstance(blocks, str) else blocks))
+        taps = featurizer.check_blocks([c.block for cells in parts.values() for c in cells])
+        self.ts = sorted({c.t for cells in parts.values() for c in cells})   # one forward each
+        self.t = self.ts[0] if len(self.ts) == 1 else self.ts
         ensemble = _setting(ensemble, self.reference, "ensemble", DIFT_ENSEMBLE)
         if ensemble < 1:
             raise DiffrepError(f"ensemble must be ≥ 1, got {ensemble}")
         # every image gets the same noise (one draw per ensemble member), as DIFT does, whatever the batch
-        source = DiffusionFeatures(featurizer, taps, [self.t], ensemble, seed, shared_noise=True, precision=precision)
+        source = DiffusionFeatures(featurizer, taps, self.ts, ensemble, seed, shared_noise=True, precision=precision)
         scales = tuple(_setting(scales or None, self.reference, "scales", default_scales(featurizer)))
         # DiT takes its own size only; UNets run on any multiple of the total stride (what check_images demands)
         fixed_size = backbone.image_size if featurizer.is_dit else None
         if any(not 0 < sc <= 4 for sc in scales) or (fixed_size and scales != (1.0,)):
             raise DiffrepError(f"scales must lie in (0, 4] (and be 1 for DiT, which takes one size); got {scales}")
-        super().__init__(source, {b: Cell(self.t, b) for b in taps}, descriptors,
-                         stride=max(b.stride for b in featurizer.feature_info()), fixed_size=fixed_size, scales=scales,
-                         batch_size=batch_size, channels=backbone.image_channels,
+        super().__init__(source, parts, stride=max(b.stride for b in featurizer.feature_info()), fixed_size=fixed_size,
+                         scales=scales, batch_size=batch_size, channels=backbone.image_channels,
                          conditional=type(backbone.denoiser).__name__ == "UNet2DConditionModel")
-        self.featurizer, self.taps, self.ensemble, self.seed, self.precision = featurizer, taps, ensemble, seed, precision
+        self.taps, self.ensemble, self.seed, self.precision = taps, ensemble, seed, precision
+
+    def _resolve(self, spec: str, levels: list) -> tuple[str, list[Cell]]:
+        """A descriptor's canonical name and its (t, block) parts in join order (see the module)."""
+        noise, cells, named = self.featurizer.backbone.noise, [], False
+        for block, own in parse_descriptor(spec):
+            (block,) = self.featurizer.check_blocks([block])
+            try:
+                cells += [Cell(t, block) for t in (levels if own is None else check_levels(own, noise))]
+            except DiffrepError as err:   # a level off the schedule: say which descriptor holds it
+                raise DiffrepError(f"descriptor {spec!r}: {err}") from None
+            named = named or own is not None
+        twice = next((c for i, c in enumerate(cells) if c in cells[:i]), None)
+        if twice is not None:
+            raise DiffrepError(f"descriptor {spec!r} names {twice.block} at t={twice.t} twice: a part named twice "
+                               "would weigh double; name each (block, t) once")
+        order = {n: i for i, n in enumerate(self.featurizer.block_names())}
+        cells.sort(key=lambda c: (order[c.block], c.t))
+        by_block: dict[str, list] = {}
+        for c in cells:
+            by_block.setdefault(c.block, []).append(c.t)
+        name = "+".join(f"{b}@{','.join(map(str, ts))}" if named else b for b, ts in by_block.items())
+        return name, cells
 
     def cell(self, descriptor: str) -> float:
         """Image pixels per cell of the descriptor's map: its finest part's stride (a join is resized to
         its finest map), over the largest image scale."""
         strides = {b.name: b.stride for b in self.featurizer.feature_info()}
-        return min(strides[part] for part in descriptor.split("+")) / max(self.scales)
+        return min(strides[c.block] for c in self.parts[descriptor]) / max(self.scales)
 
     def settings(self) -> dict:
-        """What every results JSON records of this descriptor besides its blocks: the noise level, the
-        ensemble and scales actually used, the seed, and the reference with its own values (or None)."""
+        """What every results JSON records of this descriptor besides its blocks: the noise level(s) read
+        (a list when several), the ensemble and scales actually used, the seed, and the reference with its
+        own values (or None)."""
         ref = self.reference and {"name": self.reference_name, **self.reference.to_json()}
         return {"t": self.t, "ensemble": self.ensemble, "scales": list(self.scales), "seed": self.seed,
                 "reference": ref}
+
+
+def parse_descriptor(spec: str) -> list[tuple[str, list | None]]:
+    """A descriptor's parts as written: 'a@0,50+b' → [('a', [0, 50]), ('b', None)] ('@' binds to the
+    block before it; None: the describer's levels). Names and levels are checked against the model later."""
+    if not isinstance(spec, str):
+        raise DiffrepError(f"a descriptor is a block name or a join like 'a+b' or 'a@0,50+b@10', got {spec!r}")
+    parts = []
+    for part in spec.split("+"):
+        block, at, levels = (p.strip() for p in part.partition("@"))
+        items = [v.strip() for v in levels.split(",")] if at else []
+        if not block or any(not v for v in items):
+            raise DiffrepError(f"descriptor {spec!r} has an empty part: join blocks as 'a+b', each optionally at "
+                               "its own noise levels ('a@0,50+b@10')")
+        parts.append((block, [_level(v, spec) for v in items] if at else None))
+    return parts
+
+
+def _level(text: str, spec: str):
+    try:
+        return noise_level(text)
+    except ValueError:
+        raise DiffrepError(f"descriptor {spec!r}: noise level {text!r} is not a number") from None
+
+
+def check_levels(t, noise) -> list:
+    """Noise levels (one or a list) on the model's schedule, each once, ascending."""
+    levels = [noise.check(v) for v in (t if isinstance(t, (list, tuple)) else [t])]
+    if not levels:
+        raise DiffrepError("no noise levels given: give one (--t 0) or several (--t 0,50)")
+    twice = next((v for i, v in enumerate(levels) if v in levels[:i]), None)
+    if twice is not None:
+        raise DiffrepError(f"noise level t={twice} given twice: give each level once")
+    return sorted(levels)
 
 
 def _setting(given, ref: Reference | None, field: str, default):
@@ -177,9 +254,9 @@ def load_featurizer(model: str, device: str = "auto", precision: str = "fp32", *
 def pixel_describer(radius: int = 4) -> Describer:
     """Raw pixels of a (2r+1)² patch around each pixel, minus the patch mean: cosine = NCC."""
     name = f"pixels{2 * radius + 1}x{2 * radius + 1}"
-    return Describer(RawPixels(radius, centred=True, position=False, name=name), {name: name}, [name])
+    return Describer(RawPixels(radius, centred=True, position=False, name=name), {name: [name]})
 
 
 def daisy_describer(radius: int = 15) -> Describer:
     """scikit-image's DAISY on the grey image at every pixel."""
-    return Describer(Daisy(radius), {"daisy": "daisy"}, ["daisy"])
+    return Describer(Daisy(radius), {"daisy": ["daisy"]})

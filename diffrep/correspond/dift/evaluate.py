@@ -9,6 +9,16 @@ scores every (t, block) cell (all blocks come from one forward pass per t), writ
 and a heatmap of PCK@0.1 per point, and prints the table. Every method and cell has PCK at each α of
 `metrics.ALPHAS` (strict 0.01 to loose 0.15) and the median end-point error in pixels; α = 0.1 stays the
 headline (heatmap, best cell) as it is the one DIFT reports.
+
+Hyper-features in the sweep (`--joins`): rows that join several (block, t) cells into one descriptor,
+each part L2-normalised, equal weight (`describe.py`). By default one row, 'best': the sweep's two best
+blocks at its two best levels (blocks, and levels, ranked by their best cell), 2 × 2 parts: what a
+researcher would try first after reading the heatmap, with no weights to fit. Joins written out
+(`mid_block@50+up_blocks.0@0`) name every block's levels, as the sweep has no one t to read them at.
+The rows sit under the heatmap on its colour scale and in the table; `chosen` is the best of cells
+and joins. The sweep is the selection tool: run it on validation pairs (warps and geo `--seed 1`,
+SPair `--split val`), then score its choice once on test pairs with `match-eval` (`--seed 0`,
+`--split test`), so that the choice never sees the pairs it is scored on.
 """
 
 from __future__ import annotations
@@ -24,16 +34,18 @@ from ...data import Pair, load_pairs
 from ...core import RunOn
 from ...errors import DiffrepError
 from ...metrics import ALPHAS, correct_matches, pair_hits, score_matches
-from ...options import MODEL_HELP, check, named, noise_level, option
+from ...options import MODEL_HELP, check, named, noise_level, noise_levels, option
 from ...plotting import grid_rows, plot_grid
 from ...runs import header, locked, write_results
-from .describe import Describer, DiffusionDescriber, category_prompt, daisy_describer, load_featurizer, pixel_describer
+from .describe import (Describer, DiffusionDescriber, category_prompt, daisy_describer, load_featurizer,
+                       parse_descriptor, pixel_describer)
 from .reference import REFERENCES, reference, references_help
 from .matching import CHUNK, Matches, match_maps, prepare
 from .refine import MAX_RADIUS, Refiner, check_temperature, check_window, refiner
 from .pictures import draw_matches, draw_pca, pca_rgb
 
-HEADLINE = "0.1"  # the α of the heatmap and the "best" cell
+HEADLINE = "0.1"  # the α of the heatmap, the "best" cell and the join rule
+BEST = "best"     # the sweep's automatic join row (`best_join`)
 SWEEP_TS = [0, 10, 50, 100, 200]
 REFINED = "diffusion+refine"   # match-eval's row of the refined diffusion matches
 
@@ -53,13 +65,15 @@ class DescriptorConfig(RunOn):
     reference: str | None = option(None, "start from DIFT's published setting for a model family ("
                                          + references_help() + "; one scale); flags given as well override it",
                                    choices=tuple(REFERENCES), parse=str)
-    block: str | None = option(None, "block to match with (diffrep or guided-diffusion name); 'a+b' joins blocks "
+    block: str | None = option(None, "block to match with (diffrep or guided-diffusion name); 'a+b' joins blocks, "
+                                     "'a@50+b@0' gives a block its own noise levels, each part L2-normalised "
                                      "(default: the reference's, else up_blocks.1 in SD-sized latent UNets as DIFT, "
                                      "else mid_block)", parse=str)
-    t: float | None = option(None, "noise level: timestep (σ for EDM); default the reference's, else one per model "
-                                   "family whatever the block: 261 for latent DDPM models (DIFT's for Stable "
-                                   "Diffusion), else the lightest (0; σ_min for EDM), best on validation warps with "
-                                   "photos-ddpm", parse=noise_level)
+    t: float | list | None = option(None, "noise level: timestep (σ for EDM), or several (0,50: every block at "
+                                          "every level, joined); default the reference's, else one per model "
+                                          "family whatever the block: 261 for latent DDPM models (DIFT's for Stable "
+                                          "Diffusion), else the lightest (0; σ_min for EDM), best on validation "
+                                          "warps with photos-ddpm", parse=noise_levels)
     ensemble: int | None = option(None, "noise draws averaged (default: the reference's, else 8, DIFT's)", parse=int,
                                   min=1)
     scales: list | None = option(None, "image scales whose features are joined (default: the reference's (1), else "
@@ -72,12 +86,12 @@ class DescriptorConfig(RunOn):
     size: int | None = option(None, "match: resize both images to SIZE×SIZE first; warps, geo: image side "
                                     "(default 128); SPair: resize to SIZE×SIZE (default: the reference's)", parse=int,
                               min=8)
-    refine: str | None = option(None, "refine each match inside a window with a finer descriptor: a block or 'a+b' "
-                                      "join of the same model (read at --refine-t, one image scale, the same "
-                                      "ensemble and seed), or daisy or pixels (default: no refinement)", parse=str,
-                                metavar="FINE")
-    refine_t: float | None = option(None, "noise level of the --refine block (default the model's lightest: fine "
-                                          "detail is what light noise leaves intact)", parse=noise_level)
+    refine: str | None = option(None, "refine each match inside a window with a finer descriptor: a block or join "
+                                      "of the same model, as --block spells them (read at --refine-t, one image "
+                                      "scale, the same ensemble and seed), or daisy or pixels (default: no "
+                                      "refinement)", parse=str, metavar="FINE")
+    refine_t: float | list | None = option(None, "noise level(s) of the --refine block (default the model's lightest: "
+                                                 "fine detail is what light noise leaves intact)", parse=noise_levels)
     refine_radius: int | None = option(None, f"refinement window of (2R+1)² pixels, R from 1 to {MAX_RADIUS} "
                                              "(default one coarse cell, the block's stride: the coarse match is "
                                              "mostly within a cell of the truth, and a wider window only offers the "
@@ -138,6 +152,27 @@ class MatchEvalConfig(DescriptorConfig):
                              parse=noise_level, many=True, flag="--t")
     blocks: list | None = option(None, "blocks (match-sweep; default: every top-level block, plus the reference's "
                                        "block)", many=True)
+    joins: str = option(BEST, "hyper-feature rows (match-sweep): ';'-separated joins whose every block names its "
+                              "levels ('mid_block@0,50+up_blocks.0@0,50;mid_block@50+up_blocks.0@0'), and/or "
+                              f"'{BEST}': the sweep's two best blocks at its two best levels (each ranked by its best "
+                              "cell's PCK@0.1); 'none': no join row", parse=str)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.join_specs()   # malformed joins refused before any model is loaded
+
+    def join_specs(self) -> list[str]:
+        """--joins as a list of descriptors and the word 'best' (see `sweep_joins`)."""
+        specs = [j.strip() for j in self.joins.split(";") if j.strip()]
+        if not specs:
+            raise DiffrepError(f"--joins {self.joins!r} holds no join: give e.g. '{BEST}', "
+                               "'mid_block@0,50+up_blocks.0@0,50', or 'none'")
+        if specs == ["none"]:
+            return []
+        for spec in specs:
+            if spec != BEST:
+                check_join(spec)
+        return specs
 
     @property
     def benchmark_name(self) -> str:
@@ -223,7 +258,7 @@ def _per_pair(pairs: list[Pair], matches: list[Matches]) -> dict[str, float]:
 
 def refine_text(settings: dict) -> str:
     """A refinement's settings as the commands print them: 'refined by up_blocks.1 t=0, window 5×5, hard'."""
-    t = "" if settings["t"] is None else f" t={settings['t']}"
+    t = "" if settings["t"] is None else f" t={levels_text(settings['t'])}"
     n, temp = settings["window"], settings["temperature"]
     return f"refined by {settings['fine']}{t}, window {n}×{n}, " + ("hard" if temp is None else f"T={temp:g}")
 
@@ -232,7 +267,12 @@ def settings_line(describer: DiffusionDescriber, refine: Refiner | None = None) 
     """t, ensemble, scales and reference of a describer (and its refinement), as the commands print them."""
     ref = f" (reference {describer.reference_name})" if describer.reference else ""
     fine = f"; {refine_text(refine.settings())}" if refine else ""
-    return f"t={describer.t} ensemble {describer.ensemble} scales {list(describer.scales)}{ref}{fine}"
+    return f"t={levels_text(describer.t)} ensemble {describer.ensemble} scales {list(describer.scales)}{ref}{fine}"
+
+
+def levels_text(t) -> str:
+    """A noise level, or several as the command line takes them: '0', '0,50'."""
+    return ",".join(map(str, t)) if isinstance(t, list) else str(t)
 
 
 def _header(cfg: MatchEvalConfig, pairs: list[Pair], rule: str, start: float) -> dict:
@@ -252,7 +292,7 @@ def _examples(describer, pairs: list[Pair], matches, size, prompt, out: Path) ->
         ok = correct_matches(m.points, pair.target_points, pair.threshold_size, 0.1)
         how = "" if m.coarse is None else ", refined"
         draw_matches(src, tgt, pair.source_points, m.points, out / f"example-{pair.name}.png", ok,
-                     f"{pair.name}: {describer.blocks[0]} t={describer.t}{how}")
+                     f"{pair.name}: {describer.blocks[0]} t={levels_text(describer.t)}{how}")
     if pairs:
         images = pairs[0].images()
         prepared = [prepare(im, describer.stride, size or describer.fixed_size) for im in images]
@@ -266,7 +306,8 @@ def format_eval_table(result: dict) -> str:
     """PCK (%) at each α and the median EPE (pixels), per point and per image, one row per method."""
     alphas = [str(a) for a in result["alphas"]]
     labels = {name: f"{name} ({r['descriptor']})" if "block" not in r else
-              f"{name} ({r['block']}, t={r['t']}" + (f"; {refine_text(r['refine'])})" if "refine" in r else ")")
+              f"{name} ({r['block']}, t={levels_text(r['t'])}"
+              + (f"; {refine_text(r['refine'])})" if "refine" in r else ")")
               for name, r in result["methods"].items()}
     width = max(34, *(len(v) + 2 for v in labels.values()))
     pair = "pt".rjust(7) + "img".rjust(6)   # each column group: per point, then per image
@@ -293,6 +334,10 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
         pairs, size, rule = cfg.load_pairs()
         featurizer = load_featurizer(cfg.model, cfg.device, cfg.precision, **cfg.model_options())
         ts, blocks = sweep_axes(cfg, featurizer)
+        specs = cfg.join_specs()
+        given = [j for j in specs if j != BEST]
+        if given:   # block names and levels checked before the grid runs
+            _join_describer(cfg, featurizer, given)
         cells = []
         for t in ts:
             describer = DiffusionDescriber(featurizer, blocks, t, cfg.ensemble, cfg.seed, cfg.precision,
@@ -302,16 +347,82 @@ def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
             row = zip(blocks, cells[-len(blocks):])
             print(f"t={t}: PCK@{HEADLINE} (median EPE px) " + ", ".join(
                 f"{b} {c[HEADLINE]['per_point']:.1f} ({c['median_epe']['per_point']:.2f})" for b, c in row))
+        joins = sweep_joins(cfg, featurizer, pairs, size, specs, cells, blocks)
         baselines = _score_baselines(pairs, size, cfg.mutual) if cfg.baselines else None
         fixed = {k: v for k, v in describer.settings().items() if k != "t"}   # the same in every row
+        best = max(cells, key=_headline)
         result = {**_header(cfg, pairs, rule, start), **fixed, "ts": ts, "blocks": blocks, "cells": cells,
-                  "best": max(cells, key=lambda c: c[HEADLINE]["per_point"]),
+                  "best": best, "joins": joins, "join_rule": JOIN_RULE, "chosen": _chosen(best, joins),
                   "heatmap": f"PCK@{HEADLINE} per point (%)", **({"baselines": baselines} if baselines else {})}
         write_results(out, "match-sweep", result, cfg)
         plot_sweep(result, out / "heatmap.png")
         print(format_sweep_table(result))
         print(f"wrote {out / 'match-sweep.json'} and {out / 'heatmap.png'} ({result['timing_s']['total']:.0f} s)")
         return result
+
+
+JOIN_RULE = (f"each (block, t) part L2-normalised over channels, concatenated with equal weight; '{BEST}': the "
+             f"sweep's two best blocks at its two best levels, each ranked by its best cell's PCK@{HEADLINE}")
+
+
+def _headline(row: dict) -> float:
+    return row[HEADLINE]["per_point"]
+
+
+def check_join(spec: str) -> None:
+    """A sweep's join names every block's levels (the sweep has no one t to read a bare block at) and
+    joins two (block, t) parts or more (one is a cell of the grid)."""
+    parts = parse_descriptor(spec)
+    bare = next((b for b, levels in parts if levels is None), None)
+    if bare is not None:
+        raise DiffrepError(f"--joins {spec!r}: give {bare} its noise levels ({bare}@0 or {bare}@0,50): the sweep "
+                           "has no one t to read it at")
+    if sum(len(levels) for _, levels in parts) < 2:
+        raise DiffrepError(f"--joins {spec!r} is one (block, t) map, a cell of the grid: a join needs two or more")
+
+
+def best_join(cells: list[dict], blocks: list[str]) -> str | None:
+    """The sweep's two best blocks (execution order) at its two best levels (ascending), each ranked by
+    its best cell; None when the grid has a single cell."""
+    def top(axis: str) -> list:
+        ranked = dict.fromkeys(c[axis] for c in sorted(cells, key=_headline, reverse=True))   # stable on ties
+        return list(ranked)[:2]
+    chosen, levels = [b for b in blocks if b in top("block")], sorted(top("t"))
+    if len(chosen) * len(levels) < 2:
+        return None
+    return "+".join(f"{b}@{','.join(map(str, levels))}" for b in chosen)
+
+
+def _join_describer(cfg: MatchEvalConfig, featurizer, specs: list[str]) -> DiffusionDescriber:
+    """One describer of all joins: one forward per level any of them reads, the grid's other settings."""
+    return DiffusionDescriber(featurizer, specs, None, cfg.ensemble, cfg.seed, cfg.precision, scales=cfg.scales,
+                              reference=cfg.reference)
+
+
+def sweep_joins(cfg: MatchEvalConfig, featurizer, pairs, size, specs: list[str], cells: list[dict],
+                blocks: list[str]) -> list[dict]:
+    """The join rows: each join's descriptor (canonical name), its parts, whether it is the 'best' rule's,
+    and its scores (every α's PCK and the median EPE)."""
+    best = best_join(cells, blocks) if BEST in specs else None
+    specs = [best if s == BEST else s for s in specs if s != BEST or best is not None]
+    if not specs:
+        return []
+    describer = _join_describer(cfg, featurizer, specs)
+    matches = predict(describer, pairs, size, cfg.prompt, cfg.mutual, desc=f"{len(describer.blocks)} join(s)")
+    rows = [{"join": d, "parts": [{"t": c.t, "block": c.block} for c in describer.parts[d]], "best_rule": d == best,
+             **score_matches(pairs, matches[d])} for d in describer.blocks]
+    for r in rows:
+        print(f"join {r['join']}: PCK@{HEADLINE} {_headline(r):.1f} ({r['median_epe']['per_point']:.2f})")
+    return rows
+
+
+def _chosen(best: dict, joins: list[dict]) -> dict:
+    """The best of the grid's cells and the joins, with the match-eval flags that score it."""
+    join = max(joins, key=_headline, default=None)
+    if join is not None and _headline(join) > _headline(best):
+        return {"block": join["join"], "t": None, HEADLINE: join[HEADLINE], "flags": f"--block {join['join']}"}
+    return {"block": best["block"], "t": best["t"], HEADLINE: best[HEADLINE],
+            "flags": f"--block {best['block']} --t {best['t']}"}
 
 
 def sweep_axes(cfg: MatchEvalConfig, featurizer) -> tuple[list, list[str]]:
@@ -345,7 +456,7 @@ def _baseline_line(result: dict) -> str:
 
 def format_sweep_table(result: dict) -> str:
     """The headline PCK grid and the median EPE grid (t × block, per point), the best cell with all its
-    scores, and the baselines."""
+    scores, the join rows with all theirs, the choice, and the baselines."""
     ts, blocks = result["ts"], result["blocks"]
     lines = [f"PCK@{HEADLINE} per point (%) on {result['benchmark']} ({result['n_pairs']} pairs), t × block",
              *grid_rows(sweep_grid(result), ts, blocks, min_width=9),
@@ -355,6 +466,14 @@ def format_sweep_table(result: dict) -> str:
     lines.append(f"best: t={best['t']} {best['block']}: PCK@{HEADLINE} {best[HEADLINE]['per_point']:.1f} per point, "
                  f"{best[HEADLINE]['per_image']:.1f} per image")
     lines.append(f"  per point: {_scores(best)}; median EPE per image {best['median_epe']['per_image']:.2f} px")
+    joins = result.get("joins") or []
+    if joins:
+        lines.append("joins (hyper-features: each (block, t) part L2-normalised, equal weight), per point:")
+        lines += [f"  {r['join']}{f' ({BEST})' if r['best_rule'] else ''}: {_scores(r)}" for r in joins]
+    if "chosen" in result:
+        chosen = result["chosen"]
+        lines.append(f"chosen: {chosen['flags']} (PCK@{HEADLINE} {chosen[HEADLINE]['per_point']:.1f}); choose on "
+                     "validation pairs (--seed 1, SPair --split val), score once on test with match-eval")
     return "\n".join(filter(None, [*lines, _baseline_line(result)]))
 
 
@@ -363,5 +482,6 @@ def plot_sweep(result: dict, path: Path) -> None:
     best = result["best"]
     star = (result["ts"].index(best["t"]), result["blocks"].index(best["block"]))
     title = f"PCK@{HEADLINE} per point (%), {result['model']} on {result['benchmark']} ({result['n_pairs']} pairs)"
+    joins = [(r["join"], _headline(r)) for r in result.get("joins") or []]
     plot_grid(grid, result["ts"], result["blocks"], star, "\n".join(filter(None, [title, _baseline_line(result)])),
-              "PCK (%)", path)
+              "PCK (%)", path, extra=joins)
