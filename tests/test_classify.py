@@ -242,7 +242,7 @@ def test_a_run_stopped_half_way_keeps_the_rows_it_finished(unet_dir, labelled_fo
 
 
 def _row(source, head, kind, accuracies, val, labels="all"):
-    return {"source": source, "head": head, "kind": kind, "accuracies": accuracies, "val_accuracy": val,
+    return {"source": source, "head": head, "kind": kind, "pool": None, "accuracies": accuracies, "val_accuracy": val,
             "labels_per_class": labels, "accuracy": sum(accuracies) / len(accuracies)}
 
 
@@ -272,6 +272,9 @@ def test_join_results_merges_runs_and_refuses_different_experiments():
                                               _row("diffusion", "fusion", "fusion", [0.97, 0.98], 0.98)]}
     joined = join_results([a, b], ["a.json", "b.json"])
     assert [r["head"] for r in joined["heads"]] == ["linear 4×4", "attention", "fusion"]
+    c = {**head, "heads": [_row("diffusion", "mlp 2×2", "mlp", [0.9, 0.9], 0.9)]}
+    assert [r["head"] for r in join_results([b, c, a], ["b", "c", "a"])["heads"]] == \
+        ["linear 4×4", "mlp 2×2", "attention", "fusion"]   # ordered as one run would order them
     assert ("diffusion fusion", "diffusion attention") in {(c["a"], c["b"]) for c in joined["comparisons"]}
     assert joined["joined_from"] == ["a.json", "b.json"] and "sources_done" not in joined
     with pytest.raises(ValueError, match="differs from a.json in seeds"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..heads.classifier import HEADS
 from ..heads.recipe import compare
 from ..plotting import pyplot, save_figure
 
@@ -204,6 +205,9 @@ def join_results(results: list[dict], names: list[str]) -> dict:
             seen[key] = row
             rows.append(row)
         few += [r for r in result.get("label_efficiency", []) if r["labels_per_class"] != "all"]
+    sources = list(dict.fromkeys(r["source"] for r in rows))
+    rows.sort(key=lambda r: (sources.index(r["source"]), HEADS.index(r["kind"]),
+                             r.get("pool") or 0))   # as one run orders them: by source, then head, then pool
     joined = {**first, "heads": rows, "comparisons": comparisons(rows), "joined_from": names,
               "timing_s": {name: r.get("timing_s") for name, r in zip(names, results)}}
     joined.pop("sources_done", None)

@@ -37,6 +37,8 @@ from functools import lru_cache
 
 import numpy as np
 import skimage.data
+from matplotlib import cbook
+from matplotlib.colors import LightSource
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -51,13 +53,11 @@ UNSEEN = ("grace_hopper", "terrain", "text", "page")
 
 def _matplotlib_sample(name: str) -> str:
     """The path of a file of matplotlib's sample data (installed with it; no network)."""
-    from matplotlib import cbook   # here, not at the top: most uses of photos never need matplotlib
     return str(cbook.get_sample_data(name, asfileobj=False))
 
 
 def _terrain() -> np.ndarray:
     """matplotlib's Jacksboro fault elevations hill-shaded at true relief: H×W float in [0, 1]."""
-    from matplotlib.colors import LightSource
     with np.load(_matplotlib_sample("jacksboro_fault_dem.npz")) as dem:
         # The cells are given in degrees; the gradient needs them in metres, as the elevations are.
         dy = 111_200 * float(dem["dy"])

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ...errors import DiffrepError
 from ...features import PEAK, sample_at
 from .describe import Describer, DiffusionDescriber, daisy_describer, pixel_describer
-from .matching import Prepared, check_points, pixel_grid
+from .frames import Prepared, check_points, pixel_grid
 
 MAX_RADIUS = 64         # a window of 129² pixels: beyond that, match at a finer stride instead
 WINDOW_PIXELS = 16384   # window pixels compared at once by default (16384 × C floats of fine descriptors)
