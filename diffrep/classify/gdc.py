@@ -58,7 +58,8 @@ from .ddae import labelled_splits
 from .diffeed import check_model, train_feedback_row
 from .difformer import fusion_layout, fusion_spec
 from .reference import REFERENCES, apply_reference, check_numbering, resolved
-from .report import comparisons, format_comparisons, format_label_efficiency, format_row, format_table, plot_label_efficiency, plot_table
+from .report import (comparisons, format_comparisons, format_label_efficiency, format_row, format_table,
+                     label_efficiency, plot_label_efficiency, plot_table)
 
 DEFAULT_TS = [25, 50, 100]
 PIXELS, RANDOM, DIFFUSION = "pixels", "random_weights", "diffusion"
@@ -377,16 +378,18 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
                   "augment": {"copies": cfg.augment, "distortion": asdict(cfg.distortion)} if cfg.augment else None,
                   "heads": rows, "comparisons": comparisons(rows)}
         if cfg.labels_per_class:
-            result["label_efficiency"] = few + [r for r in rows if r["kind"] != "feedback"]
+            result["label_efficiency"] = label_efficiency(few, rows)
         return result
 
     done = []
 
-    def keep(row: dict, into: list) -> None:
-        # every finished row at once, beside (not over) any finished classify.json: a long run stopped
-        # half-way keeps what it trained
-        into.append(row)
+    def save_partial() -> None:
+        # beside (not over) any finished classify.json: a long run stopped half-way keeps what it trained
         write_json(out / "classify.partial.json", {**assemble(), "sources_done": done})
+
+    def keep(row: dict, into: list) -> None:
+        into.append(row)
+        save_partial()   # every finished row at once
 
     for name in sources:
         t0 = time.time()
@@ -403,7 +406,7 @@ def _classify(cfg: ClassifyConfig, out: Path, device, state) -> dict | None:
                         chosen, factor, on_row=lambda row: keep(row, few))
         timing[f"{name}_heads"] = round(time.time() - t0, 1)
         done.append(name)
-        write_json(out / "classify.partial.json", {**assemble(), "sources_done": done})
+        save_partial()
     timing["total"] = round(time.time() - start, 1)
     result = assemble()
     write_results(out, "classify", result, cfg)

@@ -186,25 +186,18 @@ def join_results(results: list[dict], names: list[str]) -> dict:
     """One `classify` result from several runs of the same model, data, splits and seeds (each a
     classify.json or classify.partial.json, named by `names`): their rows in order, a head that
     several runs trained taken from the first (and refused when its scores differ: the runs would
-    not be the same experiment), comparisons made again over all of them. For a table that is too
+    not be the same experiment; few-label rows alike), comparisons made again over all of them. For a table that is too
     long for one process on a small machine, run in parts side by side."""
     first = results[0]
     for result, name in zip(results[1:], names[1:]):
         for key in SAME_RUN:
             if result.get(key) != first.get(key):
                 raise ValueError(f"{name} differs from {names[0]} in {key}: {result.get(key)} against {first.get(key)}")
-    rows, few, seen = [], [], {}
-    for result, name in zip(results, names):
-        for row in result["heads"]:
-            key = (row["source"], row["head"], row.get("labels_per_class", "all"))
-            if key in seen:
-                if seen[key]["accuracies"] != row["accuracies"]:
-                    raise ValueError(f"{name} and an earlier run both trained {' '.join(map(str, key))} with "
-                                     f"different scores ({row['accuracies']} against {seen[key]['accuracies']})")
-                continue
-            seen[key] = row
-            rows.append(row)
-        few += [r for r in result.get("label_efficiency", []) if r["labels_per_class"] != "all"]
+    seen: dict = {}
+    rows = [r for result, name in zip(results, names) for r in _new_rows(result["heads"], name, seen)]
+    few = [r for result, name in zip(results, names)
+           for r in _new_rows([r for r in result.get("label_efficiency", []) if r["labels_per_class"] != "all"],
+                              name, seen)]
     sources = list(dict.fromkeys(r["source"] for r in rows))
     rows.sort(key=lambda r: (sources.index(r["source"]), HEADS.index(r["kind"]),
                              r.get("pool") or 0))   # as one run orders them: by source, then head, then pool
@@ -212,5 +205,26 @@ def join_results(results: list[dict], names: list[str]) -> dict:
               "timing_s": {name: r.get("timing_s") for name, r in zip(names, results)}}
     joined.pop("sources_done", None)
     if few:
-        joined["label_efficiency"] = few + [r for r in rows if r["kind"] != "feedback"]
+        joined["label_efficiency"] = label_efficiency(few, rows)
     return joined
+
+
+def _new_rows(rows: list[dict], name: str, seen: dict) -> list[dict]:
+    """The rows of run `name` not yet in `seen` ({(source, head, labels per class): row}, updated); a
+    row seen before must have the same scores, or the runs are not one experiment."""
+    new = []
+    for row in rows:
+        key = (row["source"], row["head"], row.get("labels_per_class", "all"))
+        if key not in seen:
+            seen[key] = row
+            new.append(row)
+        elif seen[key]["accuracies"] != row["accuracies"]:
+            raise ValueError(f"{name} and an earlier run both trained {' '.join(map(str, key))} with "
+                             f"different scores ({row['accuracies']} against {seen[key]['accuracies']})")
+    return new
+
+
+def label_efficiency(few: list[dict], rows: list[dict]) -> list[dict]:
+    """The label-efficiency rows: the few-label ones and every all-label row but DifFeed's (which
+    trains live and has no few-label rows)."""
+    return few + [r for r in rows if r["kind"] != "feedback"]

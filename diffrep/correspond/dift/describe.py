@@ -161,7 +161,7 @@ class DiffusionDescriber(Describer):
             except DiffrepError as err:   # a level off the schedule: say which descriptor holds it
                 raise DiffrepError(f"descriptor {spec!r}: {err}") from None
             named = named or own is not None
-        twice = next((c for i, c in enumerate(cells) if c in cells[:i]), None)
+        twice = _first_repeat(cells)
         if twice is not None:
             raise DiffrepError(f"descriptor {spec!r} names {twice.block} at t={twice.t} twice: a part named twice "
                                "would weigh double; name each (block, t) once")
@@ -216,10 +216,15 @@ def check_levels(t, noise) -> list:
     levels = [noise.check(v) for v in (t if isinstance(t, (list, tuple)) else [t])]
     if not levels:
         raise DiffrepError("no noise levels given: give one (--t 0) or several (--t 0,50)")
-    twice = next((v for i, v in enumerate(levels) if v in levels[:i]), None)
+    twice = _first_repeat(levels)
     if twice is not None:
         raise DiffrepError(f"noise level t={twice} given twice: give each level once")
     return sorted(levels)
+
+
+def _first_repeat(items: list):
+    """The first item that equals an earlier one, or None."""
+    return next((v for i, v in enumerate(items) if v in items[:i]), None)
 
 
 def _setting(given, ref: Reference | None, field: str, default):

@@ -41,7 +41,7 @@ from .describe import (Describer, DiffusionDescriber, category_prompt, daisy_des
                        parse_descriptor, pixel_describer)
 from .reference import REFERENCES, reference, references_help
 from .matching import CHUNK, Matches, match_maps, prepare
-from .refine import MAX_RADIUS, Refiner, check_temperature, check_window, refiner
+from .refine import MAX_RADIUS, Refiner, check_settings, refiner
 from .pictures import draw_matches, draw_pca, pca_rgb
 
 HEADLINE = "0.1"  # the α of the heatmap, the "best" cell and the join rule
@@ -113,10 +113,7 @@ class DescriptorConfig(RunOn):
             if stray:
                 raise DiffrepError(f"{stray[0]} needs --refine FINE (a finer block of the model, daisy or pixels)")
             return
-        if self.refine_radius is None:   # its default needs the model: `refine.refiner` picks it
-            check_temperature(self.refine_temperature)
-        else:
-            check_window(self.refine_radius, self.refine_temperature)
+        check_settings(self.refine_radius, self.refine_temperature)   # a radius left None: `refiner` picks it
 
     @property
     def image_size(self) -> int | None:

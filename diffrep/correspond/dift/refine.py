@@ -62,6 +62,14 @@ def check_window(radius, temperature) -> None:
     check_temperature(temperature)
 
 
+def check_settings(radius, temperature) -> None:
+    """`check_window`, where radius None stands for the default that `refiner` takes from the model."""
+    if radius is None:
+        check_temperature(temperature)
+    else:
+        check_window(radius, temperature)
+
+
 def check_temperature(temperature) -> None:
     if temperature is None:
         return
@@ -179,9 +187,7 @@ def refiner(coarse: Describer, fine: str, t=None, radius: int | None = None,
     'pixels', or a block or 'a+b' join of the coarse describer's model at noise level t (default the
     lightest). `radius` None: one coarse cell. Refused when `fine` has no smaller cells than the coarse
     descriptor."""
-    if radius is not None:   # checked before any describer is built
-        check_window(radius, temperature)
-    check_temperature(temperature)
+    check_settings(radius, temperature)   # before any describer is built
     if fine in CLASSICAL:
         if t is not None:
             raise DiffrepError(f"a noise level (--refine-t {t}) is for a diffusion block; {fine} has none")
