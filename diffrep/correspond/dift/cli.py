@@ -14,7 +14,8 @@ from ...options import add_options, from_args, option
 from ...runs import output_file, write_json
 from .describe import category_prompt, load_featurizer
 from .evaluate import DescriptorConfig, MatchEvalConfig, run_match_eval, run_match_sweep, settings_line
-from .matching import dense_flow, match
+from .frames import check_points
+from .matching import dense_flow, describe_pair, match_maps
 from .pictures import draw_matches, draw_pca, pca_rgb
 
 
@@ -47,8 +48,8 @@ def grid_points(hw: tuple[int, int], n: int = 4) -> torch.Tensor:
 class MatchConfig(DescriptorConfig):
     points: str | None = option(None, 'source points "x,y;x,y" in pixels (default: a 4×4 grid)', parse=str)
     category: str | None = option(None, "object category, for the prompt 'a photo of a {category}'", parse=str)
-    flow: bool = option(False, "also write the dense flow (every source pixel) as <out>-flow.npz (coarse: "
-                               "--refine moves the --points matches only)")
+    flow: bool = option(False, "also write the dense flow (every source pixel) as <out>-flow.npz (refined "
+                               "too with --refine)")
 
 
 def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) -> dict:
@@ -62,8 +63,9 @@ def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) ->
     describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision, **cfg.model_options()))
     refine = cfg.refiner(describer)
     prompt = cfg.prompt if cfg.prompt is not None else category_prompt(cfg.category)
-    found, (src, tgt), (fs, ft) = match(describer, source, target, points, cfg.image_size, prompt, cfg.mutual,
-                                        refine=refine)
+    points = check_points(points, tuple(source.shape[-2:]), "source points")
+    (src, tgt), (fs, ft), refinement = describe_pair(describer, source, target, cfg.image_size, prompt, refine)
+    found = match_maps(fs, src, ft, tgt, points, cfg.mutual, refine=refinement)
     record = {"source": source_path, "target": target_path, "model": cfg.model, "block": describer.blocks[0],
               **describer.settings(), "refine": refine.settings() if refine else None, "precision": cfg.precision,
               "device": cfg.device, "prompt": prompt, "size": cfg.image_size,
@@ -71,7 +73,7 @@ def run_match(cfg: MatchConfig, source_path: str, target_path: str, out: str) ->
                              "'target' is refined and 'coarse' the match before refinement",
               "matches": found.to_json(points)}
     if cfg.flow:   # computed before any file is written: a failure leaves nothing half-written
-        flow, sim = dense_flow(fs, src, ft, tgt)
+        flow, sim = dense_flow(fs, src, ft, tgt, refine=refinement)
         target_xy = tgt.to_input(flow.view(-1, 2)).view(flow.shape)
     title = f"{describer.blocks[0]} {settings_line(describer, refine)}"
     draw_matches(source, target, points, found.points, out, title=title)
@@ -95,7 +97,8 @@ def register(commands) -> None:
     add_options(p, MatchConfig)
     p.add_argument("--out", default="match.png", help="picture (.png); the JSON, features picture and flow go beside it")
 
-    refine = ("refine", "refine_t", "refine_radius", "refine_temperature")   # match-sweep scores coarse matches
+    refine = ("refine", "refine_t", "refine_radius", "refine_temperature", "refine_coarse_weight",
+              "refine_min_similarity", "refine_mutual")   # match-sweep scores coarse matches
     sweep_only, eval_only = ("ts", "blocks", "joins"), ("block", "t", "examples", *refine)
     p = commands.add("match-eval", lambda a: run_match_eval(from_args(MatchEvalConfig, a), a.out),
                      help="PCK of DIFT matching on warps, geo or SPair-71k, with baselines")

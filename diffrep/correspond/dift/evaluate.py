@@ -93,12 +93,23 @@ class DescriptorConfig(RunOn):
     refine_t: float | list | None = option(None, "noise level(s) of the --refine block (default the model's lightest: "
                                                  "fine detail is what light noise leaves intact)", parse=noise_levels)
     refine_radius: int | None = option(None, f"refinement window of (2R+1)² pixels, R from 1 to {MAX_RADIUS} "
-                                             "(default one coarse cell, the block's stride: the coarse match is "
-                                             "mostly within a cell of the truth, and a wider window only offers the "
-                                             "fine descriptor lookalikes)", parse=int, metavar="R")
+                                             "(default half a coarse cell: the coarse match is mostly within half "
+                                             "a cell of the truth, and a wider window mostly offers the fine "
+                                             "descriptor lookalikes)", parse=int, metavar="R")
     refine_temperature: float | None = option(None, "soft-argmax temperature (> 0) for sub-pixel matches; 'hard' "
                                                     "(default): the best pixel of the window", parse=temperature,
                                               metavar="T")
+    refine_coarse_weight: float | None = option(None, "share W of the coarse descriptor's cosine in the refinement "
+                                                      "window's similarity, from 0 up to 1 (default 0: the fine "
+                                                      "descriptor alone); it keeps flat or repeated patches from "
+                                                      "pulling a match to a lookalike", parse=float, metavar="W")
+    refine_min_similarity: float | None = option(None, "a match moves only where its window's best similarity "
+                                                       "reaches S (a cosine, -1 to 1), else it stays coarse (default: "
+                                                       "always move): a coarse match a window away from the truth "
+                                                       "has nothing to move to", parse=float, metavar="S")
+    refine_mutual: bool = option(True, "let a match move even where its refined point, matched back into the "
+                                       "window around the source point, lands more than a pixel from it (by "
+                                       "default it stays coarse there)")
 
     def __post_init__(self):
         check(self)
@@ -107,13 +118,17 @@ class DescriptorConfig(RunOn):
     def _check_refine(self) -> None:
         """Each --refine-* setting in range, and none without --refine (it would do nothing)."""
         given = {"--refine-t": self.refine_t, "--refine-radius": self.refine_radius,
-                 "--refine-temperature": self.refine_temperature}
+                 "--refine-temperature": self.refine_temperature,
+                 "--refine-coarse-weight": self.refine_coarse_weight,
+                 "--refine-min-similarity": self.refine_min_similarity,
+                 "--no-refine-mutual": None if self.refine_mutual else False}
         if self.refine is None:
             stray = [flag for flag, value in given.items() if value is not None]
             if stray:
                 raise DiffrepError(f"{stray[0]} needs --refine FINE (a finer block of the model, daisy or pixels)")
             return
-        check_settings(self.refine_radius, self.refine_temperature)   # a radius left None: `refiner` picks it
+        check_settings(self.refine_radius, self.refine_temperature,   # a radius left None: `refiner` picks it
+                       self.refine_coarse_weight or 0.0, self.refine_min_similarity)
 
     @property
     def image_size(self) -> int | None:
@@ -129,7 +144,8 @@ class DescriptorConfig(RunOn):
         """The refinement of the describer's matches that --refine asks for, or None."""
         if self.refine is None:
             return None
-        return refiner(describer, self.refine, self.refine_t, self.refine_radius, self.refine_temperature)
+        return refiner(describer, self.refine, self.refine_t, self.refine_radius, self.refine_temperature,
+                       self.refine_coarse_weight or 0.0, self.refine_min_similarity, self.refine_mutual)
 
 
 @dataclass
@@ -257,7 +273,11 @@ def refine_text(settings: dict) -> str:
     """A refinement's settings as the commands print them: 'refined by up_blocks.1 t=0, window 5×5, hard'."""
     t = "" if settings["t"] is None else f" t={levels_text(settings['t'])}"
     n, temp = settings["window"], settings["temperature"]
-    return f"refined by {settings['fine']}{t}, window {n}×{n}, " + ("hard" if temp is None else f"T={temp:g}")
+    weight = settings.get("coarse_weight") or 0
+    return (f"refined by {settings['fine']}{t}, window {n}×{n}, " + ("hard" if temp is None else f"T={temp:g}")
+            + (f", coarse weight {weight:g}" if weight else "")
+            + (f", moves from similarity {settings['min_similarity']:g}" if settings.get("min_similarity") is not None else "")
+            + (", mutual" if settings.get("mutual") else ""))
 
 
 def settings_line(describer: DiffusionDescriber, refine: Refiner | None = None) -> str:

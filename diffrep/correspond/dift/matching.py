@@ -17,8 +17,9 @@ Decisions:
   from the low-resolution map when it is compared, so memory is bounded by `chunk` whatever the image size.
 - Mutual check (optional): a match p→q is kept when q's own nearest neighbour in the whole source
   image lies within `radius` pixels of p (default: the describer's stride, the scale features resolve).
-- Refinement (optional, `refine.py`): each coarse match is moved to the best sub-pixel position of a
-  fine descriptor inside a small window around it. The mutual check is made on the coarse matches.
+- Refinement (optional, `refine.py`): each coarse match (of the given points, or of every pixel in
+  dense flow) is moved to the best sub-pixel position of a fine descriptor inside a small window around
+  it. The mutual check is made on the coarse matches.
 """
 
 from __future__ import annotations
@@ -102,18 +103,32 @@ def match_maps(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tg
         radius = radius if radius is not None else src.padded_hw[0] / src_feat.shape[-2]
         keep = (back_grid[back] - src_xy).norm(dim=1) <= radius
     if refine is not None:
-        found, coarse = refine.apply(found, src_xy, src, tgt), tgt.to_input(found)
+        found, coarse = refine.apply(found, src_xy, src, tgt, (src_feat, tgt_feat)), tgt.to_input(found)
     return Matches(tgt.to_input(found), sim, keep, coarse)
 
 
 def dense_flow(src_feat: torch.Tensor, src: Prepared, tgt_feat: torch.Tensor, tgt: Prepared,
-               chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+               chunk: int = CHUNK, refine: Refinement | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The nearest target pixel for every source pixel, in the prepared (model) frame: h×w×2 target
-    (x, y) and h×w similarity. Costs (h·w)² dot products; chunked, so memory stays bounded. Coarse
-    only (pixel centres): refining every pixel's match (`refine.py`) is not wired in yet."""
+    (x, y) and h×w similarity. Costs (h·w)² dot products; chunked, so memory stays bounded. With
+    `refine`, every pixel's match is then refined (sub-pixel with a soft-argmax) as `match_maps` does."""
     src_grid, tgt_grid = pixel_grid(src.hw), pixel_grid(tgt.hw)
     idx, sim = nearest(sample_at(src_feat, src_grid, src.padded_hw), tgt_feat, tgt_grid, tgt.padded_hw, chunk)
-    return tgt_grid[idx].view(*src.hw, 2), sim.view(src.hw)
+    found = tgt_grid[idx]
+    if refine is not None:
+        found = refine.apply(found, src_grid, src, tgt, (src_feat, tgt_feat))
+    return found.view(*src.hw, 2), sim.view(src.hw)
+
+
+def describe_pair(describer, source: torch.Tensor, target: torch.Tensor, size: int | None = None,
+                  prompt: str | None = None, refine: Refiner | None = None):
+    """Both images prepared for the describer and described: ((src, tgt) Prepared, (src, tgt) coarse maps
+    of its first descriptor, the Refinement of their matches or None without `refine`)."""
+    size = size or describer.fixed_size
+    src, tgt = prepare(source, describer.stride, size), prepare(target, describer.stride, size)
+    fs, ft = (d[describer.blocks[0]] for d in describer.describe([src.image, tgt.image], prompt))
+    refinement = None if refine is None else refine.refinement(*refine.maps([src.image, tgt.image], prompt))
+    return (src, tgt), (fs, ft), refinement
 
 
 def match(describer, source: torch.Tensor, target: torch.Tensor, points, size: int | None = None,
@@ -123,8 +138,5 @@ def match(describer, source: torch.Tensor, target: torch.Tensor, points, size: i
     fine maps of the same prepared images (the coarse points stay in `Matches.coarse`).
     Returns (Matches, (src Prepared, tgt Prepared), (src map, tgt map)): the coarse maps."""
     points = check_points(points, tuple(source.shape[-2:]), "source points")
-    size = size or describer.fixed_size
-    src, tgt = prepare(source, describer.stride, size), prepare(target, describer.stride, size)
-    fs, ft = (d[describer.blocks[0]] for d in describer.describe([src.image, tgt.image], prompt))
-    refinement = None if refine is None else refine.refinement(*refine.maps([src.image, tgt.image], prompt))
+    (src, tgt), (fs, ft), refinement = describe_pair(describer, source, target, size, prompt, refine)
     return match_maps(fs, src, ft, tgt, points, mutual, chunk=chunk, refine=refinement), (src, tgt), (fs, ft)
