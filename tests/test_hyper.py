@@ -79,7 +79,7 @@ def test_refine_takes_a_join_of_levels(featurizer):
     coarse = DiffusionDescriber(featurizer, "mid_block", 0, ensemble=1, scales=[1])
     fine = refiner(coarse, "up_blocks.0", t=[0, 50])
     assert fine.describer.parts["up_blocks.0"] == [Cell(0, "up_blocks.0"), Cell(50, "up_blocks.0")]
-    assert (fine.settings()["t"], fine.settings()["cell"], fine.radius) == ([0, 50], 1, 2)
+    assert (fine.settings()["t"], fine.settings()["cell"], fine.radius) == ([0, 50], 1, 1)   # half a 2 px cell
     assert refiner(coarse, "up_blocks.0@0,50").settings()["fine"] == "up_blocks.0@0,50"
 
 
