@@ -20,7 +20,7 @@ from .correspond.dift import cli as dift_cli
 from .data import fit_images, load
 from .errors import DiffrepError
 from .features import DiffusionFeatures, bytes_per_image, default_shard_size, extract_to_store
-from .options import MODEL_HELP, Parser, add_options, check, from_args, noise_level, option
+from .options import MODEL_HELP, Parser, add_options, from_args, noise_level, option
 from .pretrain import cli as pretrain_cli
 from .runs import header, locked, output_file, peak_rss_mb, write_json, write_results
 from .segment.ddpm_seg import cli as ddpm_seg_cli
@@ -103,7 +103,7 @@ class FeaturesConfig(RunOn):
                                     parse=int, min=1)
 
     def __post_init__(self):
-        check(self)
+        super().__post_init__()
 
 
 STORE_KEYS = ("model", "data", "ts", "blocks", "pool", "ensemble", "seed", "shared_noise", "precision")

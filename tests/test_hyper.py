@@ -17,7 +17,8 @@ from diffrep.metrics import ALPHAS, score_matches
 
 from .test_bad_input import run_bad
 
-TINY = ["--pairs", "2", "--size", "32", "--ensemble", "1", "--scales", "1", "--no-baselines"]
+TINY = ["--pairs", "2", "--size", "32", "--ensemble", "1", "--scales", "1", "--no-baselines",
+        "--precision", "fp32"]   # fp32, as the Python calls the commands' scores are checked against
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from ..core import Featurizer, RunOn, load_backbone, random_init
+from ..core.backbone import native_bf16
 from ..data import DistortedCopy, Distortion, fit_images, load
 from ..errors import DiffrepError
 from ..features import (Cell, DiffusionFeatures, FeatureStore, RawPixels, as_tensor, bytes_per_image, collect_features,
                         default_shard_size, extract_to_store, in_memory)
 from ..heads.probe import CHUNK
 from ..heads import augmented_epochs, cross_validated_accuracy, train_probe_grid
-from ..options import MODEL_HELP, add_options, check, from_args, noise_level, option
+from ..options import MODEL_HELP, add_options, from_args, noise_level, option
 from ..plotting import grid_rows, plot_grid
 from ..runs import header, in_run_folder, write_results
+from ..stages import StageMeter, format_stages
 
 DEFAULT_TS = [5, 25, 50, 100, 200]
 PIXELS, RANDOM = "pixels", "random"   # the baselines' feature keys: raw pixels, and (RANDOM, cell)
@@ -55,7 +57,13 @@ class SweepConfig(RunOn):
     def __post_init__(self):
         if isinstance(self.distortion, dict):
             self.distortion = Distortion(**self.distortion)
-        check(self)
+        super().__post_init__()
+
+    @property
+    def probe_precision(self) -> str:
+        """The linear probes' precision (they train on the CPU, on cached features): bf16 when the model
+        runs in reduced precision and this CPU has native bf16, else fp32."""
+        return "bf16" if self.precision != "fp32" and native_bf16("cpu") else "fp32"
 
 
 def _pool_saved(features_dir: Path, split: str, cfg: SweepConfig) -> tuple[dict, dict, torch.Tensor]:
@@ -121,87 +129,94 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict | None:
 
 def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     start = time.time()
+    meter = StageMeter(device)
     backbone = load_backbone(cfg.model, device, cfg.precision, **cfg.model_options())
     featurizer = Featurizer(backbone)
     splits = labelled_splits(cfg.data, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))
     feats, labels = {}, {s: d.labels for s, d in splits.items()}
-    if cfg.features:
-        for s in splits:
-            feats[s], meta, labels[s] = _pool_saved(Path(cfg.features), s, cfg)
-        cfg.ts, cfg.blocks = meta["ts"], meta["blocks"]
-        print(f"using features from {cfg.features}: t={cfg.ts}, blocks={cfg.blocks}")
-    else:
-        cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("probe"))
-        cfg.ts = [backbone.noise.check(t) for t in (cfg.ts or DEFAULT_TS)]
-        source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, precision=cfg.precision)
-        for s, d in splits.items():
-            feats[s] = _extract(cfg, source, d.images, out / "cache" / s, s, cfg.pools, f"{s} features", state)
-    extract_s = time.time() - start
+    with meter.stage("features", cfg.precision):
+        if cfg.features:
+            for s in splits:
+                feats[s], meta, labels[s] = _pool_saved(Path(cfg.features), s, cfg)
+            cfg.ts, cfg.blocks = meta["ts"], meta["blocks"]
+            print(f"using features from {cfg.features}: t={cfg.ts}, blocks={cfg.blocks}")
+        else:
+            cfg.blocks = featurizer.check_blocks(cfg.blocks or featurizer.default_blocks("probe"))
+            cfg.ts = [backbone.noise.check(t) for t in (cfg.ts or DEFAULT_TS)]
+            source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, precision=cfg.precision)
+            for s, d in splits.items():
+                feats[s] = _extract(cfg, source, d.images, out / "cache" / s, s, cfg.pools, f"{s} features", state)
     if cfg.baselines:
-        rand = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts, cfg.ensemble,
-                                 cfg.seed, precision=cfg.precision, weights="random")
-        pixels = RawPixels(radius=0, image_channels=backbone.image_channels, position=False, name=PIXELS)
-        for s, d in splits.items():
-            feats[s].update(_extract(cfg, pixels, d.images, out / "cache" / f"{s}-pixels", s, None, f"{s} pixels", state))
-            rfeats = _extract(cfg, rand, d.images, out / "cache" / f"{s}-random", s, cfg.pools, f"{s} random-init", state)
-            feats[s].update({(RANDOM, k): v for k, v in rfeats.items()})
-    baseline_s = time.time() - start - extract_s
+        with meter.stage("baseline features", cfg.precision):
+            rand = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts, cfg.ensemble,
+                                     cfg.seed, precision=cfg.precision, weights="random")
+            pixels = RawPixels(radius=0, image_channels=backbone.image_channels, position=False, name=PIXELS)
+            for s, d in splits.items():
+                feats[s].update(_extract(cfg, pixels, d.images, out / "cache" / f"{s}-pixels", s, None, f"{s} pixels",
+                                         state))
+                rfeats = _extract(cfg, rand, d.images, out / "cache" / f"{s}-random", s, cfg.pools,
+                                  f"{s} random-init", state)
+                feats[s].update({(RANDOM, k): v for k, v in rfeats.items()})
     if state is not None and not state.is_main_process:
         return None   # the main process trains the probes
     print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
-    scores = train_probe_grid(feats["train"], labels["train"], feats["test"], labels["test"], epochs=cfg.epochs,
-                              seed=cfg.seed, progress=lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
+    with meter.stage("probe grid", cfg.probe_precision):
+        scores = train_probe_grid(feats["train"], labels["train"], feats["test"], labels["test"], epochs=cfg.epochs,
+                                  seed=cfg.seed, progress=lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"),
+                                  precision=cfg.probe_precision)
     result = summarise(cfg, scores, len(labels["train"]), len(labels["test"]))
-    grid_s = time.time() - start - extract_s - baseline_s
     if cfg.shortlist > 0:
-        result["best"], result["shortlist"] = cross_validated_choice(cfg, result["cells"], feats["train"], labels["train"])
-        if cfg.baselines:
-            bl = result["baselines"]
-            bl["random_init_best"], _ = cross_validated_choice(cfg, bl["random_cells"], feats["train"], labels["train"],
-                                                               RANDOM)
-            bl["random_init"] = bl["random_init_best"]["accuracy"]
-    cv_s = time.time() - start - extract_s - baseline_s - grid_s
+        with meter.stage("cross-validation", cfg.probe_precision):
+            result["best"], result["shortlist"] = cross_validated_choice(cfg, result["cells"], feats["train"],
+                                                                         labels["train"])
+            if cfg.baselines:
+                bl = result["baselines"]
+                bl["random_init_best"], _ = cross_validated_choice(cfg, bl["random_cells"], feats["train"],
+                                                                   labels["train"], RANDOM)
+                bl["random_init"] = bl["random_init_best"]["accuracy"]
     if cfg.augment > 0:
-        aug = augmented_probe(cfg, featurizer, splits["train"].images, feats, labels, result["best"])
+        aug = augmented_probe(cfg, featurizer, splits["train"].images, feats, labels, result["best"], meter)
         result["best"] = {**result["best"], "augmented": aug}
-    timing = {"features": round(extract_s, 1), "baseline_features": round(baseline_s, 1), "probe_grid": round(grid_s, 1),
-              "cross_validation": round(cv_s, 1),
-              "augmented_refit": round(time.time() - start - extract_s - baseline_s - grid_s - cv_s, 1),
-              "total": round(time.time() - start, 1)}
-    result = {**header("ddae", cfg.model, cfg.data, timing), **result}
+    stages = meter.table()
+    timing = {**{name: row["seconds"] for name, row in stages.items()}, "total": round(time.time() - start, 1)}
+    result = {**header("ddae", cfg.model, cfg.data, timing), "precision": cfg.precision, "stages": stages, **result}
     write_results(out, "sweep", result, cfg)
     plot_heatmap(result, out / "heatmap.png")
     print(format_table(result))
+    print(format_stages(stages))
     print(f"wrote {out / 'sweep.json'} and {out / 'heatmap.png'} ({timing['total']:.0f} s)")
     return result
 
 
 def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict, labels: dict,
-                    best: dict) -> dict:
+                    best: dict, meter: StageMeter | None = None) -> dict:
     """The chosen cell's final probe: refit on the whole train split (fit and validation images, as is
     usual once the choices are made) plus `cfg.augment` randomly distorted copies of it (DDAE trains
     its reported probes with augmentation), at the cell's chosen weight decay, for about the grid's
     number of optimiser steps (`probe.augmented_epochs`), then scored on test. Nothing here is chosen
     on the test split: the cell and its weight decay come from cross-validation, the distortions and
     the copy count from cross-validation on the train split (benchmarks/bench_probe_augment.py); the
-    test split is scored once, after this refit."""
+    test split is scored once, after this refit. `meter` times the copies and the probe as stages."""
+    meter = meter or StageMeter(featurizer.backbone.device)
     key = Cell(best["t"], best["block"], best["pool"])
     n = len(labels["train"])
     print(f"refitting the chosen cell's probe on all {n} train images plus {cfg.augment} distorted copies "
           f"({cfg.distortion})")
     parts = [as_tensor(feats["train"][key])]
-    for c in range(cfg.augment):   # each copy's images distorted as they are read, its noise seeded apart
-        source = DiffusionFeatures(featurizer, [best["block"]], [best["t"]], cfg.ensemble, cfg.seed + 1 + c,
-                                   precision=cfg.precision)
-        parts.append(collect_features(source, train, [best["pool"]], cfg.batch_size, f"distorted copy {c + 1}",
-                                      cfg.workers, DistortedCopy(cfg.distortion, cfg.seed, c))[key])
-    x = torch.cat(parts)
-    y = labels["train"].repeat(cfg.augment + 1)
-    score = train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"],
-                             split=(torch.arange(len(x)), torch.arange(0)),
-                             epochs=augmented_epochs(cfg.epochs, cfg.augment), seed=cfg.seed,
-                             weight_decays=(best["weight_decay"],))[key]
+    with meter.stage("distorted copies", cfg.precision):
+        for c in range(cfg.augment):   # each copy's images distorted as they are read, its noise seeded apart
+            source = DiffusionFeatures(featurizer, [best["block"]], [best["t"]], cfg.ensemble, cfg.seed + 1 + c,
+                                       precision=cfg.probe_precision)
+            parts.append(collect_features(source, train, [best["pool"]], cfg.batch_size, f"distorted copy {c + 1}",
+                                          cfg.workers, DistortedCopy(cfg.distortion, cfg.seed, c))[key])
+    with meter.stage("final probe", cfg.probe_precision):
+        x = torch.cat(parts)
+        y = labels["train"].repeat(cfg.augment + 1)
+        score = train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"],
+                                 split=(torch.arange(len(x)), torch.arange(0)),
+                                 epochs=augmented_epochs(cfg.epochs, cfg.augment), seed=cfg.seed,
+                                 weight_decays=(best["weight_decay"],), precision=cfg.probe_precision)[key]
     return {"copies": cfg.augment, "distortion": asdict(cfg.distortion), "fit_images": n,
             "accuracy": score["accuracy"], "weight_decay": score["weight_decay"]}
 
@@ -230,7 +245,7 @@ def cross_validated_choice(cfg: SweepConfig, cells: list[dict], train_feats: dic
           f"({cfg.folds} folds over all {len(train_y)} train images)")
     cv = cross_validated_accuracy({k: train_feats[k] for k in keys}, train_y,
                                   {k: c["weight_decay"] for k, c in zip(keys, short)},
-                                  folds=cfg.folds, epochs=cfg.epochs, seed=cfg.seed)
+                                  folds=cfg.folds, epochs=cfg.epochs, seed=cfg.seed, precision=cfg.probe_precision)
     ranked = [{**c, "cv_accuracy": cv[k]} for k, c in zip(keys, short)]
     return max(ranked, key=lambda c: c["cv_accuracy"]), ranked
 

@@ -52,7 +52,7 @@ from ..errors import DiffrepError
 from ..features import Cell, DiffusionFeatures, PixelPatches, ShardedArray, as_tensor, maps_in_store
 from ..heads.classifier import HEADS, MAX_TOKEN_SIDE, accuracy, make_head, parameter_count, pool_to_token_grid
 from ..heads.recipe import GRIDS, OPTIMIZERS, Recipe, grid, search_and_repeat, train
-from ..options import MODEL_HELP, add_options, check, from_args, named, noise_level, option
+from ..options import MODEL_HELP, add_options, from_args, named, noise_level, option
 from ..runs import header, in_run_folder, write_json, write_results
 from .ddae import labelled_splits
 from .diffeed import check_model, train_feedback_row
@@ -145,7 +145,7 @@ class ClassifyConfig(RunOn):
     def __post_init__(self):
         if isinstance(self.distortion, dict):
             self.distortion = Distortion(**self.distortion)
-        check(self)
+        super().__post_init__()
         if not self.heads:
             raise DiffrepError("--heads needs at least one of " + ", ".join(HEADS))
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):

@@ -69,6 +69,15 @@ def autocast_dtype(precision: str, device: torch.device):
     return PRECISIONS[precision]
 
 
+def resolve_precision(precision: str, device) -> str:
+    """'auto' → 'bf16' where bf16 is native (`native_bf16`: a GPU that supports it, a CPU with AVX-512
+    bf16 or AMX), else 'fp32'; any other precision as given. Resolved once, when a command's settings
+    are made, so that its results record the precision that really ran."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(resolve_device(device)) else "fp32"
+
+
 def native_bf16(device) -> bool:
     """Whether bf16 runs on native kernels here: any CUDA GPU that supports it, or a CPU with AVX-512 bf16
     or AMX. Elsewhere (an AVX2 CPU) bf16 autocast is emulated: a 1.5M-parameter UNet's training step

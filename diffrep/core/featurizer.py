@@ -241,6 +241,8 @@ class Featurizer:
         dtype = autocast_dtype(precision or ("bf16" if bf16 else "fp32"), self.backbone.device)
         with torch.autocast(self.backbone.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             feats = self._run(x_t, t, blocks, stop_early=stop_early, prompt=prompt)
+        if ensemble == 1:   # the mean of one draw is that draw: skip a copy of every map
+            return {name: f.float().cpu() for name, f in feats.items()}
         return {name: f.float().view(ensemble, n, *f.shape[1:]).mean(0).cpu() for name, f in feats.items()}
 
     def _run(self, x_t, t, blocks, stop_early=True, shapes_only=False, prompt=None) -> dict:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from accelerate import PartialState
 
 from ..errors import DiffrepError
-from ..options import option
-from .backbone import PRECISIONS, resolve_device
+from ..options import check, option
+from .backbone import PRECISIONS, resolve_device, resolve_precision
 
 
 @dataclass
@@ -37,8 +37,14 @@ class ModelOptions:
 class RunOn(ModelOptions):
     device: str = option("auto", "where the model runs: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N "
                                  "or mps")
-    precision: str = option("fp32", "autocast precision of the model: fp32, bf16 or fp16 (fp16 on GPUs only)",
-                            choices=tuple(PRECISIONS), aliases={"--bf16": "bf16"})
+    precision: str = option("auto", "autocast precision of the model: auto (bf16 where it is native: a GPU, or a "
+                                    "CPU with AVX-512 bf16 or AMX; fp32 elsewhere), fp32, bf16 or fp16 (fp16 on "
+                                    "GPUs only)", choices=("auto", *PRECISIONS), aliases={"--bf16": "bf16"})
+
+    def __post_init__(self):
+        """Every setting checked, and 'auto' precision resolved for this machine (results record what ran)."""
+        check(self)
+        self.precision = resolve_precision(self.precision, self.device)
 
 
 def processes(device: str = "auto"):

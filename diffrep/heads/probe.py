@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from ..core.backbone import autocast_dtype
 from ..data.holdout import holdout_split
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
@@ -54,16 +55,20 @@ class Standardised:
 def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
                      test_y: torch.Tensor, epochs: int = 60, batch_size: int = 256, lr: float = 1e-3,
                      seed: int = 0, progress=None, split: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     weight_decays: tuple[float, ...] = WEIGHT_DECAYS) -> dict[str, dict]:
+                     weight_decays: tuple[float, ...] = WEIGHT_DECAYS, precision: str = "fp32") -> dict[str, dict]:
     """Fit one linear head per (cell, weight decay) on `train` minus a held-out eighth (or on the
     (fit, validation) indices of `split`); returns per cell {"val_accuracy", "accuracy" (test),
     "weight_decay"} for the decay with the best validation accuracy. Features are tensors or
-    memory-mapped arrays (`features.ShardedArray`), read batch by batch (see `Standardised`)."""
+    memory-mapped arrays (`features.ShardedArray`), read batch by batch (see `Standardised`).
+    precision 'bf16': the standardised features are held in bf16 and the heads' matmuls run in bf16
+    autocast (half the bytes read per step, the CPU's bf16 matmuls); the weights, the optimiser and the
+    loss stay fp32. The probes run on the CPU, where the features are."""
+    low = autocast_dtype(precision, "cpu")
     fit_idx, val_idx = split if split is not None else holdout_split(len(train_y))
     classes = int(max(train_y.max(), test_y.max())) + 1
     cells = list(train)
     inputs = {c: Standardised(train[c], fit_idx) for c in cells}
-    groups = _width_groups(cells, inputs, classes * len(weight_decays))
+    groups = _width_groups(cells, inputs, classes * len(weight_decays), low or torch.float32)
     # AdamW's decoupled decay, column by column (each weight decay owns `classes` columns), applied by
     # hand before each step as torch's AdamW does: one parameter then holds every decay's heads
     decay = torch.tensor([wd for wd in weight_decays for _ in range(classes)])
@@ -76,7 +81,8 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
         for start in range(0, len(perm), batch_size):
             idx = perm[start:start + batch_size]
             y = train_y[idx]
-            loss = sum(g.loss(g(g.rows(idx)), y, classes) for g in groups)
+            with torch.autocast("cpu", dtype=low or torch.float32, enabled=low is not None):
+                loss = sum(g.loss(g(g.rows(idx)), y, classes) for g in groups)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():
@@ -89,7 +95,8 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
         if progress is not None:
             progress(epoch + 1, epochs)
     test_inputs = {c: inputs[c].of(test[c]) for c in cells}
-    return _score(groups, train_y, val_idx, test_inputs, test_y, weight_decays, classes)
+    with torch.autocast("cpu", dtype=low or torch.float32, enabled=low is not None):
+        return _score(groups, train_y, val_idx, test_inputs, test_y, weight_decays, classes)
 
 
 class _WidthGroup(nn.Module):
@@ -100,7 +107,7 @@ class _WidthGroup(nn.Module):
     init made a sweep over cached features, whose keys come back sorted, differ from the sweep that
     wrote them by up to 0.7 points per cell)."""
 
-    def __init__(self, cells: list, inputs: dict, outputs: int):
+    def __init__(self, cells: list, inputs: dict, outputs: int, storage: torch.dtype = torch.float32):
         super().__init__()
         self.cells, self.inputs = cells, [inputs[c] for c in cells]
         dim = self.inputs[0].dim
@@ -108,7 +115,7 @@ class _WidthGroup(nn.Module):
         self.bias = nn.Parameter(torch.zeros(len(cells), 1, outputs))
         self.stacked = None
         if all(x.whole is not None for x in self.inputs):   # in memory: one tensor, the cells' rows views of it
-            self.stacked = torch.stack([x.whole for x in self.inputs])
+            self.stacked = torch.stack([x.whole for x in self.inputs]).to(storage)
             for k, x in enumerate(self.inputs):
                 x.whole = self.stacked[k]
 
@@ -130,11 +137,11 @@ class _WidthGroup(nn.Module):
         return nn.functional.cross_entropy(logits.reshape(-1, classes), target) * (n * heads)
 
 
-def _width_groups(cells: list, inputs: dict, outputs: int) -> list[_WidthGroup]:
+def _width_groups(cells: list, inputs: dict, outputs: int, storage: torch.dtype = torch.float32) -> list[_WidthGroup]:
     by_dim: dict[int, list] = {}
     for c in cells:
         by_dim.setdefault(inputs[c].dim, []).append(c)
-    return [_WidthGroup(group, inputs, outputs) for group in by_dim.values()]
+    return [_WidthGroup(group, inputs, outputs, storage) for group in by_dim.values()]
 
 
 def augmented_epochs(epochs: int, copies: int) -> int:
@@ -145,13 +152,14 @@ def augmented_epochs(epochs: int, copies: int) -> int:
 
 def cross_validated_accuracy(train: dict[str, torch.Tensor], train_y: torch.Tensor, weight_decay: dict[str, float],
                              folds: int = 5, epochs: int = 60, seed: int = 0,
-                             copies: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                             copies: dict[str, torch.Tensor] | None = None, precision: str = "fp32") -> dict[str, float]:
     """k-fold cross-validated accuracy of each cell's linear probe over all of `train` (each cell at its own
     weight decay): every sample is scored once, by a probe that never saw it. Folds are a seeded
     permutation; cells sharing a weight decay train together in one pass per fold. `copies`
     ({cell: features of m augmented copies of `train`, one whole copy after another}) adds the copies
     of each fold's fit samples to its fit set (never those of the held-out ones), for
-    `augmented_epochs(epochs, m)` epochs, as the sweep's final refit trains."""
+    `augmented_epochs(epochs, m)` epochs, as the sweep's final refit trains. `precision`: as
+    `train_probe_grid`'s."""
     n = len(train_y)
     if not 2 <= folds <= n:
         raise ValueError(f"cross-validation needs 2 to {n} folds, not {folds}")
@@ -169,7 +177,8 @@ def cross_validated_accuracy(train: dict[str, torch.Tensor], train_y: torch.Tens
         for wd in sorted(set(weight_decay.values())):
             cells = {k: v for k, v in train.items() if weight_decay[k] == wd}
             scores = train_probe_grid(cells, train_y, {k: v[held] for k, v in cells.items()}, train_y[held],
-                                      epochs=epochs, seed=seed, split=(fit, held), weight_decays=(wd,))
+                                      epochs=epochs, seed=seed, split=(fit, held), weight_decays=(wd,),
+                                      precision=precision)
             for k, r in scores.items():
                 correct[k] += r["val_accuracy"] * len(held)
     return {k: c / n for k, c in correct.items()}

@@ -34,7 +34,7 @@ from ...data import Pair, load_pairs
 from ...core import RunOn
 from ...errors import DiffrepError
 from ...metrics import ALPHAS, correct_matches, pair_hits, score_matches
-from ...options import MODEL_HELP, check, named, noise_level, noise_levels, option
+from ...options import MODEL_HELP, named, noise_level, noise_levels, option
 from ...plotting import grid_rows, plot_grid
 from ...runs import header, locked, write_results
 from .describe import (Describer, DiffusionDescriber, category_prompt, daisy_describer, load_featurizer,
@@ -112,7 +112,7 @@ class DescriptorConfig(RunOn):
                                        "default it stays coarse there)")
 
     def __post_init__(self):
-        check(self)
+        super().__post_init__()
         self._check_refine()
 
     def _check_refine(self) -> None:

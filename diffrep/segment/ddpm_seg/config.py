@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from diffusers import DDPMScheduler
 
 from ...core import RunOn
-from ...options import MODEL_HELP, check, noise_level, option
+from ...options import MODEL_HELP, noise_level, option
 from .reference import REFERENCE, reference_settings
 
 DDPM_SEG_TS = (50, 150, 250)   # DDPM-Seg's timesteps (of 1000)
@@ -59,7 +59,7 @@ class SegConfig(RunOn):
     selection: dict = option({}, cli=False)   # what --select found (written to config.json)
 
     def __post_init__(self):
-        check(self)
+        super().__post_init__()
 
 
 def with_reference(name: str | None, **given) -> SegConfig:

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ...core import PRECISIONS, Featurizer, load_backbone
+from ...core.backbone import resolve_precision
 from ...data import ImageBatches, load_seg_data, match_channels, pad_to_multiple, read_image
 from ...errors import DiffrepError
 from ...features import features_at
@@ -52,7 +53,8 @@ class Segmenter:
             raise DiffrepError(f"the run's config {path} is damaged ({type(err).__name__}: {err}); run `diffrep "
                                "segment train` again into this folder") from None
         self.cfg.baselines = self.cfg.baselines and baselines
-        self.cfg.device, self.cfg.precision = device or self.cfg.device, precision or self.cfg.precision
+        self.cfg.device = device or self.cfg.device
+        self.cfg.precision = resolve_precision(precision or self.cfg.precision, self.cfg.device)
         featurizer = Featurizer(load_backbone(self.cfg.model, self.cfg.device, self.cfg.precision, **self.cfg.model_options()))
         self.sources = feature_sources(self.cfg, featurizer, self.image_channels)
         self.stride = max(b.stride for b in featurizer.feature_info())
@@ -100,8 +102,8 @@ class RunSettings:
 
     device: str | None = option(None, "where the model runs: auto, cpu, cuda, cuda:N or mps (default: the run's "
                                       "own setting)", parse=str)
-    precision: str | None = option(None, "autocast precision: fp32, bf16 or fp16 (default: the run's own)",
-                                   choices=tuple(PRECISIONS), parse=str)
+    precision: str | None = option(None, "autocast precision: auto, fp32, bf16 or fp16 (default: the run's own)",
+                                   choices=("auto", *PRECISIONS), parse=str)
 
     def __post_init__(self):
         check(self)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from ...core import Featurizer, RunOn, autocast_dtype, load_backbone, random_init, resolve_device
 from ...core.text import TextEncoder, load_text_encoder
 from ...errors import DiffrepError
-from ...options import check, option
+from ...options import option
 from .features import CONDITIONINGS, TAPS, DiffusionPyramid
 from .mask_generator import ClosedSetClassifier, GeneratorConfig, MaskGenerator, TextClassifier
 from .vocab import Category, Vocabulary
@@ -72,7 +72,7 @@ class PanopticConfig(RunOn):
     generator: GeneratorConfig = option(GeneratorConfig(), "the mask generator's size", cli=False)
 
     def __post_init__(self):
-        check(self)
+        super().__post_init__()
         if self.captioner_epochs > self.epochs:
             raise DiffrepError(f"--captioner-epochs {self.captioner_epochs} exceeds --epochs {self.epochs}")
 

@@ -1,0 +1,93 @@
+"""Where a command's time goes: seconds and FLOPs per stage, against the machine's own matmul rate.
+
+    meter = StageMeter(device)
+    with meter.stage("features", "bf16"):
+        ...                                  # the stage's work
+    meter.table()                            # {stage: {seconds, gflop, gflop_per_s, matmul_fraction, precision}}
+
+- FLOPs are torch's own count (`torch.utils.flop_counter.FlopCounterMode`): matmuls and convolutions,
+  forward and backward, whatever the precision; elementwise work, pooling, copies and file writes
+  count nothing. So a stage's fraction of the matmul rate says how much of its time the arithmetic
+  that dominates a network could explain: near 1, the stage is as fast as this machine's matmuls; far
+  below, something else (memory traffic, Python, small ops, I/O) takes the time.
+- The matmul rate is measured here, once per precision, on square matmuls (2048² on a CPU, 8192² on a
+  GPU), in the precision's autocast: the machine's practical peak, not its datasheet's.
+- Counting costs a little Python per operation (tens of microseconds), nothing per FLOP.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .core.backbone import autocast_dtype
+
+
+def matmul_rate(device, precision: str, repeats: int = 10) -> float:
+    """GFLOP/s of a square matmul on `device` in `precision`'s autocast (the best of two timings)."""
+    device = torch.device(device)
+    side = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(side, side, device=device) for _ in range(2))
+    dtype = autocast_dtype(precision, device)
+    best = float("inf")
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        for _ in range(3):   # the first round warms up
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+    return 2 * side ** 3 * repeats / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StageMeter:
+    """Seconds and counted FLOPs of named stages, and each stage's fraction of the matmul rate."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.stages: dict[str, dict] = {}
+        self.rates: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, precision: str):
+        """Time and count the work done inside; a stage entered again adds to its totals."""
+        counter = FlopCounterMode(display=False)
+        start = time.perf_counter()
+        with counter:
+            yield
+        _sync(self.device)
+        row = self.stages.setdefault(name, {"seconds": 0.0, "flop": 0, "precision": precision})
+        row["seconds"] += time.perf_counter() - start
+        row["flop"] += counter.get_total_flops()
+
+    def table(self) -> dict[str, dict]:
+        """{stage: {seconds, gflop, gflop_per_s, matmul_gflop_per_s, matmul_fraction, precision}}; the
+        matmul rates are measured now, once per precision."""
+        out = {}
+        for name, row in self.stages.items():
+            precision = row["precision"]
+            if precision not in self.rates:
+                self.rates[precision] = matmul_rate(self.device, precision)
+            rate = row["flop"] / max(row["seconds"], 1e-9) / 1e9
+            out[name] = {"seconds": round(row["seconds"], 2), "gflop": round(row["flop"] / 1e9, 3),
+         "gflop_per_s": round(rate, 2), "matmul_gflop_per_s": round(self.rates[precision], 1),
+                         "matmul_fraction": round(rate / self.rates[precision], 3), "precision": precision}
+        return out
+
+
+def format_stages(table: dict[str, dict]) -> str:
+    """The stage table as the commands print it."""
+    lines = [f"{'stage':24s} {'seconds':>8s} {'GFLOP':>9s} {'GFLOP/s':>8s} {'of matmul':>9s}  precision"]
+    for name, r in table.items():
+        lines.append(f"{name:24s} {r['seconds']:8.1f} {r['gflop']:9.1f} {r['gflop_per_s']:8.1f} "
+                     f"{100 * r['matmul_fraction']:8.1f}%  {r['precision']} (matmul {r['matmul_gflop_per_s']:.0f} GFLOP/s)")
+    return "\n".join(lines)

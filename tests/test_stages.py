@@ -1,0 +1,42 @@
+"""The stage meter (seconds and torch-counted FLOPs per stage, against the matmul rate) and `auto`
+precision (bf16 where it is native, fp32 elsewhere), as the commands resolve it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffrep.classify.ddae import SweepConfig
+from diffrep.core.backbone import native_bf16, resolve_precision
+from diffrep.stages import StageMeter, format_stages, matmul_rate
+
+
+def test_stage_meter_counts_a_known_matmul_and_adds_up_a_stage_entered_twice():
+    meter = StageMeter("cpu")
+    a, b = torch.randn(256, 512), torch.randn(512, 128)
+    for _ in range(2):
+        with meter.stage("matmul", "fp32"):
+            a @ b
+    with meter.stage("nothing counted", "fp32"):
+        torch.zeros(1000).add_(1)   # elementwise work counts no FLOPs
+    table = meter.table()
+    assert table["matmul"]["gflop"] == pytest.approx(2 * 2 * 256 * 512 * 128 / 1e9, abs=1e-3)
+    assert table["nothing counted"]["gflop"] == 0 and table["nothing counted"]["matmul_fraction"] == 0
+    row = table["matmul"]
+    assert row["seconds"] >= 0 and row["precision"] == "fp32" and row["matmul_gflop_per_s"] > 0
+    assert row["matmul_fraction"] == pytest.approx(row["gflop_per_s"] / row["matmul_gflop_per_s"], abs=1e-3)
+    assert "matmul" in format_stages(table) and "of matmul" in format_stages(table)
+
+
+def test_matmul_rate_is_measured_in_each_precision():
+    assert matmul_rate("cpu", "fp32", repeats=1) > 0
+    if native_bf16("cpu"):
+        assert matmul_rate("cpu", "bf16", repeats=1) > 0
+
+
+def test_auto_precision_is_bf16_exactly_where_it_is_native():
+    expected = "bf16" if native_bf16("cpu") else "fp32"
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert SweepConfig(device="cpu").precision == expected            # the commands' default, resolved when made
+    assert SweepConfig(device="cpu", precision="fp32").precision == "fp32"
