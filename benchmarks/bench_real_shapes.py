@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffrep.stages import matmul_rate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -104,12 +107,23 @@ def bench_sd21(args) -> dict:
         block, t = describer.blocks[0], describer.t
         images = photo(512)[None].repeat(args.images, 1, 1, 1)
         rows = {}
+        with FlopCounterMode(display=False) as counter:   # torch's count of one image's early-stop extraction
+            featurizer.extract(images[:1], t, [block], precision=args.precision)
+        gflop = counter.get_total_flops() / 1e9
+        rate = matmul_rate(device, args.precision)
         for name, early in (("early_stop", True), ("full_forward", False)):
             featurizer.extract(images[:1], t, [block], precision=args.precision, stop_early=early)   # warm-up
             secs, _ = timed(lambda: [featurizer.extract(images[i:i + 1], t, [block], precision=args.precision,
                                                         stop_early=early) for i in range(len(images))], device)
             rows[name] = {"s_per_image": round(secs / len(images), 2), "images_per_s": round(len(images) / secs, 3)}
             print(f"  {name:13s} {secs / len(images):7.2f} s per 512×512 image (VAE + denoiser)")
+        featurizer.extract(images, t, [block], precision=args.precision)   # warm-up at the batch's shapes
+        secs, _ = timed(lambda: featurizer.extract(images, t, [block], precision=args.precision), device)
+        rows["early_stop_batched"] = {"batch": len(images), "s_per_image": round(secs / len(images), 3),
+                                      "images_per_s": round(len(images) / secs, 3),
+                                      "matmul_fraction": round(gflop * len(images) / secs / rate, 3)}
+        print(f"  batch of {len(images)}: {len(images) / secs:.2f} images/s, {gflop * len(images) / secs:.0f} GFLOP/s, "
+              f"{100 * gflop * len(images) / secs / rate:.0f}% of the {rate:.0f} GFLOP/s matmul rate")
         enc_s, _ = timed(lambda: backbone.encode(images[:1].to(device)), device)
         params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in
                   (("unet", backbone.denoiser), ("vae", backbone.vae), ("text_encoder", backbone.text_encoder))}
@@ -117,7 +131,8 @@ def bench_sd21(args) -> dict:
               "device": str(device), "precision": args.precision, "torch_threads": torch.get_num_threads(),
               "image": "512×512", "block": block, "t": t, "images": args.images,
               "load_s": round(load_s, 1), "block_catalogue_s": round(info_s, 2), "blocks_in_catalogue": len(info),
-              "vae_encode_s": round(enc_s, 2), **rows,
+              "vae_encode_s": round(enc_s, 2), "gflop_per_image": round(gflop, 1),
+              "matmul_gflop_per_s": round(rate, 1), **rows,
               "early_stop_speedup": round(rows["full_forward"]["s_per_image"] / rows["early_stop"]["s_per_image"], 2),
               "peak_rss_mb": round(rss_mb(), 0), "rss_before_load_mb": round(rss_before, 0)}
     if device.type == "cuda":

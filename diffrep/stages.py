@@ -12,7 +12,11 @@
   below, something else (memory traffic, Python, small ops, I/O) takes the time.
 - The matmul rate is measured here, once per precision, on square matmuls (2048² on a CPU, 8192² on a
   GPU), in the precision's autocast: the machine's practical peak, not its datasheet's.
-- Counting costs a little Python per operation (tens of microseconds), nothing per FLOP.
+- Counting costs Python per operation (tens of microseconds), nothing per FLOP: cheap around a few
+  large operations (the probes' batched matmuls), ruinous around many small ones (per-image noise and
+  distortions: it more than doubled the sweep's distorted copies). So a stage of many images is timed
+  without the counter (`count=False`), and its FLOPs are one image's, counted apart, times the number
+  of images (`count_flops`, `add`): every image costs the same FLOPs.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ def matmul_rate(device, precision: str, repeats: int = 10) -> float:
     return 2 * side ** 3 * repeats / best / 1e9
 
 
+def count_flops(fn) -> int:
+    """torch's count of the FLOPs that `fn()` performs."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -58,16 +69,27 @@ class StageMeter:
         self.rates: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str, precision: str):
-        """Time and count the work done inside; a stage entered again adds to its totals."""
-        counter = FlopCounterMode(display=False)
+    def stage(self, name: str, precision: str, count: bool = True):
+        """Time the work done inside, and count its FLOPs unless `count` is False (then `add` them); a
+        stage entered again adds to its totals."""
+        counter = FlopCounterMode(display=False) if count else None
         start = time.perf_counter()
-        with counter:
+        if counter is None:
             yield
+        else:
+            with counter:
+                yield
         _sync(self.device)
-        row = self.stages.setdefault(name, {"seconds": 0.0, "flop": 0, "precision": precision})
+        row = self._row(name, precision)
         row["seconds"] += time.perf_counter() - start
-        row["flop"] += counter.get_total_flops()
+        row["flop"] += counter.get_total_flops() if counter is not None else 0
+
+    def add(self, name: str, precision: str, flop: int) -> None:
+        """FLOPs counted apart (`count_flops` of one image, times the images) added to a stage."""
+        self._row(name, precision)["flop"] += int(flop)
+
+    def _row(self, name: str, precision: str) -> dict:
+        return self.stages.setdefault(name, {"seconds": 0.0, "flop": 0, "precision": precision})
 
     def table(self) -> dict[str, dict]:
         """{stage: {seconds, gflop, gflop_per_s, matmul_gflop_per_s, matmul_fraction, precision}}; the

@@ -27,7 +27,7 @@ from ..heads import augmented_epochs, cross_validated_accuracy, train_probe_grid
 from ..options import MODEL_HELP, add_options, from_args, noise_level, option
 from ..plotting import grid_rows, plot_grid
 from ..runs import header, in_run_folder, write_results
-from ..stages import StageMeter, format_stages
+from ..stages import StageMeter, count_flops, format_stages
 
 DEFAULT_TS = [5, 25, 50, 100, 200]
 PIXELS, RANDOM = "pixels", "random"   # the baselines' feature keys: raw pixels, and (RANDOM, cell)
@@ -135,7 +135,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     splits = labelled_splits(cfg.data, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))
     feats, labels = {}, {s: d.labels for s, d in splits.items()}
-    with meter.stage("features", cfg.precision):
+    with meter.stage("features", cfg.precision, count=False):
         if cfg.features:
             for s in splits:
                 feats[s], meta, labels[s] = _pool_saved(Path(cfg.features), s, cfg)
@@ -147,8 +147,10 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
             source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, precision=cfg.precision)
             for s, d in splits.items():
                 feats[s] = _extract(cfg, source, d.images, out / "cache" / s, s, cfg.pools, f"{s} features", state)
+            n_images = sum(len(d.images) for d in splits.values())
+            meter.add("features", cfg.precision, image_flops(source, splits) * n_images)
     if cfg.baselines:
-        with meter.stage("baseline features", cfg.precision):
+        with meter.stage("baseline features", cfg.precision, count=False):
             rand = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts, cfg.ensemble,
                                      cfg.seed, precision=cfg.precision, weights="random")
             pixels = RawPixels(radius=0, image_channels=backbone.image_channels, position=False, name=PIXELS)
@@ -158,6 +160,8 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
                 rfeats = _extract(cfg, rand, d.images, out / "cache" / f"{s}-random", s, cfg.pools,
                                   f"{s} random-init", state)
                 feats[s].update({(RANDOM, k): v for k, v in rfeats.items()})
+        meter.add("baseline features", cfg.precision,   # the raw pixels cost no FLOPs
+                  image_flops(rand, splits) * sum(len(d.images) for d in splits.values()))
     if state is not None and not state.is_main_process:
         return None   # the main process trains the probes
     print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
@@ -204,12 +208,15 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
     print(f"refitting the chosen cell's probe on all {n} train images plus {cfg.augment} distorted copies "
           f"({cfg.distortion})")
     parts = [as_tensor(feats["train"][key])]
-    with meter.stage("distorted copies", cfg.precision):
+    with meter.stage("distorted copies", cfg.precision, count=False):
         for c in range(cfg.augment):   # each copy's images distorted as they are read, its noise seeded apart
             source = DiffusionFeatures(featurizer, [best["block"]], [best["t"]], cfg.ensemble, cfg.seed + 1 + c,
                                        precision=cfg.probe_precision)
             parts.append(collect_features(source, train, [best["pool"]], cfg.batch_size, f"distorted copy {c + 1}",
                                           cfg.workers, DistortedCopy(cfg.distortion, cfg.seed, c))[key])
+        if cfg.augment:
+            per_image = image_flops(source, {"train": train})
+            meter.add("distorted copies", cfg.precision, per_image * cfg.augment * len(train))
     with meter.stage("final probe", cfg.probe_precision):
         x = torch.cat(parts)
         y = labels["train"].repeat(cfg.augment + 1)
@@ -219,6 +226,14 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
                                  weight_decays=(best["weight_decay"],), precision=cfg.probe_precision)[key]
     return {"copies": cfg.augment, "distortion": asdict(cfg.distortion), "fit_images": n,
             "accuracy": score["accuracy"], "weight_decay": score["weight_decay"]}
+
+
+def image_flops(source, splits: dict) -> int:
+    """FLOPs of one image through `source` (every t and draw), counted on the first split's first image:
+    every image of a sweep costs the same."""
+    images = next(iter(splits.values()))
+    images = images.images if hasattr(images, "images") else images
+    return count_flops(lambda: source.maps(torch.as_tensor(images[0])[None], indices=torch.zeros(1, dtype=torch.long)))
 
 
 def check_cross_validation(cfg: SweepConfig, n_train: int) -> None:
