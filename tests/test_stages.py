@@ -40,3 +40,19 @@ def test_auto_precision_is_bf16_exactly_where_it_is_native():
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     assert SweepConfig(device="cpu").precision == expected            # the commands' default, resolved when made
     assert SweepConfig(device="cpu", precision="fp32").precision == "fp32"
+
+
+def test_epoch_flops_extrapolates_one_and_two_epochs_exactly():
+    """A probe's FLOPs from counts of one and two epochs equal the count of the whole run: the sweep
+    counts its probe stages this way, since counting every small step would slow them."""
+    from diffrep.classify.ddae import epoch_flops
+    from diffrep.heads import train_probe_grid
+    from diffrep.stages import count_flops
+
+    gen = torch.Generator().manual_seed(0)
+    x = {"a": torch.randn(64, 12, generator=gen), "b": torch.randn(64, 30, generator=gen)}
+    y = torch.randint(0, 3, (64,), generator=gen)
+
+    def train(epochs):
+        return train_probe_grid(x, y, x, y, epochs=epochs, batch_size=16)
+    assert epoch_flops(train, 5) == count_flops(lambda: train(5)) > 0

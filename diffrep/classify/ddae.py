@@ -9,8 +9,10 @@ weights) in the same run and table. Writes config.json, sweep.json and heatmap.p
 
 from __future__ import annotations
 
+import io
 import time
-from dataclasses import asdict, dataclass
+from contextlib import redirect_stdout
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -165,20 +167,30 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     if state is not None and not state.is_main_process:
         return None   # the main process trains the probes
     print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
-    with meter.stage("probe grid", cfg.probe_precision):
-        scores = train_probe_grid(feats["train"], labels["train"], feats["test"], labels["test"], epochs=cfg.epochs,
-                                  seed=cfg.seed, progress=lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"),
-                                  precision=cfg.probe_precision)
+    probe = cfg.probe_precision
+
+    def grid(epochs: int, progress=None):
+        return train_probe_grid(feats["train"], labels["train"], feats["test"], labels["test"], epochs=epochs,
+                                seed=cfg.seed, progress=progress, precision=probe)
+    with meter.stage("probe grid", probe, count=False):
+        scores = grid(cfg.epochs, lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
+    meter.add("probe grid", probe, epoch_flops(grid, cfg.epochs))
     result = summarise(cfg, scores, len(labels["train"]), len(labels["test"]))
     if cfg.shortlist > 0:
-        with meter.stage("cross-validation", cfg.probe_precision):
-            result["best"], result["shortlist"] = cross_validated_choice(cfg, result["cells"], feats["train"],
-                                                                         labels["train"])
+        def choose(epochs: int):
+            run = cfg if epochs == cfg.epochs else replace(cfg, epochs=epochs)
+            best, short = cross_validated_choice(run, result["cells"], feats["train"], labels["train"])
+            random_best = None
+            if cfg.baselines:
+                random_best, _ = cross_validated_choice(run, result["baselines"]["random_cells"], feats["train"],
+                                                        labels["train"], RANDOM)
+            return best, short, random_best
+        with meter.stage("cross-validation", probe, count=False):
+            result["best"], result["shortlist"], random_best = choose(cfg.epochs)
             if cfg.baselines:
                 bl = result["baselines"]
-                bl["random_init_best"], _ = cross_validated_choice(cfg, bl["random_cells"], feats["train"],
-                                                                   labels["train"], RANDOM)
-                bl["random_init"] = bl["random_init_best"]["accuracy"]
+                bl["random_init_best"], bl["random_init"] = random_best, random_best["accuracy"]
+        meter.add("cross-validation", probe, epoch_flops(choose, cfg.epochs))
     if cfg.augment > 0:
         aug = augmented_probe(cfg, featurizer, splits["train"].images, feats, labels, result["best"], meter)
         result["best"] = {**result["best"], "augmented": aug}
@@ -211,21 +223,34 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
     with meter.stage("distorted copies", cfg.precision, count=False):
         for c in range(cfg.augment):   # each copy's images distorted as they are read, its noise seeded apart
             source = DiffusionFeatures(featurizer, [best["block"]], [best["t"]], cfg.ensemble, cfg.seed + 1 + c,
-                                       precision=cfg.probe_precision)
+                                       precision=cfg.precision)
             parts.append(collect_features(source, train, [best["pool"]], cfg.batch_size, f"distorted copy {c + 1}",
                                           cfg.workers, DistortedCopy(cfg.distortion, cfg.seed, c))[key])
         if cfg.augment:
             per_image = image_flops(source, {"train": train})
             meter.add("distorted copies", cfg.precision, per_image * cfg.augment * len(train))
-    with meter.stage("final probe", cfg.probe_precision):
-        x = torch.cat(parts)
-        y = labels["train"].repeat(cfg.augment + 1)
-        score = train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"],
-                                 split=(torch.arange(len(x)), torch.arange(0)),
-                                 epochs=augmented_epochs(cfg.epochs, cfg.augment), seed=cfg.seed,
-                                 weight_decays=(best["weight_decay"],), precision=cfg.probe_precision)[key]
+    x = torch.cat(parts)
+    y = labels["train"].repeat(cfg.augment + 1)
+
+    def final(epochs: int):
+        return train_probe_grid({key: x}, y, {key: feats["test"][key]}, labels["test"],
+                                split=(torch.arange(len(x)), torch.arange(0)), epochs=epochs, seed=cfg.seed,
+                                weight_decays=(best["weight_decay"],), precision=cfg.probe_precision)[key]
+    epochs = augmented_epochs(cfg.epochs, cfg.augment)
+    with meter.stage("final probe", cfg.probe_precision, count=False):
+        score = final(epochs)
+    meter.add("final probe", cfg.probe_precision, epoch_flops(final, epochs))
     return {"copies": cfg.augment, "distortion": asdict(cfg.distortion), "fit_images": n,
             "accuracy": score["accuracy"], "weight_decay": score["weight_decay"]}
+
+
+def epoch_flops(train, epochs: int) -> int:
+    """FLOPs of `train(epochs)` (probe training, then scoring), from torch's counts of one and two epochs:
+    exact, as every epoch costs the same, and cheap, where counting the whole run would slow each of its
+    many small steps (quietly: what the counted runs print is dropped)."""
+    with redirect_stdout(io.StringIO()):
+        one, two = count_flops(lambda: train(1)), count_flops(lambda: train(2))
+    return one + (epochs - 1) * (two - one)
 
 
 def image_flops(source, splits: dict) -> int:
