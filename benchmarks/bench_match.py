@@ -73,7 +73,7 @@ def main() -> None:
 
 def refinement_rows(featurizer, args, source, target, points) -> list[dict]:
     """`match` coarse and refined with the command's default describer, and the dense flow refined."""
-    describer = MatchConfig(model=args.model).describer(featurizer)
+    describer = MatchConfig(model=args.model, precision="fp32").describer(featurizer)   # as the rows above
     coarse = round(best_time(lambda: match(describer, source, target, points), 3), 3)
     rows = [{"what": "match 16 points, 256×256 pair, match's defaults", "block": describer.blocks[0],
              "t": describer.t, "ensemble": describer.ensemble, "scales": list(describer.scales), "seconds": coarse}]
