@@ -59,8 +59,10 @@ def main() -> None:
     pairs, size, _ = cfg.load_pairs()
     describer = cfg.describer(load_featurizer(cfg.model, cfg.device, cfg.precision))
     grid = settings_grid(args.fines.split(","), [int(r) for r in args.radii.split(",")])
-    refiners = {f: refiner(describer, f, radius=1) for f in {s["fine"] for s in grid}}
-    found: dict[str, list[Matches]] = {"coarse": [], **{json.dumps(s): [] for s in grid}}
+    refiners = {f: refiner(describer, f, radius=1) for f in {s["fine"] for s in grid}}   # for the maps alone
+    settings = {json.dumps(s): refiner(describer, s["fine"], radius=s["radius"], temperature=s["temperature"],
+                                       coarse_weight=s["coarse_weight"], mutual=s["mutual"]) for s in grid}
+    found: dict[str, list[Matches]] = {"coarse": [], **{name: [] for name in settings}}
     for i, pair in enumerate(pairs):
         source, target = pair.images()
         prompt = category_prompt(pair.category)
@@ -68,12 +70,10 @@ def main() -> None:
         coarse = match_maps(fs, src, ft, tgt, pair.source_points)
         found["coarse"].append(coarse)
         fine_maps = {f: r.maps([src.image, tgt.image], prompt) for f, r in refiners.items()}
-        for s in grid:
-            fine = refiner(describer, s["fine"], radius=s["radius"], temperature=s["temperature"],
-                           coarse_weight=s["coarse_weight"], mutual=s["mutual"])
-            refinement = fine.refinement(*fine_maps[s["fine"]])
+        for name, fine in settings.items():
+            refinement = fine.refinement(*fine_maps[json.loads(name)["fine"]])
             moved = refinement.apply(tgt.to_model(coarse.points), src.to_model(pair.source_points), src, tgt, (fs, ft))
-            found[json.dumps(s)].append(Matches(tgt.to_input(moved), coarse.similarity, None, coarse.points))
+            found[name].append(Matches(tgt.to_input(moved), coarse.similarity, None, coarse.points))
         print(f"pair {i + 1}/{len(pairs)} ({time.time() - start:.0f} s)", flush=True)
     scores = {name: score_matches(pairs, m) for name, m in found.items()}
     order = sorted(scores, key=lambda n: -scores[n]["0.01"]["per_point"])

@@ -137,6 +137,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     splits = labelled_splits(cfg.data, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))
     feats, labels = {}, {s: d.labels for s, d in splits.items()}
+    n_images = sum(len(d.images) for d in splits.values())
     with meter.stage("features", cfg.precision, count=False):
         if cfg.features:
             for s in splits:
@@ -149,8 +150,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
             source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, precision=cfg.precision)
             for s, d in splits.items():
                 feats[s] = _extract(cfg, source, d.images, out / "cache" / s, s, cfg.pools, f"{s} features", state)
-            n_images = sum(len(d.images) for d in splits.values())
-            meter.add("features", cfg.precision, image_flops(source, splits) * n_images)
+            meter.add("features", cfg.precision, image_flops(source, splits["train"].images) * n_images)
     if cfg.baselines:
         with meter.stage("baseline features", cfg.precision, count=False):
             rand = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts, cfg.ensemble,
@@ -162,8 +162,8 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
                 rfeats = _extract(cfg, rand, d.images, out / "cache" / f"{s}-random", s, cfg.pools,
                                   f"{s} random-init", state)
                 feats[s].update({(RANDOM, k): v for k, v in rfeats.items()})
-        meter.add("baseline features", cfg.precision,   # the raw pixels cost no FLOPs
-                  image_flops(rand, splits) * sum(len(d.images) for d in splits.values()))
+        # the raw pixels cost no FLOPs
+        meter.add("baseline features", cfg.precision, image_flops(rand, splits["train"].images) * n_images)
     if state is not None and not state.is_main_process:
         return None   # the main process trains the probes
     print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
@@ -206,7 +206,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
 
 
 def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict, labels: dict,
-                    best: dict, meter: StageMeter | None = None) -> dict:
+                    best: dict, meter: StageMeter) -> dict:
     """The chosen cell's final probe: refit on the whole train split (fit and validation images, as is
     usual once the choices are made) plus `cfg.augment` randomly distorted copies of it (DDAE trains
     its reported probes with augmentation), at the cell's chosen weight decay, for about the grid's
@@ -214,7 +214,6 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
     on the test split: the cell and its weight decay come from cross-validation, the distortions and
     the copy count from cross-validation on the train split (benchmarks/bench_probe_augment.py); the
     test split is scored once, after this refit. `meter` times the copies and the probe as stages."""
-    meter = meter or StageMeter(featurizer.backbone.device)
     key = Cell(best["t"], best["block"], best["pool"])
     n = len(labels["train"])
     print(f"refitting the chosen cell's probe on all {n} train images plus {cfg.augment} distorted copies "
@@ -227,8 +226,7 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
             parts.append(collect_features(source, train, [best["pool"]], cfg.batch_size, f"distorted copy {c + 1}",
                                           cfg.workers, DistortedCopy(cfg.distortion, cfg.seed, c))[key])
         if cfg.augment:
-            per_image = image_flops(source, {"train": train})
-            meter.add("distorted copies", cfg.precision, per_image * cfg.augment * len(train))
+            meter.add("distorted copies", cfg.precision, image_flops(source, train) * cfg.augment * len(train))
     x = torch.cat(parts)
     y = labels["train"].repeat(cfg.augment + 1)
 
@@ -253,11 +251,9 @@ def epoch_flops(train, epochs: int) -> int:
     return one + (epochs - 1) * (two - one)
 
 
-def image_flops(source, splits: dict) -> int:
-    """FLOPs of one image through `source` (every t and draw), counted on the first split's first image:
-    every image of a sweep costs the same."""
-    images = next(iter(splits.values()))
-    images = images.images if hasattr(images, "images") else images
+def image_flops(source, images) -> int:
+    """FLOPs of one image through `source` (every t and draw), counted on the first of `images` (a
+    tensor or `ImageFiles`): every image of a sweep costs the same."""
     return count_flops(lambda: source.maps(torch.as_tensor(images[0])[None], indices=torch.zeros(1, dtype=torch.long)))
 
 

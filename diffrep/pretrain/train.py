@@ -23,7 +23,8 @@ from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransforme
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from ..core.backbone import autocast_dtype, load_backbone, native_bf16, noise_form, null_class, resolve_device, run_denoiser
+from ..core.backbone import (autocast_dtype, load_backbone, native_bf16, noise_form, null_class, resolve_device,
+                             resolve_precision, run_denoiser)
 from ..core.text import PromptCache, load_text_encoder
 from ..data import holdout_split, load, load_captioned, pretrain_split, random_crop, random_shift
 from ..errors import DiffrepError
@@ -197,9 +198,8 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, resume: bool = 
     if torch.is_tensor(data) and data.shape[-1] != cfg.resolution:
         data = torch.nn.functional.interpolate(data, size=cfg.resolution, mode="bilinear", antialias=True)
     device = resolve_device(cfg.device)
-    if cfg.precision == "auto":   # resolved here so that pretrain.json records what really ran
-        cfg.precision = "bf16" if native_bf16(device) else "fp32"
-    elif cfg.precision == "bf16" and not native_bf16(device):
+    cfg.precision = resolve_precision(cfg.precision, device)   # here, so that pretrain.json records what ran
+    if cfg.precision == "bf16" and not native_bf16(device):
         print(f"note: bf16 has no native kernels on this {device.type}; it runs emulated, many times slower than fp32")
     autocast_dtype(cfg.precision, device)   # refuses fp16 on the CPU
     acc = Accelerator(cpu=device.type == "cpu", mixed_precision="no" if cfg.precision == "fp32" else cfg.precision)
