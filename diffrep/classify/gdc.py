@@ -80,6 +80,8 @@ def block_pair(text: str) -> tuple[str, str]:
 
 @dataclass
 class ClassifyConfig(RunOn):
+    """The settings of `diffrep classify` (GDC, DifFormer, DifFeed): each field is a flag of the
+    command, with the same default and range."""
     model: str = option("mnist-ddpm", MODEL_HELP)
     data: str = option("mnist", "'mnist' or an image folder with class sub-folders")
     heads: list = option(["linear", "cnn", "attention"], f"heads to train: {', '.join(HEADS)}",

@@ -150,6 +150,7 @@ class EDMNoise:
 
 
 def noise_form(scheduler):
+    """The noise form of a diffusers scheduler: `EDMNoise` for `EDMEulerScheduler`, else `VPNoise`."""
     return EDMNoise(scheduler) if isinstance(scheduler, EDMEulerScheduler) else VPNoise(scheduler)
 
 
@@ -179,6 +180,8 @@ def null_class(model: DiTTransformer2DModel) -> int:
 
 @dataclass
 class Backbone:
+    """A loaded diffusion model: the denoiser, its noise form (VP or EDM), and for latent models the
+    VAE, for conditional ones the text encoder and tokenizer. `load_backbone` makes one."""
     denoiser: torch.nn.Module
     noise: VPNoise | EDMNoise
     vae: AutoencoderKL | None = None

@@ -28,6 +28,7 @@ DIT_TOP = ("pos_embed", "transformer_blocks")
 
 @dataclass(frozen=True)
 class BlockInfo:
+    """One tappable block, as `Featurizer.feature_info()` lists it before any data is run."""
     name: str       # module path in the diffusers model
     channels: int   # feature channels
     stride: int     # image pixels per feature cell (includes the VAE's downsampling)

@@ -35,6 +35,8 @@ class ModelOptions:
 
 @dataclass
 class RunOn(ModelOptions):
+    """The settings every command that runs a model shares: the model options plus `device` and
+    `precision` (`auto` is resolved when the settings are made, so results record what ran)."""
     device: str = option("auto", "where the model runs: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N "
                                  "or mps")
     precision: str = option("auto", "autocast precision of the model: auto (bf16 where it is native: a GPU, or a "

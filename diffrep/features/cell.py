@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Cell:
+    """One feature map: the noise level `t`, the `block` tapped and the pooling; the key of every
+    feature dictionary."""
     t: int | float       # timestep (VP) or σ (EDM)
     block: str           # module path in the denoiser
     pool: int | None = None   # adaptive average pooling to pool×pool; None: the whole map

@@ -51,6 +51,8 @@ def bytes_per_image(source, image_size: int, strides: dict, pools: list[int] | N
 
 
 def default_shard_size(per_image: int) -> int:
+    """Images per shard for `per_image` bytes of features per image: about 64 MB of features, at most
+    4,096 images, at least one."""
     return max(1, min(MAX_SHARD, SHARD_BYTES // max(1, per_image)))
 
 

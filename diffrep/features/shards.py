@@ -258,6 +258,7 @@ def memory_budget() -> int:
 
 
 def as_tensor(x) -> torch.Tensor:
+    """`x` as a tensor in memory: a memory-mapped `ShardedArray` is read whole; a tensor is returned as is."""
     return x.materialise() if isinstance(x, ShardedArray) else x
 
 

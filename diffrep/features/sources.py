@@ -25,6 +25,7 @@ from .cell import Cell
 
 
 def total_channels(source) -> int:
+    """The channels of all of a feature source's maps together."""
     return sum(source.channels.values())
 
 

@@ -42,6 +42,8 @@ def save_features(path: str | Path, tensors: dict, meta: dict) -> Path:
 
 
 def read_meta(path: str | Path) -> dict:
+    """The metadata of a diffrep feature file; a missing, damaged, foreign or other-version file is a
+    `DiffrepError` that names it."""
     path = Path(path)
     if not path.is_file():
         raise DiffrepError(f"feature file {path} does not exist")

@@ -40,6 +40,8 @@ RESUMABLE_CHANGES = ("steps", "checkpoint_every", "device")   # what --resume ma
 
 @dataclass
 class PretrainConfig:
+    """The settings of `diffrep pretrain`: each field is a flag of the command, with the same default
+    and range."""
     data: str = option("mnist", "'mnist' (its train split only), 'scenes', 'photos' or an image folder")
     objective: str = option("ddpm", "'ddpm' (ε-prediction, linear β) or 'edm' (Karras σ, preconditioned)",
                             choices=("ddpm", "edm"))
@@ -107,6 +109,8 @@ CROSS_ATTENTION_MAX_SIDE = 16   # text-to-image UNets cross-attend at the levels
 
 
 def build_denoiser(cfg: PretrainConfig, text_width: int | None = None) -> torch.nn.Module:
+    """A freshly initialised denoiser for `cfg`: a `UNet2DModel`, a `DiTTransformer2DModel` (`arch="dit"`)
+    or, with captions, a `UNet2DConditionModel` cross-attending to text states of width `text_width`."""
     if cfg.captions:
         return _text_to_image_unet(cfg, text_width)
     if cfg.arch == "dit":
@@ -139,6 +143,8 @@ def _text_to_image_unet(cfg: PretrainConfig, text_width: int) -> UNet2DCondition
 
 
 def build_scheduler(cfg: PretrainConfig):
+    """The noise schedule of `cfg.objective`: `EDMEulerScheduler` for EDM, else DDPM's linear β schedule
+    (1,000 steps)."""
     return EDMEulerScheduler() if cfg.objective == "edm" else DDPMScheduler(num_train_timesteps=1000)
 
 
@@ -381,6 +387,7 @@ def sample(model, scheduler, n: int = 64, steps: int = 50, seed: int = 0, prompt
 
 
 def save_sample_grid(model, scheduler, path: Path, n: int = 64, seed: int = 0) -> None:
+    """Write a square grid of `n` seeded samples of `model` to the PNG `path` (atomically)."""
     x = (sample(model, scheduler, n, seed=seed).float().cpu() + 1) / 2
     rows = int(n ** 0.5)
     c, h, w = x.shape[1:]

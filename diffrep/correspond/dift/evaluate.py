@@ -150,6 +150,8 @@ class DescriptorConfig(RunOn):
 
 @dataclass
 class MatchEvalConfig(DescriptorConfig):
+    """The settings of `diffrep match-eval` and `diffrep match-sweep` (DIFT): each field is a flag of
+    the commands, with the same default and range."""
     benchmark: str = option("warps", "'warps' (bundled photographs, mild warps), 'geo' (unseen photographs rotated "
                                      "±90° and zoomed ×0.5-2) or 'spair' (with --spair)",
                             choices=("warps", "geo", "spair"))
@@ -239,6 +241,9 @@ def _score_baselines(pairs, size, mutual) -> dict:
 
 
 def run_match_eval(cfg: MatchEvalConfig, out: str | Path) -> dict:
+    """`diffrep match-eval`: match the benchmark's pairs with the diffusion describer (and its
+    refinement), score PCK and end-point error beside the baselines, print the table, and write `match-eval.json`
+    and example pictures into the run folder `out`. Returns the results."""
     with locked(out) as out:
         start = time.time()
         pairs, size, rule = cfg.load_pairs()
@@ -343,6 +348,8 @@ def format_eval_table(result: dict) -> str:
 # ----------------------------------------------------------------------------- sweep
 
 def run_match_sweep(cfg: MatchEvalConfig, out: str | Path) -> dict:
+    """`diffrep match-sweep`: score coarse matching at every t × block cell (and the join of the best
+    ones), and write `match-sweep.json` and the heatmap into the run folder `out`. Returns the results."""
     if cfg.refine is not None:
         raise DiffrepError("match-sweep scores coarse matches only: choose t and block with it, then score the "
                            "refinement with match-eval --refine")

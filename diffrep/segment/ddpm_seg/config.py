@@ -16,6 +16,8 @@ DDPM_SEG_TS = (50, 150, 250)   # DDPM-Seg's timesteps (of 1000)
 
 @dataclass
 class SegConfig(RunOn):
+    """The settings of `diffrep segment train` (DDPM-Seg): each field is a flag of the command, with
+    the same default and range."""
     model: str = option("scenes-ddpm", MODEL_HELP)
     data: str = option("scenes", "'scenes' (bundled), a folder with images/ + masks/, or DDPM-Seg's layout: a folder "
                                  "of images each beside a same-stem .npy label array, or a data set root with "

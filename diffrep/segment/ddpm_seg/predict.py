@@ -111,6 +111,8 @@ class RunSettings:
 
 @dataclass
 class EvalConfig(RunSettings):
+    """The settings of `diffrep segment eval`: each field is a flag of the command, with the same
+    default and range."""
     data: str = option("scenes", "'scenes' (its test split), a folder with images/ + masks/, or DDPM-Seg's layout (images "
                                  "beside .npy label arrays; a data set root's real/test)")
     n: int | None = option(None, "test images (default: all; scenes: 200)", parse=int, min=1)

@@ -43,6 +43,7 @@ def _fit(pools: PixelPools, channels: int, n_classes: int, k: int, cfg: SegConfi
 
 
 def save_heads(heads: PixelMLPs, path: Path, keys: list) -> None:
+    """Write the trained pixel MLPs and the cells they read (`keys`) to one safetensors file, atomically."""
     meta = {"k": heads.k, "channels": heads.channels, "n_classes": heads.n_classes, "hidden": list(heads.hidden),
             "keys": [key_to_json(k) for k in keys]}
     with atomic_path(path) as tmp:
@@ -50,6 +51,8 @@ def save_heads(heads: PixelMLPs, path: Path, keys: list) -> None:
 
 
 def load_heads(path: Path) -> tuple[PixelMLPs, list]:
+    """The pixel MLPs and their cells from a file `save_heads` wrote; a missing or damaged file is a
+    `DiffrepError`."""
     if not path.is_file():
         raise DiffrepError(f"{path} is missing: not a complete `diffrep segment train` run")
     try:

@@ -39,6 +39,8 @@ PIXEL_STRIDES = (1, 2, 4, 8)
 
 @dataclass
 class PanopticConfig(RunOn):
+    """The settings of `diffrep panoptic train` (ODISE): each field is a flag of the command, with the
+    same default and range."""
     model: str = option("scenes-t2i", "text-to-image diffusion model: bundled name, diffusers folder or hub id")
     data: str = option("panoptic-scenes", "'panoptic-scenes' or a COCO-panoptic folder (train / val / test)")
     held_out: list = option(["eight", "nine", "gravel"], "category names left out of training (their segments are "

@@ -100,6 +100,9 @@ def score(model, data, vocab: Vocabulary, unseen: set, names, owner, side: int, 
 
 
 def run_panoptic_train(cfg: PanopticConfig, out: str | Path) -> dict:
+    """`diffrep panoptic train`: train the mask generator (and, with `baselines`, its comparison runs)
+    on the panoptic data's train split, keep the epoch with the best val PQ on seen categories, and write
+    the run folder `out`. Returns the results."""
     out = Path(out)
     train, val = load_panoptic(cfg.data, "train"), load_panoptic(cfg.data, "val")
     full, train_vocab = split_vocabulary(train.categories, cfg.held_out, str(train.json_path))
