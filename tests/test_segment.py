@@ -301,11 +301,11 @@ def test_bundled_scenes_are_deterministic_with_bright_digits_on_a_dim_photograph
     assert not np.array_equal(scene("train", 0)[0], scene("test", 0)[0])
 
 
-def test_a_folder_laid_out_as_the_readme_says_trains_and_scores(rgb_unet_dir, tmp_path):
-    """images/ + masks/ + classes.json in the very format the README's example shows."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    example = re.search(r"`classes\.json` \(`(\{.*?\})`", readme)
-    assert example, "the README shows a classes.json example"
+def test_a_folder_laid_out_as_the_docs_say_trains_and_scores(rgb_unet_dir, tmp_path):
+    """images/ + masks/ + classes.json in the very format the docs' example shows (docs/data.md)."""
+    page = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
+    example = re.search(r"`classes\.json` \(`(\{.*?\})`", page)
+    assert example, "docs/data.md shows a classes.json example"
     spec = json.loads(example.group(1))
     root = write_folder(tmp_path / "data", 3)
     n_classes = len(spec["classes"])
