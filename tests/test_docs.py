@@ -7,8 +7,8 @@
   which the API reference is generated from. The rule: a class or function needs a docstring of its
   own (not one inherited, and not the signature a dataclass writes for itself); a module needs a module
   docstring; other values (constants such as `PRESETS`, `PEAK`, `BUNDLED`, `PRECISIONS`,
-  `WEIGHT_DECAYS`), which cannot carry a docstring in Python, are exempt: they are described by a
-  comment where they are defined and in the prose of the docs.
+  `WEIGHT_DECAYS`), which cannot carry a docstring of their own in Python, are exempt; the API
+  reference shows one that has an attribute docstring (a string right after the assignment).
 - Every `diffrep …` command line in a ```bash block of the docs and the README parses with the real
   argument parser (`diffrep.cli.build_parser`), so Getting started and the method pages cannot drift
   from the tool's flags.

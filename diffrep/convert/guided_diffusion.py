@@ -68,6 +68,8 @@ PRESETS = {
     "imagenet-512": (_IMAGENET + " --image_size 512 --num_head_channels 64 --use_fp16 False",
                      "OpenAI's 512x512_diffusion.pt"),
 }
+"""The published guided-diffusion checkpoints by preset name (`--preset`): each its MODEL_FLAGS, as the
+reference scripts pass them, and the checkpoint it belongs to."""
 
 
 # ----------------------------------------------------------------------------- flags

@@ -31,10 +31,12 @@ from .text import BY_NAME, TextEncoder, load_text_encoder
 
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 BUNDLED = {name: WEIGHTS_DIR / name for name in ("mnist-ddpm", "scenes-ddpm", "photos-ddpm", "scenes-t2i")}
+"""The bundled models by name (`--model mnist-ddpm`, …): their diffusers folders under `diffrep/weights/`."""
 DENOISERS = {cls.__name__: cls for cls in (UNet2DModel, ADMUNet2DModel, UNet2DConditionModel, DiTTransformer2DModel)}
 CHECKPOINT_SUFFIXES = (".pt", ".pth")   # guided-diffusion checkpoints, converted on first use
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype (None: off)
+"""The reduced precisions by name (`--precision`): each its autocast dtype (None: fp32, no autocast)."""
 
 
 # ----------------------------------------------------------------------------- devices and precision

