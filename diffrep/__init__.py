@@ -1,14 +1,16 @@
 """diffrep: pre-trained diffusion models as representation learners.
 
-    import diffrep
-    backbone = diffrep.load_backbone("mnist-ddpm")
-    feats = diffrep.Featurizer(backbone).extract(diffrep.data.load("mnist", "test").images[:64], t=50,
-                                                 blocks=["mid_block"])
-    diffrep.run_sweep(diffrep.SweepConfig(), "runs/sweep")        # DDAE
-    diffrep.train_segmenter(diffrep.SegConfig(), "runs/seg")      # DDPM-Seg
-    diffrep.run_match_eval(diffrep.MatchEvalConfig(), "runs/corr")  # DIFT
-    diffrep.run_classify(diffrep.ClassifyConfig(), "runs/cls")      # GDC / DifFormer / DifFeed
-    diffrep.run_panoptic_train(diffrep.PanopticConfig(model="runs/t2i"), "runs/pan")   # ODISE
+```python
+import diffrep
+backbone = diffrep.load_backbone("mnist-ddpm")
+feats = diffrep.Featurizer(backbone).extract(diffrep.data.load("mnist", "test").images[:64], t=50,
+                                             blocks=["mid_block"])
+diffrep.run_sweep(diffrep.SweepConfig(), "runs/sweep")        # DDAE
+diffrep.train_segmenter(diffrep.SegConfig(), "runs/seg")      # DDPM-Seg
+diffrep.run_match_eval(diffrep.MatchEvalConfig(), "runs/corr")  # DIFT
+diffrep.run_classify(diffrep.ClassifyConfig(), "runs/cls")      # GDC / DifFormer / DifFeed
+diffrep.run_panoptic_train(diffrep.PanopticConfig(model="runs/t2i"), "runs/pan")   # ODISE
+```
 """
 
 from . import data

@@ -1,14 +1,16 @@
 """Data sets: one type (`ImageSet`), one loader (`load`), splits always named train / val / test.
 
-    load("mnist", "train")                    labelled digits (train 4,000, test 1,000)
-    load("scenes", "train", n=20)             labelled scenes with masks (train, val, test)
-    load("scenes", "unlabelled")              4,000 scenes for pre-training
-    load("photos", "train")                   4,000 crops of scikit-image's photographs (test: 500)
-    load("photo-crops", "train")              crops labelled by their photograph (train, val, test: disjoint tiles)
-    load("path/to/folder", "test")            class sub-folders (labels), images/ + masks/ or images beside .npy
-                                              label arrays (segmentation; DDPM-Seg's real/train, real/test)
-    load_pairs("warps" | "geo" | SPAIR_FOLDER, ...)   image pairs with keypoints (correspondence)
-    load_panoptic("panoptic-scenes" | COCO_PANOPTIC_FOLDER, "train")   panoptic labels (PanopticSet)
+```text
+load("mnist", "train")                    labelled digits (train 4,000, test 1,000)
+load("scenes", "train", n=20)             labelled scenes with masks (train, val, test)
+load("scenes", "unlabelled")              4,000 scenes for pre-training
+load("photos", "train")                   4,000 crops of scikit-image's photographs (test: 500)
+load("photo-crops", "train")              crops labelled by their photograph (train, val, test: disjoint tiles)
+load("path/to/folder", "test")            class sub-folders (labels), images/ + masks/ or images beside .npy
+                                          label arrays (segmentation; DDPM-Seg's real/train, real/test)
+load_pairs("warps" | "geo" | SPAIR_FOLDER, ...)   image pairs with keypoints (correspondence)
+load_panoptic("panoptic-scenes" | COCO_PANOPTIC_FOLDER, "train")   panoptic labels (PanopticSet)
+```
 
 A folder with train/ (val/) test/ sub-folders gives those; a class folder without them is split
 80/20 by a seeded permutation (train, test); a segmentation folder without them serves every split

@@ -8,7 +8,7 @@ earlier version drew each digit in a random saturated colour on a brighter photo
 labelled digits per class the colour became a shortcut for the few-label heads, while the unlabelled
 colour variety let the small bundled backbone spend its capacity on colour rather than shape (its digit
 features named the digit from 30 instances 20% of the time; on the present scenes `mnist-ddpm`, never
-trained on scenes at all, does 35%; README, "DDPM-Seg on the bundled scenes").
+trained on scenes at all, does 35%; docs/history.md, "The scene data and the scene model").
 
 Deterministic: scene i of a split is drawn from a generator seeded by (split, i). The splits never
 share a digit or a texture region:
