@@ -80,10 +80,10 @@ def test_sweep_choice_overrules_a_lucky_validation_score():
     y, feats = _signal_and_noise()
     cells = [{"t": 1, "block": "noise", "pool": 1, "val_accuracy": 0.99, "accuracy": 0.2, "weight_decay": 1e-3},
              {"t": 1, "block": "signal", "pool": 1, "val_accuracy": 0.98, "accuracy": 0.9, "weight_decay": 1e-4}]
-    best, short = cross_validated_choice(SweepConfig(shortlist=2, folds=3, epochs=150), cells, feats, y)
+    best, short = cross_validated_choice(SweepConfig(shortlist=2, folds=3, epochs=150), {None: cells}, feats, y)[None]
     assert best["block"] == "signal" and [c["block"] for c in short] == ["noise", "signal"]
     assert short[0]["cv_accuracy"] < 0.45 < 0.8 < short[1]["cv_accuracy"]
-    best, _ = cross_validated_choice(SweepConfig(shortlist=1, folds=3, epochs=150), cells, feats, y)
+    best, _ = cross_validated_choice(SweepConfig(shortlist=1, folds=3, epochs=150), {None: cells}, feats, y)[None]
     assert best["block"] == "noise"  # a shortlist of one keeps validation's choice
 
 
@@ -135,3 +135,16 @@ def test_heatmap_grid_shows_the_chosen_cell_at_its_own_pool():
     cells = [cell(5, "a", 2, 0.9, 0.80), cell(5, "a", 4, 0.9, 0.85), cell(5, "b", 2, 0.7, 0.60), cell(5, "b", 4, 0.8, 0.65)]
     grid = best_pool_grid({"ts": [5], "blocks": ["a", "b"], "cells": cells, "best": cells[1]})
     assert grid.tolist() == [[pytest.approx(0.85), pytest.approx(0.65)]]  # chosen a@4 (a validation tie with a@2); b at its best pool
+
+
+def test_per_cell_weight_decays_train_as_separate_runs_would():
+    """Cross-validation trains every cell at its own decay in one pass; each must equal its own run."""
+    y, feats = _signal_and_noise(n=160)
+    decays = {Cell(1, "signal", 1): 1e-4, Cell(1, "noise", 1): 300.0}   # 300: strong enough to move its scores
+    run = lambda cells, wd: train_probe_grid({k: feats[k][:120] for k in cells}, y[:120],
+                                             {k: feats[k][120:] for k in cells}, y[120:], epochs=5, batch_size=32,
+                                             weight_decays=wd)
+    together = run(list(decays), decays)
+    for cell, wd in decays.items():
+        assert together[cell] == run([cell], (wd,))[cell]
+    assert together[Cell(1, "noise", 1)] != run([Cell(1, "noise", 1)], (1e-4,))[Cell(1, "noise", 1)]

@@ -37,6 +37,9 @@ PIXELS, RANDOM = "pixels", "random"   # the baselines' feature keys: raw pixels,
 
 @dataclass
 class SweepConfig(RunOn):
+    """Settings of `diffrep sweep` (`run_sweep`): the model and labelled data, the (t, block, pool)
+    grid, the probes' training, the baselines, the cross-validated choice of the cell and the refit
+    on distorted copies; device and precision from `RunOn`. Each field is a command-line flag."""
     model: str = option("mnist-ddpm", MODEL_HELP)
     data: str = option("mnist", "'mnist' or an image folder with class sub-folders")
     ts: list | None = option(None, f"noise levels, timesteps or σ for EDM (default {','.join(map(str, DEFAULT_TS))}; "
@@ -177,19 +180,17 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     meter.add("probe grid", probe, epoch_flops(grid, cfg.epochs))
     result = summarise(cfg, scores, len(labels["train"]), len(labels["test"]))
     if cfg.shortlist > 0:
+        shortlists = {None: result["cells"], **({RANDOM: result["baselines"]["random_cells"]} if cfg.baselines else {})}
+
         def choose(epochs: int):
             run = cfg if epochs == cfg.epochs else replace(cfg, epochs=epochs)
-            best, short = cross_validated_choice(run, result["cells"], feats["train"], labels["train"])
-            random_best = None
-            if cfg.baselines:
-                random_best, _ = cross_validated_choice(run, result["baselines"]["random_cells"], feats["train"],
-                                                        labels["train"], RANDOM)
-            return best, short, random_best
+            return cross_validated_choice(run, shortlists, feats["train"], labels["train"])
         with meter.stage("cross-validation", probe, count=False):
-            result["best"], result["shortlist"], random_best = choose(cfg.epochs)
+            chosen = choose(cfg.epochs)
+            result["best"], result["shortlist"] = chosen[None]
             if cfg.baselines:
                 bl = result["baselines"]
-                bl["random_init_best"], bl["random_init"] = random_best, random_best["accuracy"]
+                bl["random_init_best"], bl["random_init"] = chosen[RANDOM][0], chosen[RANDOM][0]["accuracy"]
         meter.add("cross-validation", probe, epoch_flops(choose, cfg.epochs))
     if cfg.augment > 0:
         aug = augmented_probe(cfg, featurizer, splits["train"].images, feats, labels, result["best"], meter)
@@ -265,25 +266,31 @@ def check_cross_validation(cfg: SweepConfig, n_train: int) -> None:
                            f"not {cfg.folds}; pass --folds N or --shortlist 0")
 
 
-def cross_validated_choice(cfg: SweepConfig, cells: list[dict], train_feats: dict, train_y: torch.Tensor,
-                           source: str | None = None) -> tuple[dict, list[dict]]:
-    """The chosen cell: of the `cfg.shortlist` cells best on the held-out eighth, the one with the best
-    k-fold cross-validated accuracy over the whole train split. The eighth (500 MNIST digits) leaves the
-    top cells one or two images apart, and on the bundled split it happened to score about 1.5 points
-    above cross-validation for the same cells; 4,000 scored digits rank them far more surely. The folds
+def cross_validated_choice(cfg: SweepConfig, cells: dict[str | None, list[dict]], train_feats: dict,
+                           train_y: torch.Tensor) -> dict[str | None, tuple[dict, list[dict]]]:
+    """For each source's cells ({None: the model's, RANDOM: the random-weight network's}) the chosen
+    cell: of the `cfg.shortlist` cells best on the held-out eighth, the one with the best k-fold
+    cross-validated accuracy over the whole train split. The eighth (500 MNIST digits) leaves the top
+    cells one or two images apart, and on the bundled split it happened to score about 1.5 points above
+    cross-validation for the same cells; 4,000 scored digits rank them far more surely. The folds
     include digits the generative model was pre-trained on (without labels, as in any linear
-    evaluation); the test split plays no part. Returns (chosen cell, shortlist with cv_accuracy)."""
+    evaluation); the test split plays no part. Every source's shortlist trains in the same pass per
+    fold (a cell's probe does not depend on the cells beside it). Returns {source: (chosen cell,
+    shortlist with cv_accuracy)}."""
     check_cross_validation(cfg, len(train_y))
-    short = sorted(cells, key=lambda c: -c["val_accuracy"])[:cfg.shortlist]
-    cells = [Cell(c["t"], c["block"], c["pool"]) for c in short]
-    keys = [(source, c) if source else c for c in cells]
-    print(f"cross-validating the {len(short)} best {'random-weight ' if source else ''}cells on validation "
+    short = {source: sorted(c, key=lambda c: -c["val_accuracy"])[:cfg.shortlist] for source, c in cells.items()}
+    keys = {source: [(source, Cell(c["t"], c["block"], c["pool"])) if source else Cell(c["t"], c["block"], c["pool"])
+                     for c in chosen] for source, chosen in short.items()}
+    print(f"cross-validating the {' and '.join(str(len(c)) for c in short.values())} best cells on validation "
           f"({cfg.folds} folds over all {len(train_y)} train images)")
-    cv = cross_validated_accuracy({k: train_feats[k] for k in keys}, train_y,
-                                  {k: c["weight_decay"] for k, c in zip(keys, short)},
+    decays = {k: c["weight_decay"] for source in short for k, c in zip(keys[source], short[source])}
+    cv = cross_validated_accuracy({k: train_feats[k] for k in decays}, train_y, decays,
                                   folds=cfg.folds, epochs=cfg.epochs, seed=cfg.seed, precision=cfg.probe_precision)
-    ranked = [{**c, "cv_accuracy": cv[k]} for k, c in zip(keys, short)]
-    return max(ranked, key=lambda c: c["cv_accuracy"]), ranked
+    result = {}
+    for source in short:
+        ranked = [{**c, "cv_accuracy": cv[k]} for k, c in zip(keys[source], short[source])]
+        result[source] = max(ranked, key=lambda c: c["cv_accuracy"]), ranked
+    return result
 
 
 def _cache_meta(cfg: SweepConfig, split: str) -> dict:

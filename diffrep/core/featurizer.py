@@ -228,8 +228,11 @@ class Featurizer:
     def extract_latents(self, latents: torch.Tensor, t, blocks: list[str] | str, ensemble: int = 1,
                         seed: int | None = 0, shared_noise: bool = False, bf16: bool = False,
                         prompt: str | None = None, stop_early: bool = True,
-                        precision: str | None = None, indices=None, noise_per_t: bool = True) -> dict[str, torch.Tensor]:
-        """As `extract`, on inputs already passed through `backbone.encode` (reuse them across t)."""
+                        precision: str | None = None, indices=None, noise_per_t: bool = True,
+                        as_float: bool = True) -> dict[str, torch.Tensor]:
+        """As `extract`, on inputs already passed through `backbone.encode` (reuse them across t).
+        as_float False: maps of one draw stay in the dtype they were computed in (bf16 under bf16
+        autocast), for a caller that pools them first and converts only the pooled values."""
         blocks = self.check_blocks([blocks] if isinstance(blocks, str) else list(blocks))
         t = self.backbone.noise.check(t)
         if ensemble < 1:
@@ -243,7 +246,7 @@ class Featurizer:
         with torch.autocast(self.backbone.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             feats = self._run(x_t, t, blocks, stop_early=stop_early, prompt=prompt)
         if ensemble == 1:   # the mean of one draw is that draw: skip a copy of every map
-            return {name: f.float().cpu() for name, f in feats.items()}
+            return {name: (f.float() if as_float else f).cpu() for name, f in feats.items()}
         return {name: f.float().view(ensemble, n, *f.shape[1:]).mean(0).cpu() for name, f in feats.items()}
 
     def _run(self, x_t, t, blocks, stop_early=True, shapes_only=False, prompt=None) -> dict:

@@ -39,7 +39,8 @@ class Distortion:
     """Random distortions of a probe's fit images, after the classic ones for MNIST (Simard et al.,
     2003): an affine map (rotation, scale, shear, translation, each drawn uniformly within ±), then a
     smooth elastic displacement field. All zero is the identity. The defaults were chosen by 5-fold
-    cross-validation on the bundled MNIST train split (README, "Final probe of the chosen cell")."""
+    cross-validation on the bundled MNIST train split (`benchmarks/bench_probe_augment.py`; the DDAE
+    page of the documentation, "Final probe of the chosen cell")."""
 
     rotate: float = option(15.0, "copies' rotation, up to ± degrees (0: none)", min=0)
     scale: float = option(0.1, "copies' scaling, up to ± this fraction (0: none)", min=0, below=1)

@@ -14,6 +14,7 @@ from ..core.runtime import barrier, release_memory
 from ..data.stream import ImageBatches
 from .cell import Cell
 from .shards import FeatureStore, ShardWriter, in_memory
+from .sources import DiffusionFeatures
 
 SHARD_BYTES = 64 * 2 ** 20   # a shard holds about this many bytes of features (at most MAX_SHARD images): the
                              # rows of the shard being filled are what extraction holds beyond one batch
@@ -21,10 +22,20 @@ MAX_SHARD = 4096
 
 
 def pooled(feats: dict, pools: list[int] | None) -> dict:
-    """Each map average-pooled to p×p and flattened (B×C·p²) for every p; without pools, the maps."""
+    """Each map average-pooled to p×p and flattened (B×C·p²) for every p, as float32; without pools,
+    the maps."""
     if pools is None:
         return feats
-    return {cell.pooled(p): F.adaptive_avg_pool2d(f, p).flatten(1) for cell, f in feats.items() for p in pools}
+    return {cell.pooled(p): F.adaptive_avg_pool2d(f, p).flatten(1).float() for cell, f in feats.items() for p in pools}
+
+
+def pooled_maps(source, batch: torch.Tensor, idx, pools: list[int] | None) -> dict:
+    """`pooled` maps of a batch. A diffusion source's bf16 maps are pooled in bf16 and only the pooled
+    values made float32: converting every full map first took about a sixth of mnist-ddpm's extraction
+    time (float32 maps are pooled exactly as before)."""
+    if pools is not None and isinstance(source, DiffusionFeatures):
+        return pooled(source.maps(batch, indices=idx, as_float=False), pools)
+    return pooled(source.maps(batch, indices=idx), pools)
 
 
 @torch.no_grad()
@@ -36,7 +47,7 @@ def collect_features(source, images, pools: list[int] | None = None, batch_size:
     parts: dict[Cell, list[torch.Tensor]] = {}
     for idx, batch in tqdm(ImageBatches(images, batch_size, workers, transform), desc=desc, dynamic_ncols=True):
         release_memory()
-        for key, f in pooled(source.maps(batch, indices=idx), pools).items():
+        for key, f in pooled_maps(source, batch, idx, pools).items():
             parts.setdefault(key, []).append(f)
     return {k: torch.cat(v) for k, v in parts.items()}
 
@@ -77,7 +88,7 @@ def extract_to_store(source, images, folder: str | Path, identity: dict, pools: 
     rows = dict.fromkeys(todo, 0)
     for idx, batch in tqdm(ImageBatches(images, batch_size, workers, transform, batches=batches), desc=desc,
                            dynamic_ncols=True, disable=not batches):
-        feats = pooled(source.maps(batch, indices=idx), pools)
+        feats = pooled_maps(source, batch, idx, pools)
         release_memory()
         feats.update({name: t[idx] for name, t in (extra or {}).items()})
         s = int(idx[0]) // shard_size

@@ -58,9 +58,11 @@ class DiffusionFeatures:
                 **({} if self.noise_per_t else {"noise_per_t": False})}
 
     @torch.no_grad()
-    def maps(self, images: torch.Tensor, indices=None, prompt: str | None = None) -> dict[Cell, torch.Tensor]:
+    def maps(self, images: torch.Tensor, indices=None, prompt: str | None = None,
+             as_float: bool = True) -> dict[Cell, torch.Tensor]:
         """`indices`: the images' indices in their data set (default 0…B-1; they seed each image's
-        noise); `prompt` conditions text-conditional UNets."""
+        noise); `prompt` conditions text-conditional UNets; `as_float` False leaves the maps in the
+        dtype they were computed in (see `Featurizer.extract_latents`)."""
         backbone = self.featurizer.backbone
         images = match_channels(images, backbone.image_channels)
         self.featurizer.check_images(images)
@@ -69,7 +71,7 @@ class DiffusionFeatures:
         for t in self.ts:
             feats = self.featurizer.extract_latents(latents, t, self.blocks, self.ensemble, self.seed,
                                                     self.shared_noise, prompt=prompt, precision=self.precision,
-                                                    indices=indices, noise_per_t=self.noise_per_t)
+                                                    indices=indices, noise_per_t=self.noise_per_t, as_float=as_float)
             out.update({Cell(t, b): f for b, f in feats.items()})
         return out
 

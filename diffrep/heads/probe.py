@@ -14,6 +14,7 @@ from ..core.backbone import autocast_dtype
 from ..data.holdout import holdout_split
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
+"""The L2 strengths every probe of the grid is trained at; each cell keeps the one best on validation."""
 
 
 CHUNK = 4096   # rows read at a time when computing statistics
@@ -35,30 +36,44 @@ class Standardised:
         var = ((total_sq - n * mean * mean) / max(n - 1, 1)).clamp_min(0)
         self.mean, self.std = mean.float(), var.sqrt().float().clamp_min(1e-6)
         self.source = x
-        self.whole = self._apply(x.flatten(1)) if torch.is_tensor(x) else None
+        self.whole = None   # filled by `standardise_into` (a width group's buffer) or on first read
         self.dim = self.mean.numel()
 
     def _apply(self, rows: torch.Tensor) -> torch.Tensor:
         return (rows.float() - self.mean) / self.std
 
+    def in_memory(self) -> bool:
+        return torch.is_tensor(self.source)
+
+    def standardise_into(self, out: torch.Tensor) -> None:
+        """All rows standardised into `out` (N×D, its own dtype), CHUNK rows at a time: the width
+        group's stacked buffer is written once, without a float copy of every cell beside it."""
+        rows = self.source.flatten(1)
+        for start in range(0, len(rows), CHUNK):
+            out[start:start + CHUNK] = self._apply(rows[start:start + CHUNK])
+        self.whole = out
+
     def __getitem__(self, idx) -> torch.Tensor:
+        if self.whole is None and self.in_memory():
+            self.whole = self._apply(self.source.flatten(1))
         return self.whole[idx] if self.whole is not None else self._apply(self.source[idx].flatten(1))
 
     def of(self, x) -> "Standardised":
         """Other rows (the test split's) standardised with these statistics."""
         other = object.__new__(Standardised)
-        other.mean, other.std, other.source, other.dim = self.mean, self.std, x, self.dim
-        other.whole = self._apply(x.flatten(1)) if torch.is_tensor(x) else None
+        other.mean, other.std, other.source, other.dim, other.whole = self.mean, self.std, x, self.dim, None
         return other
 
 
 def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
                      test_y: torch.Tensor, epochs: int = 60, batch_size: int = 256, lr: float = 1e-3,
                      seed: int = 0, progress=None, split: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     weight_decays: tuple[float, ...] = WEIGHT_DECAYS, precision: str = "fp32") -> dict[str, dict]:
+                     weight_decays: tuple[float, ...] | dict = WEIGHT_DECAYS, precision: str = "fp32") -> dict[str, dict]:
     """Fit one linear head per (cell, weight decay) on `train` minus a held-out eighth (or on the
     (fit, validation) indices of `split`); returns per cell {"val_accuracy", "accuracy" (test),
-    "weight_decay"} for the decay with the best validation accuracy. Features are tensors or
+    "weight_decay"} for the decay with the best validation accuracy. `weight_decays` as a dict
+    ({cell: decay}) gives each cell one head at its own decay instead (cross-validation's refits:
+    every cell in one pass). Features are tensors or
     memory-mapped arrays (`features.ShardedArray`), read batch by batch (see `Standardised`).
     precision 'bf16': the standardised features are held in bf16 and the heads' matmuls run in bf16
     autocast (half the bytes read per step, the CPU's bf16 matmuls); the weights, the optimiser and the
@@ -68,10 +83,14 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
     classes = int(max(train_y.max(), test_y.max())) + 1
     cells = list(train)
     inputs = {c: Standardised(train[c], fit_idx) for c in cells}
-    groups = _width_groups(cells, inputs, classes * len(weight_decays), low or torch.float32)
-    # AdamW's decoupled decay, column by column (each weight decay owns `classes` columns), applied by
-    # hand before each step as torch's AdamW does: one parameter then holds every decay's heads
-    decay = torch.tensor([wd for wd in weight_decays for _ in range(classes)])
+    per_cell = isinstance(weight_decays, dict)
+    groups = _width_groups(cells, inputs, classes * (1 if per_cell else len(weight_decays)), low or torch.float32)
+    # AdamW's decoupled decay, column by column (each weight decay owns `classes` columns; or each cell
+    # its row), applied by hand before each step as torch's AdamW does: one parameter then holds every
+    # decay's heads
+    for g in groups:
+        g.decay = (torch.tensor([[weight_decays[c]] for c in g.cells]).repeat(1, classes)[:, None] if per_cell
+                   else torch.tensor([wd for wd in weight_decays for _ in range(classes)]))
     opt = torch.optim.AdamW([p for g in groups for p in g.parameters()], lr=lr, weight_decay=0.0)
     steps = epochs * math.ceil(len(fit_idx) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -86,8 +105,8 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():
-                factor = 1 - sched.get_last_lr()[0] * decay
                 for g in groups:
+                    factor = 1 - sched.get_last_lr()[0] * g.decay
                     g.weight.mul_(factor)
                     g.bias.mul_(factor)
             opt.step()
@@ -114,10 +133,10 @@ class _WidthGroup(nn.Module):
         self.weight = nn.Parameter(torch.zeros(len(cells), dim, outputs))
         self.bias = nn.Parameter(torch.zeros(len(cells), 1, outputs))
         self.stacked = None
-        if all(x.whole is not None for x in self.inputs):   # in memory: one tensor, the cells' rows views of it
-            self.stacked = torch.stack([x.whole for x in self.inputs]).to(storage)
+        if all(x.in_memory() for x in self.inputs):   # in memory: one tensor, the cells' rows views of it
+            self.stacked = torch.empty(len(cells), len(self.inputs[0].source), dim, dtype=storage)
             for k, x in enumerate(self.inputs):
-                x.whole = self.stacked[k]
+                x.standardise_into(self.stacked[k])
 
     def rows(self, idx, inputs=None) -> torch.Tensor:
         """n cells × len(idx) × D standardised rows."""
@@ -155,7 +174,7 @@ def cross_validated_accuracy(train: dict[str, torch.Tensor], train_y: torch.Tens
                              copies: dict[str, torch.Tensor] | None = None, precision: str = "fp32") -> dict[str, float]:
     """k-fold cross-validated accuracy of each cell's linear probe over all of `train` (each cell at its own
     weight decay): every sample is scored once, by a probe that never saw it. Folds are a seeded
-    permutation; cells sharing a weight decay train together in one pass per fold. `copies`
+    permutation; every cell, each at its own weight decay, trains in one pass per fold. `copies`
     ({cell: features of m augmented copies of `train`, one whole copy after another}) adds the copies
     of each fold's fit samples to its fit set (never those of the held-out ones), for
     `augmented_epochs(epochs, m)` epochs, as the sweep's final refit trains. `precision`: as
@@ -174,13 +193,11 @@ def cross_validated_accuracy(train: dict[str, torch.Tensor], train_y: torch.Tens
     correct = dict.fromkeys(train, 0.0)
     for i, held in enumerate(parts):
         fit = torch.cat([p + c * n for j, p in enumerate(parts) if j != i for c in range(m + 1)])
-        for wd in sorted(set(weight_decay.values())):
-            cells = {k: v for k, v in train.items() if weight_decay[k] == wd}
-            scores = train_probe_grid(cells, train_y, {k: v[held] for k, v in cells.items()}, train_y[held],
-                                      epochs=epochs, seed=seed, split=(fit, held), weight_decays=(wd,),
-                                      precision=precision)
-            for k, r in scores.items():
-                correct[k] += r["val_accuracy"] * len(held)
+        scores = train_probe_grid(train, train_y, {k: v[held] for k, v in train.items()}, train_y[held],
+                                  epochs=epochs, seed=seed, split=(fit, held), weight_decays=weight_decay,
+                                  precision=precision)
+        for k, r in scores.items():
+            correct[k] += r["val_accuracy"] * len(held)
     return {k: c / n for k, c in correct.items()}
 
 
@@ -188,16 +205,18 @@ def cross_validated_accuracy(train: dict[str, torch.Tensor], train_y: torch.Tens
 def _score(groups, train_y, val_idx, test_inputs, test_y, weight_decays, classes) -> dict:
     """Per cell, the head whose L2 strength scores best on validation; with no validation indices
     (a final refit on everything) there must be one strength and val_accuracy is None."""
-    if len(val_idx) == 0 and len(weight_decays) != 1:
+    per_cell = isinstance(weight_decays, dict)
+    if len(val_idx) == 0 and not per_cell and len(weight_decays) != 1:
         raise ValueError("without validation indices there is nothing to choose a weight decay on; give one")
     results = {}
     for g in groups:
         val = _right(g, val_idx, train_y[val_idx], classes) / max(len(val_idx), 1)
         test = _right(g, torch.arange(len(test_y)), test_y, classes, [test_inputs[c] for c in g.cells]) / len(test_y)
         for k, c in enumerate(g.cells):
-            j = 0 if len(val_idx) == 0 else max(range(len(weight_decays)), key=lambda j: val[k, j].item())
+            decays = (weight_decays[c],) if per_cell else weight_decays
+            j = 0 if len(val_idx) == 0 else max(range(len(decays)), key=lambda j: val[k, j].item())
             results[c] = {"val_accuracy": val[k, j].item() if len(val_idx) else None, "accuracy": test[k, j].item(),
-                          "weight_decay": weight_decays[j]}
+                          "weight_decay": decays[j]}
     return results
 
 
