@@ -58,11 +58,12 @@ def test_features_then_sweep_end_to_end(unet_dir, labelled_folder, tmp_path, cap
     assert result["baselines"]["random_init"] == result["baselines"]["random_init_best"]["accuracy"]
     assert "cv_accuracy" in result["baselines"]["random_init_best"]
     stages = result["stages"]   # every stage timed and its FLOPs counted, against this machine's matmul rate
-    assert list(stages) == ["features", "baseline features", "probe grid", "cross-validation", "distorted copies",
-                            "final probe"]
+    assert list(stages) == ["set-up", "features", "baseline features", "probe grid", "cross-validation",
+                            "distorted copies", "final probe", "FLOP counting"]
+    assert sum(row["seconds"] for row in stages.values()) <= result["timing_s"]["total"] + 0.1   # the stages add up
     assert result["precision"] in ("fp32", "bf16") and stages["features"]["precision"] == result["precision"]
     for name, row in stages.items():
-        assert row["seconds"] > 0 and row["gflop"] >= 0
+        assert row["seconds"] > 0 and row["gflop"] >= 0 and (row["gflop"] == 0) == (name in ("set-up", "FLOP counting"))
         assert result["timing_s"][name] == row["seconds"] and row["matmul_gflop_per_s"] > 0
         assert row["matmul_fraction"] == pytest.approx(row["gflop_per_s"] / row["matmul_gflop_per_s"], abs=1e-3)
     assert stages["features"]["gflop"] > 0 and stages["probe grid"]["gflop"] > 0

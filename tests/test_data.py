@@ -53,6 +53,21 @@ def test_random_distort_moves_by_the_asked_amounts():
     assert (rows - 15.5).abs().max() <= 1.6 and (cols - 15.5).abs().max() <= 1.6 and (rows - 15.5).abs().max() > 0.3
 
 
+def test_a_distorted_copy_is_the_same_whatever_the_batching():
+    """Image i's distortion comes from (seed, copy, i) alone: read one by one, in batches through the
+    DataLoader (the batched resampling), or in another order, each image comes out bit for bit the same."""
+    from diffrep.data import DistortedCopy, Distortion, ImageBatches
+
+    x = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    copy = DistortedCopy(Distortion(), seed=3, copy=1)
+    one_by_one = torch.stack([copy(x[i], i) for i in range(10)])
+    batched = torch.cat([b for _, b in ImageBatches(x, 4, transform=copy)])
+    assert torch.equal(batched, one_by_one) and not torch.allclose(one_by_one, x)
+    order = [7, 2, 9]
+    assert torch.equal(copy.batch(x[order], order), one_by_one[order])
+    assert not torch.equal(DistortedCopy(Distortion(), seed=3, copy=2)(x[0], 0), one_by_one[0])
+
+
 def test_distortion_refuses_bad_amounts():
     from diffrep.data import Distortion
 

@@ -3,12 +3,14 @@ precision (bf16 where it is native, fp32 elsewhere), as the commands resolve it.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from diffrep.classify.ddae import SweepConfig
 from diffrep.core.backbone import native_bf16, resolve_precision
-from diffrep.stages import StageMeter, format_stages, matmul_rate
+from diffrep.stages import StageMeter, count_flops, format_stages, matmul_rate
 
 
 def test_stage_meter_counts_a_known_matmul_and_adds_up_a_stage_entered_twice():
@@ -26,6 +28,21 @@ def test_stage_meter_counts_a_known_matmul_and_adds_up_a_stage_entered_twice():
     assert row["seconds"] >= 0 and row["precision"] == "fp32" and row["matmul_gflop_per_s"] > 0
     assert row["matmul_fraction"] == pytest.approx(row["gflop_per_s"] / row["matmul_gflop_per_s"], abs=1e-3)
     assert "matmul" in format_stages(table) and "of matmul" in format_stages(table)
+
+
+def test_flops_counted_apart_are_timed_as_the_meters_own_stage():
+    meter = StageMeter("cpu")
+    with meter.stage("images", "fp32", count=False):
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    def count():   # as slow as counting a network is
+        time.sleep(0.05)
+        return 10 * count_flops(lambda: torch.randn(256, 256) @ torch.randn(256, 256))
+    meter.add("images", "fp32", count)
+    table = meter.table()
+    assert list(table) == ["images", "FLOP counting"]
+    assert table["images"]["gflop"] == pytest.approx(10 * 2 * 256 ** 3 / 1e9, abs=1e-3)
+    assert table["FLOP counting"]["gflop"] == 0 and table["FLOP counting"]["seconds"] >= 0.05
+    assert table["images"]["seconds"] < 0.05   # the counting is not the stage's
 
 
 def test_matmul_rate_is_measured_in_each_precision():

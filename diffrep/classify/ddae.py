@@ -135,9 +135,10 @@ def run_sweep(cfg: SweepConfig, out: str | Path) -> dict | None:
 def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     start = time.time()
     meter = StageMeter(device)
-    backbone = load_backbone(cfg.model, device, cfg.precision, **cfg.model_options())
-    featurizer = Featurizer(backbone)
-    splits = labelled_splits(cfg.data, backbone)
+    with meter.stage("set-up", cfg.precision, count=False):
+        backbone = load_backbone(cfg.model, device, cfg.precision, **cfg.model_options())
+        featurizer = Featurizer(backbone)
+        splits = labelled_splits(cfg.data, backbone)
     check_cross_validation(cfg, len(splits["train"].labels))
     feats, labels = {}, {s: d.labels for s, d in splits.items()}
     n_images = sum(len(d.images) for d in splits.values())
@@ -153,7 +154,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
             source = DiffusionFeatures(featurizer, cfg.blocks, cfg.ts, cfg.ensemble, cfg.seed, precision=cfg.precision)
             for s, d in splits.items():
                 feats[s] = _extract(cfg, source, d.images, out / "cache" / s, s, cfg.pools, f"{s} features", state)
-            meter.add("features", cfg.precision, image_flops(source, splits["train"].images) * n_images)
+            meter.add("features", cfg.precision, lambda: image_flops(source, splits["train"].images) * n_images)
     if cfg.baselines:
         with meter.stage("baseline features", cfg.precision, count=False):
             rand = DiffusionFeatures(Featurizer(random_init(backbone, cfg.seed)), cfg.blocks, cfg.ts, cfg.ensemble,
@@ -166,7 +167,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
                                   f"{s} random-init", state)
                 feats[s].update({(RANDOM, k): v for k, v in rfeats.items()})
         # the raw pixels cost no FLOPs
-        meter.add("baseline features", cfg.precision, image_flops(rand, splits["train"].images) * n_images)
+        meter.add("baseline features", cfg.precision, lambda: image_flops(rand, splits["train"].images) * n_images)
     if state is not None and not state.is_main_process:
         return None   # the main process trains the probes
     print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
@@ -177,7 +178,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
                                 seed=cfg.seed, progress=progress, precision=probe)
     with meter.stage("probe grid", probe, count=False):
         scores = grid(cfg.epochs, lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
-    meter.add("probe grid", probe, epoch_flops(grid, cfg.epochs))
+    meter.add("probe grid", probe, lambda: epoch_flops(grid, cfg.epochs))
     result = summarise(cfg, scores, len(labels["train"]), len(labels["test"]))
     if cfg.shortlist > 0:
         shortlists = {None: result["cells"], **({RANDOM: result["baselines"]["random_cells"]} if cfg.baselines else {})}
@@ -191,7 +192,7 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
             if cfg.baselines:
                 bl = result["baselines"]
                 bl["random_init_best"], bl["random_init"] = chosen[RANDOM][0], chosen[RANDOM][0]["accuracy"]
-        meter.add("cross-validation", probe, epoch_flops(choose, cfg.epochs))
+        meter.add("cross-validation", probe, lambda: epoch_flops(choose, cfg.epochs))
     if cfg.augment > 0:
         aug = augmented_probe(cfg, featurizer, splits["train"].images, feats, labels, result["best"], meter)
         result["best"] = {**result["best"], "augmented": aug}
@@ -227,7 +228,7 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
             parts.append(collect_features(source, train, [best["pool"]], cfg.batch_size, f"distorted copy {c + 1}",
                                           cfg.workers, DistortedCopy(cfg.distortion, cfg.seed, c))[key])
         if cfg.augment:
-            meter.add("distorted copies", cfg.precision, image_flops(source, train) * cfg.augment * len(train))
+            meter.add("distorted copies", cfg.precision, lambda: image_flops(source, train) * cfg.augment * len(train))
     x = torch.cat(parts)
     y = labels["train"].repeat(cfg.augment + 1)
 
@@ -238,7 +239,7 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
     epochs = augmented_epochs(cfg.epochs, cfg.augment)
     with meter.stage("final probe", cfg.probe_precision, count=False):
         score = final(epochs)
-    meter.add("final probe", cfg.probe_precision, epoch_flops(final, epochs))
+    meter.add("final probe", cfg.probe_precision, lambda: epoch_flops(final, epochs))
     return {"copies": cfg.augment, "distortion": asdict(cfg.distortion), "fit_images": n,
             "accuracy": score["accuracy"], "weight_decay": score["weight_decay"]}
 

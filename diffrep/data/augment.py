@@ -62,33 +62,56 @@ def random_distort(x: torch.Tensor, d: Distortion, gen: torch.Generator) -> torc
     resampling by torch's `affine_grid`/`grid_sample`, edges replicated, the elastic field smoothed by
     scipy's `gaussian_filter`."""
     n, _, h, w = x.shape
+    return _distort(x, d, _draws(d, gen, n, h, w))
+
+
+def _draws(d: Distortion, gen: torch.Generator, n: int, h: int, w: int) -> dict:
+    """n images' random draws from `gen`, in the order they have always been drawn: rotation, scale,
+    shear, x shift, y shift (each uniform in ±amount), then the elastic noise."""
     def draw(amount):  # uniform in ±amount, one per image
         return (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * amount
-    angle, zoom, shear = torch.deg2rad(draw(d.rotate)), 1 + draw(d.scale), draw(d.shear)
+    out = {"angle": draw(d.rotate), "zoom": draw(d.scale), "shear": draw(d.shear), "dx": draw(d.shift),
+           "dy": draw(d.shift)}
+    if d.elastic > 0:
+        out["noise"] = torch.rand(n, 2, h, w, generator=gen, dtype=torch.float64) * 2 - 1
+    return out
+
+
+def _distort(x: torch.Tensor, d: Distortion, draws: dict) -> torch.Tensor:
+    """x resampled under the distortions `draws` (one per image), in one batch."""
+    n, _, h, w = x.shape
+    angle, zoom, shear = torch.deg2rad(draws["angle"]), 1 + draws["zoom"], draws["shear"]
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     # theta maps output to input coordinates, normalised to [-1, 1] (x first, as grid_sample's grid)
-    theta = torch.stack([torch.stack([cos, shear * cos - sin, draw(d.shift) * 2 / w], 1),
-                         torch.stack([sin, shear * sin + cos, draw(d.shift) * 2 / h], 1)], 1)
+    theta = torch.stack([torch.stack([cos, shear * cos - sin, draws["dx"] * 2 / w], 1),
+                         torch.stack([sin, shear * sin + cos, draws["dy"] * 2 / h], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta.float(), list(x.shape), align_corners=False)
     if d.elastic > 0:
-        noise = torch.rand(n, 2, h, w, generator=gen, dtype=torch.float64).numpy() * 2 - 1
-        field = torch.from_numpy(gaussian_filter(noise, sigma=(0, 0, d.smooth, d.smooth)))
+        field = torch.from_numpy(gaussian_filter(draws["noise"].numpy(), sigma=(0, 0, d.smooth, d.smooth)))
         field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12) * d.elastic
         grid = grid + (field * torch.tensor([2 / w, 2 / h], dtype=field.dtype).view(1, 2, 1, 1)).permute(0, 2, 3, 1).float()
     return torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
                                            align_corners=False)
 
 
-
-
 class DistortedCopy:
     """Copy `copy` of a data set under random distortions `d`, one image at a time (a DataLoader
-    transform: `DistortedCopy(d, seed, copy)(image, i)`); image i's distortion comes from (seed, copy, i)
-    alone, so it does not depend on the batching or the reading processes."""
+    transform: `DistortedCopy(d, seed, copy)(image, i)`) or a batch at a time (`.batch(images,
+    indices)`, what `ImageBatches` calls: the resampling runs once per batch); image i's distortion
+    comes from (seed, copy, i) alone, so it does not depend on the batching or the reading processes."""
 
     def __init__(self, d: Distortion, seed: int, copy: int):
         self.d, self.seed, self.copy = d, seed, copy
 
     def __call__(self, image: torch.Tensor, i: int) -> torch.Tensor:
+        return self.batch(image[None], [i])[0]
+
+    def batch(self, images: torch.Tensor, indices) -> torch.Tensor:
+        """B×C×H×W images, image k distorted as image `indices[k]` of the set."""
+        _, _, h, w = images.shape
+        draws = [_draws(self.d, self._generator(i), 1, h, w) for i in indices]
+        return _distort(images, self.d, {k: torch.cat([one[k] for one in draws]) for k in draws[0]})
+
+    def _generator(self, i: int) -> torch.Generator:
         state = np.random.SeedSequence([self.seed % 2 ** 64, self.copy, int(i)]).generate_state(1, np.uint64)[0]
-        return random_distort(image[None], self.d, torch.Generator().manual_seed(int(state)))[0]
+        return torch.Generator().manual_seed(int(state))

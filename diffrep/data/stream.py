@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DiffrepError
@@ -23,6 +24,14 @@ class _Items(Dataset):
     def __getitem__(self, i: int):
         image = self.images[i]
         return i, image if self.transform is None else self.transform(image, i)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A batch's items (the DataLoader asks for a batch at once when this exists): a transform with
+        a `batch` method transforms them together, with the same result as one by one."""
+        if self.transform is None or not hasattr(self.transform, "batch"):
+            return [self[i] for i in indices]
+        images = self.transform.batch(torch.stack([torch.as_tensor(self.images[i]) for i in indices]), indices)
+        return list(zip(indices, images))
 
 
 class ImageBatches:
