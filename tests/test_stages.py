@@ -73,3 +73,23 @@ def test_epoch_flops_extrapolates_one_and_two_epochs_exactly():
     def train(epochs):
         return train_probe_grid(x, y, x, y, epochs=epochs, batch_size=16)
     assert epoch_flops(train, 5) == count_flops(lambda: train(5)) > 0
+
+
+def test_probe_flops_from_one_cell_per_width_equal_the_whole_count():
+    """The sweep counts its probes' FLOPs on one cell of each feature width, times the cells of that
+    width: exact, since a width's heads train as one batched matmul."""
+    from diffrep.classify.ddae import probe_flops
+    from diffrep.heads import cross_validated_accuracy, train_probe_grid
+
+    gen = torch.Generator().manual_seed(0)
+    x = {name: torch.randn(48, width, generator=gen) for name, width in (("a", 12), ("b", 12), ("c", 30), ("d", 12))}
+    y = torch.randint(0, 3, (48,), generator=gen)
+
+    def grid(epochs, cells):
+        return train_probe_grid({k: x[k] for k in cells}, y, {k: x[k] for k in cells}, y, epochs=epochs, batch_size=16)
+
+    def cv(epochs, cells):
+        return cross_validated_accuracy({k: x[k] for k in cells}, y, dict.fromkeys(cells, 1e-3), folds=3, epochs=epochs)
+    for train in (grid, cv):
+        assert probe_flops(train, x, 4) == count_flops(lambda: train(4, list(x))) > 0
+    assert probe_flops(grid, x, 4, cells=["a", "c"]) == count_flops(lambda: grid(4, ["a", "c"]))

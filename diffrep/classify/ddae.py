@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import time
 from contextlib import redirect_stdout
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -173,26 +173,28 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
     probe = cfg.probe_precision
 
-    def grid(epochs: int, progress=None):
-        return train_probe_grid(feats["train"], labels["train"], feats["test"], labels["test"], epochs=epochs,
+    def grid(epochs: int, progress=None, cells=None):
+        cells = cells or list(feats["train"])
+        return train_probe_grid({k: feats["train"][k] for k in cells}, labels["train"],
+                                {k: feats["test"][k] for k in cells}, labels["test"], epochs=epochs,
                                 seed=cfg.seed, progress=progress, precision=probe)
     with meter.stage("probe grid", probe, count=False):
         scores = grid(cfg.epochs, lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
-    meter.add("probe grid", probe, lambda: epoch_flops(grid, cfg.epochs))
+    meter.add("probe grid", probe, lambda: probe_flops(lambda e, cells: grid(e, cells=cells), feats["train"], cfg.epochs))
     result = summarise(cfg, scores, len(labels["train"]), len(labels["test"]))
     if cfg.shortlist > 0:
         shortlists = {None: result["cells"], **({RANDOM: result["baselines"]["random_cells"]} if cfg.baselines else {})}
 
-        def choose(epochs: int):
-            run = cfg if epochs == cfg.epochs else replace(cfg, epochs=epochs)
-            return cross_validated_choice(run, shortlists, feats["train"], labels["train"])
         with meter.stage("cross-validation", probe, count=False):
-            chosen = choose(cfg.epochs)
+            chosen = cross_validated_choice(cfg, shortlists, feats["train"], labels["train"])
             result["best"], result["shortlist"] = chosen[None]
             if cfg.baselines:
                 bl = result["baselines"]
                 bl["random_init_best"], bl["random_init"] = chosen[RANDOM][0], chosen[RANDOM][0]["accuracy"]
-        meter.add("cross-validation", probe, lambda: epoch_flops(choose, cfg.epochs))
+        decays = shortlisted(cfg, shortlists)
+        meter.add("cross-validation", probe, lambda: probe_flops(
+            lambda e, cells: cross_validate(cfg, feats["train"], labels["train"], {k: decays[k] for k in cells}, e),
+            feats["train"], cfg.epochs, decays))
     if cfg.augment > 0:
         aug = augmented_probe(cfg, featurizer, splits["train"].images, feats, labels, result["best"], meter)
         result["best"] = {**result["best"], "augmented": aug}
@@ -239,9 +241,20 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
     epochs = augmented_epochs(cfg.epochs, cfg.augment)
     with meter.stage("final probe", cfg.probe_precision, count=False):
         score = final(epochs)
-    meter.add("final probe", cfg.probe_precision, lambda: epoch_flops(final, epochs))
+    meter.add("final probe", cfg.probe_precision, lambda: probe_flops(lambda e, cells: final(e), {key: x}, epochs))
     return {"copies": cfg.augment, "distortion": asdict(cfg.distortion), "fit_images": n,
             "accuracy": score["accuracy"], "weight_decay": score["weight_decay"]}
+
+
+def probe_flops(train, feats: dict, epochs: int, cells=None) -> int:
+    """FLOPs of `train(epochs, cells)` over `cells` (default: all of `feats`), from one cell of each
+    feature width: a cell's probe costs what every other cell of its width costs (the heads of one
+    width train as one batched matmul), so the count is exact, and it takes seconds where counting
+    every cell took as long as a fifth of the probes' own training (`epoch_flops` per cell)."""
+    by_width: dict[int, list] = {}
+    for key in (cells or feats):
+        by_width.setdefault(feats[key][0].numel(), []).append(key)
+    return sum(len(keys) * epoch_flops(lambda e, one=keys[:1]: train(e, one), epochs) for keys in by_width.values())
 
 
 def epoch_flops(train, epochs: int) -> int:
@@ -267,29 +280,46 @@ def check_cross_validation(cfg: SweepConfig, n_train: int) -> None:
                            f"not {cfg.folds}; pass --folds N or --shortlist 0")
 
 
+def shortlisted(cfg: SweepConfig, cells: dict[str | None, list[dict]]) -> dict:
+    """{feature key: its weight decay} of each source's `cfg.shortlist` cells best on the held-out
+    eighth ({None: the model's cells, RANDOM: the random-weight network's})."""
+    return {_key(source, c): c["weight_decay"] for source, chosen in cells.items() for c in _short(cfg, chosen)}
+
+
+def _short(cfg: SweepConfig, cells: list[dict]) -> list[dict]:
+    return sorted(cells, key=lambda c: -c["val_accuracy"])[:cfg.shortlist]
+
+
+def _key(source: str | None, cell: dict):
+    key = Cell(cell["t"], cell["block"], cell["pool"])
+    return (source, key) if source else key
+
+
+def cross_validate(cfg: SweepConfig, train_feats: dict, train_y: torch.Tensor, decays: dict,
+                   epochs: int | None = None) -> dict:
+    """{key: k-fold cross-validated accuracy} of the cells `decays` ({key: weight decay}), with the
+    sweep's folds, seed and probe precision."""
+    return cross_validated_accuracy({k: train_feats[k] for k in decays}, train_y, decays, folds=cfg.folds,
+                                    epochs=epochs or cfg.epochs, seed=cfg.seed, precision=cfg.probe_precision)
+
+
 def cross_validated_choice(cfg: SweepConfig, cells: dict[str | None, list[dict]], train_feats: dict,
                            train_y: torch.Tensor) -> dict[str | None, tuple[dict, list[dict]]]:
     """For each source's cells ({None: the model's, RANDOM: the random-weight network's}) the chosen
     cell: of the `cfg.shortlist` cells best on the held-out eighth, the one with the best k-fold
     cross-validated accuracy over the whole train split. The eighth (500 MNIST digits) leaves the top
     cells one or two images apart, and on the bundled split it happened to score about 1.5 points above
-    cross-validation for the same cells; 4,000 scored digits rank them far more surely. The folds
-    include digits the generative model was pre-trained on (without labels, as in any linear
-    evaluation); the test split plays no part. Every source's shortlist trains in the same pass per
-    fold (a cell's probe does not depend on the cells beside it). Returns {source: (chosen cell,
-    shortlist with cv_accuracy)}."""
+    cross-validation for the same cells; 4,000 scored digits rank them far more surely. The folds include digits the generative model was pre-trained on (without labels, as in
+    any linear evaluation); the test split plays no part. Every source's shortlist trains in the same
+    pass per fold (a cell's probe does not depend on the cells beside it). Returns {source: (chosen
+    cell, shortlist with cv_accuracy)}."""
     check_cross_validation(cfg, len(train_y))
-    short = {source: sorted(c, key=lambda c: -c["val_accuracy"])[:cfg.shortlist] for source, c in cells.items()}
-    keys = {source: [(source, Cell(c["t"], c["block"], c["pool"])) if source else Cell(c["t"], c["block"], c["pool"])
-                     for c in chosen] for source, chosen in short.items()}
-    print(f"cross-validating the {' and '.join(str(len(c)) for c in short.values())} best cells on validation "
-          f"({cfg.folds} folds over all {len(train_y)} train images)")
-    decays = {k: c["weight_decay"] for source in short for k, c in zip(keys[source], short[source])}
-    cv = cross_validated_accuracy({k: train_feats[k] for k in decays}, train_y, decays,
-                                  folds=cfg.folds, epochs=cfg.epochs, seed=cfg.seed, precision=cfg.probe_precision)
+    print(f"cross-validating the {' and '.join(str(len(_short(cfg, c))) for c in cells.values())} best cells on "
+          f"validation ({cfg.folds} folds over all {len(train_y)} train images)")
+    cv = cross_validate(cfg, train_feats, train_y, shortlisted(cfg, cells))
     result = {}
-    for source in short:
-        ranked = [{**c, "cv_accuracy": cv[k]} for k, c in zip(keys[source], short[source])]
+    for source, chosen in cells.items():
+        ranked = [{**c, "cv_accuracy": cv[_key(source, c)]} for c in _short(cfg, chosen)]
         result[source] = max(ranked, key=lambda c: c["cv_accuracy"]), ranked
     return result
 
