@@ -17,7 +17,8 @@ from diffrep.convert.guided_diffusion import parse_flags, scheduler_for, unet_co
 from diffrep.core.featurizer import image_noise
 from diffrep.data.photos import photo
 from diffrep.correspond.dift import DiffusionDescriber
-from diffrep.correspond.dift.evaluate import DescriptorConfig, MatchEvalConfig, sweep_axes
+from diffrep.correspond.dift.evaluate import DescriptorConfig, MatchEvalConfig
+from diffrep.correspond.dift.sweep import sweep_axes
 
 # OpenAI's 256x256_diffusion_uncond.pt flags, but 32 channels wide (256 there) with 8-channel heads
 ADM_FLAGS = ("--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --image_size 256 "

@@ -5,7 +5,8 @@ published settings by name: `--reference dift-sd` / `dift-adm`)."""
 
 from .describe import (Describer, DiffusionDescriber, category_prompt, concat_maps, daisy_describer, parse_descriptor,
                        pixel_describer)
-from .evaluate import DescriptorConfig, MatchEvalConfig, predict, run_match_eval, run_match_sweep
+from .evaluate import DescriptorConfig, MatchEvalConfig, predict, run_match_eval
+from .sweep import run_match_sweep
 from .frames import Prepared, check_points, pixel_grid, prepare
 from .matching import Matches, dense_flow, match, match_maps, nearest
 from .reference import REFERENCES, Reference

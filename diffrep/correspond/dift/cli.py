@@ -1,4 +1,4 @@
-"""`diffrep match`, `match-eval`, `match-sweep` (DIFT); flags from the configs in evaluate.py."""
+"""`diffrep match`, `match-eval`, `match-sweep` (DIFT); flags from the configs in evaluate.py, the sweep in sweep.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ...errors import DiffrepError
 from ...options import add_options, from_args, option
 from ...runs import output_file, write_json
 from .describe import category_prompt, load_featurizer
-from .evaluate import DescriptorConfig, MatchEvalConfig, run_match_eval, run_match_sweep, settings_line
+from .evaluate import DescriptorConfig, MatchEvalConfig, run_match_eval, settings_line
+from .sweep import run_match_sweep
 from .frames import check_points
 from .matching import dense_flow, describe_pair, match_maps
 from .pictures import draw_matches, draw_pca, pca_rgb
