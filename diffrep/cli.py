@@ -102,9 +102,6 @@ class FeaturesConfig(RunOn):
     shard_size: int | None = option(None, "images per shard (default: about 64 MB of features, at most 4,096)",
                                     parse=int, min=1)
 
-    def __post_init__(self):
-        super().__post_init__()
-
 
 STORE_KEYS = ("model", "data", "ts", "blocks", "pool", "ensemble", "seed", "shared_noise", "precision")
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .core.backbone import autocast_dtype
+from .core.backbone import autocast_dtype, autocast_in
 
 COUNTING = "FLOP counting"   # the stage the meter's own counting is timed as
 
@@ -39,7 +39,7 @@ def matmul_rate(device, precision: str, repeats: int = 10) -> float:
     a, b = (torch.randn(side, side, device=device) for _ in range(2))
     dtype = autocast_dtype(precision, device)
     best = float("inf")
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with autocast_in(device, dtype):
         for _ in range(3):   # the first round warms up
             _sync(device)
             start = time.perf_counter()

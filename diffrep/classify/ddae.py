@@ -174,14 +174,14 @@ def _sweep(cfg: SweepConfig, out: Path, device, state) -> dict | None:
     print(f"training {len(feats['train'])} linear probes × 3 weight decays in one pass ({cfg.epochs} epochs)")
     probe = cfg.probe_precision
 
-    def grid(epochs: int, progress=None, cells=None):
+    def grid(epochs: int, cells=None, progress=None):
         cells = cells or list(feats["train"])
         return train_probe_grid({k: feats["train"][k] for k in cells}, labels["train"],
                                 {k: feats["test"][k] for k in cells}, labels["test"], epochs=epochs,
                                 seed=cfg.seed, progress=progress, precision=probe)
     with meter.stage("probe grid", probe, count=False):
-        scores = grid(cfg.epochs, lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
-    meter.add("probe grid", probe, lambda: probe_flops(lambda e, cells: grid(e, cells=cells), feats["train"], cfg.epochs))
+        scores = grid(cfg.epochs, progress=lambda e, n: print(f"  probe epoch {e}/{n}", end="\r"))
+    meter.add("probe grid", probe, lambda: probe_flops(grid, feats["train"], cfg.epochs))
     result = summarise(cfg, scores, len(labels["train"]), len(labels["test"]))
     if cfg.shortlist > 0:
         shortlists = {None: result["cells"], **({RANDOM: result["baselines"]["random_cells"]} if cfg.baselines else {})}

@@ -71,6 +71,11 @@ def autocast_dtype(precision: str, device: torch.device):
     return PRECISIONS[precision]
 
 
+def autocast_in(device, dtype):
+    """`torch.autocast` on `device` (a device, or its type) in `dtype`; off (fp32) when dtype is None."""
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def resolve_precision(precision: str, device) -> str:
     """'auto' → 'bf16' where bf16 is native (`native_bf16`: a GPU that supports it, a CPU with AVX-512
     bf16 or AMX), else 'fp32'; any other precision as given. Resolved once, when a command's settings

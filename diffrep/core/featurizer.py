@@ -17,7 +17,7 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 from ..errors import DiffrepError
-from .backbone import Backbone, autocast_dtype, run_denoiser
+from .backbone import Backbone, autocast_dtype, autocast_in, run_denoiser
 from .blocks import default_blocks
 from .reference_names import reference_aliases, reference_names
 
@@ -243,7 +243,7 @@ class Featurizer:
             raise DiffrepError(f"{len(indices)} indices for {n} images; give one index per image")
         x_t = self.noised(latents, t, seed, indices, ensemble, noise_per_t)
         dtype = autocast_dtype(precision or ("bf16" if bf16 else "fp32"), self.backbone.device)
-        with torch.autocast(self.backbone.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast_in(self.backbone.device, dtype):
             feats = self._run(x_t, t, blocks, stop_early=stop_early, prompt=prompt)
         if ensemble == 1:   # the mean of one draw is that draw: skip a copy of every map
             return {name: (f.float() if as_float else f).cpu() for name, f in feats.items()}

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from ..core.backbone import autocast_dtype
+from ..core.backbone import autocast_dtype, autocast_in
 from ..data.holdout import holdout_split
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
@@ -73,8 +73,8 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
     (fit, validation) indices of `split`); returns per cell {"val_accuracy", "accuracy" (test),
     "weight_decay"} for the decay with the best validation accuracy. `weight_decays` as a dict
     ({cell: decay}) gives each cell one head at its own decay instead (cross-validation's refits:
-    every cell in one pass). Features are tensors or
-    memory-mapped arrays (`features.ShardedArray`), read batch by batch (see `Standardised`).
+    every cell in one pass). Features are tensors or memory-mapped arrays (`features.ShardedArray`),
+    read batch by batch (see `Standardised`).
     precision 'bf16': the standardised features are held in bf16 and the heads' matmuls run in bf16
     autocast (half the bytes read per step, the CPU's bf16 matmuls); the weights, the optimiser and the
     loss stay fp32. The probes run on the CPU, where the features are."""
@@ -100,7 +100,7 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
         for start in range(0, len(perm), batch_size):
             idx = perm[start:start + batch_size]
             y = train_y[idx]
-            with torch.autocast("cpu", dtype=low or torch.float32, enabled=low is not None):
+            with autocast_in("cpu", low):
                 loss = sum(g.loss(g(g.rows(idx)), y, classes) for g in groups)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -114,7 +114,7 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
         if progress is not None:
             progress(epoch + 1, epochs)
     test_inputs = {c: inputs[c].of(test[c]) for c in cells}
-    with torch.autocast("cpu", dtype=low or torch.float32, enabled=low is not None):
+    with autocast_in("cpu", low):
         return _score(groups, train_y, val_idx, test_inputs, test_y, weight_decays, classes)
 
 

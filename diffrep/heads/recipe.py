@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..core.backbone import autocast_in
+
 OPTIMIZERS = ("adamw", "sgd")
 
 # The grid each kind of head is chosen from: (learning rates, weight decays). Pooled heads are cheap,
@@ -123,8 +125,7 @@ def evaluate(head: nn.Module, batches, device="cpu", autocast_dtype=None) -> tup
     head.eval()
     metric, loss, count = None, 0.0, 0
     for maps, y in batches:
-        with torch.autocast(torch.device(device).type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with autocast_in(device, autocast_dtype):
             logits = head(_on(maps, device)).float().cpu()
         metric = metric or MulticlassAccuracy(num_classes=logits.shape[1], average="micro")
         metric.update(logits.argmax(1), y)
@@ -159,7 +160,7 @@ def train(head: nn.Module, batches, val_batches, recipe: Recipe, steps_per_epoch
             maps = _on(maps, device)
             if augment is not None:
                 maps = augment(maps)
-            with torch.autocast(kind, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            with autocast_in(kind, autocast_dtype):
                 logits = head(maps)
             loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)

@@ -201,7 +201,6 @@ def check_join(spec: str) -> None:
         raise DiffrepError(f"--joins {spec!r} is one (block, t) map, a cell of the grid: a join needs two or more")
 
 
-
 def predict(describer: Describer, pairs: list[Pair], size: int | None = None, prompt: str | None = None, mutual: bool = False,
             pairs_per_batch: int = 4, chunk: int = CHUNK, desc: str = "matching",
             refine: Refiner | None = None) -> dict[str, list[Matches]]:

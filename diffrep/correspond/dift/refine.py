@@ -163,9 +163,7 @@ def refine_matches(coarse: torch.Tensor, src_xy: torch.Tensor, src_fine: torch.T
     A match keeps its coarse position where its window peaks below `min_similarity`, and, with `mutual`,
     where the refined point's own best match in the window around the source point is not within a pixel
     of it. `chunk` points are compared at once (default: as many as keep ≤ WINDOW_PIXELS window pixels)."""
-    check_window(radius, temperature)
-    check_coarse_weight(coarse_weight)
-    check_min_similarity(min_similarity)
+    check_settings(radius, temperature, coarse_weight, min_similarity)
     check_fine_maps(src_fine, tgt_fine)
     if coarse_weight and coarse_maps is None:
         raise DiffrepError(f"a coarse weight of {coarse_weight:g} needs the coarse descriptor maps")

@@ -60,9 +60,6 @@ class SegConfig(RunOn):
                                      "of every image's pixels", min=0)
     selection: dict = option({}, cli=False)   # what --select found (written to config.json)
 
-    def __post_init__(self):
-        super().__post_init__()
-
 
 def with_reference(name: str | None, **given) -> SegConfig:
     """A SegConfig from DDPM-Seg's settings for its data set `name` (none: the defaults), the fields in

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ...core import Featurizer, RunOn, autocast_dtype, load_backbone, random_init, resolve_device
+from ...core.backbone import autocast_in
 from ...core.text import TextEncoder, load_text_encoder
 from ...errors import DiffrepError
 from ...options import option
@@ -118,7 +119,7 @@ class PanopticModel(nn.Module):
 
     def forward(self, images, captions, names, owner, vocab: Vocabulary | None = None) -> dict:
         dtype = autocast_dtype(self.cfg.precision, images.device)   # the frozen UNet's forward only
-        with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast_in(images.device, dtype):
             maps = self.source(images, captions)
         return self.heads(maps, names, owner, vocab)
 
