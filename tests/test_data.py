@@ -68,6 +68,20 @@ def test_a_distorted_copy_is_the_same_whatever_the_batching():
     assert not torch.equal(DistortedCopy(Distortion(), seed=3, copy=2)(x[0], 0), one_by_one[0])
 
 
+def test_distortion_draws_are_the_sequence_of_one_call_per_draw():
+    """The draws come as one vector from the generator; they must be the values that a call per draw
+    (rotation, scale, shear, x and y shift, then the elastic noise) gave, which earlier runs used."""
+    from diffrep.data import Distortion
+    from diffrep.data.augment import _draws
+
+    d = Distortion()
+    got = _draws(d, torch.Generator().manual_seed(7), 3, 8, 8)
+    gen = torch.Generator().manual_seed(7)
+    for name, amount in (("angle", d.rotate), ("zoom", d.scale), ("shear", d.shear), ("dx", d.shift), ("dy", d.shift)):
+        assert torch.equal(got[name], (torch.rand(3, generator=gen, dtype=torch.float64) * 2 - 1) * amount)
+    assert torch.equal(got["noise"], torch.rand(3, 2, 8, 8, generator=gen, dtype=torch.float64) * 2 - 1)
+
+
 def test_distortion_refuses_bad_amounts():
     from diffrep.data import Distortion
 

@@ -7,6 +7,7 @@ import torch
 
 from diffrep.data import holdout_split
 from diffrep.heads import cross_validated_accuracy, train_probe_grid
+from diffrep.heads.probe import _WidthGroup
 from diffrep.classify.ddae import SweepConfig, cross_validated_choice, summarise
 from diffrep.features import Cell
 
@@ -26,15 +27,42 @@ def test_probe_grid_separates_signal_from_noise():
     assert set(scores["signal"]) == {"accuracy", "val_accuracy", "weight_decay"}
 
 
-def test_a_cells_probe_does_not_depend_on_the_other_cells_or_their_order():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_cells_probe_does_not_depend_on_the_other_cells_or_their_order(precision):
     # a sweep over cached features (keys read back in another order) must equal the sweep that computed them
     y, feats = _signal_and_noise(n=200)
     feats[Cell(1, "weak", 1)] = feats[Cell(1, "signal", 1)] + 4 * torch.randn(200, 16, generator=torch.Generator().manual_seed(3))
     run = lambda cells: train_probe_grid({k: feats[k][:150] for k in cells}, y[:150],
-                                         {k: feats[k][150:] for k in cells}, y[150:], epochs=5, batch_size=32)
+                                         {k: feats[k][150:] for k in cells}, y[150:], epochs=5, batch_size=32,
+                                         precision=precision)
     together = run(list(feats))
     assert run(list(feats)[::-1]) == together
     assert run([Cell(1, "weak", 1)])[Cell(1, "weak", 1)] == together[Cell(1, "weak", 1)]
+
+
+def test_the_fast_loss_is_the_cross_entropy_to_rounding():
+    """The bf16 probes' loss (log-sum-exp minus the true logit) against torch's cross_entropy, value and
+    gradient, on logits large enough that an unshifted exp would overflow."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 64, 2 * 10, generator=g) * 40).requires_grad_()
+    y = torch.randint(0, 10, (64,), generator=g)
+    exact = _WidthGroup.loss(logits, y, 10)
+    (want,) = torch.autograd.grad(exact, logits)
+    fast = _WidthGroup.fast_loss(logits, y, 10)
+    (got,) = torch.autograd.grad(fast, logits)
+    assert torch.isfinite(fast) and fast.item() == pytest.approx(exact.item(), rel=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_probes_score_as_fp32_ones():
+    y, feats = _signal_and_noise(n=400)
+    run = lambda precision: train_probe_grid({k: v[:300] for k, v in feats.items()}, y[:300],
+                                             {k: v[300:] for k, v in feats.items()}, y[300:], epochs=10,
+                                             batch_size=32, precision=precision)
+    full, low = run("fp32"), run("bf16")
+    for cell in feats:
+        assert low[cell]["accuracy"] == pytest.approx(full[cell]["accuracy"], abs=0.03)
+    assert low[Cell(1, "signal", 1)]["accuracy"] > 0.9
 
 
 def test_cross_validation_with_augmented_copies_fits_on_them_and_never_on_held_out_copies():

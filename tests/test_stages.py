@@ -59,8 +59,8 @@ def test_auto_precision_is_bf16_exactly_where_it_is_native():
     assert SweepConfig(device="cpu", precision="fp32").precision == "fp32"
 
 
-def test_epoch_flops_extrapolates_one_and_two_epochs_exactly():
-    """A probe's FLOPs from counts of one and two epochs equal the count of the whole run: the sweep
+def test_epoch_flops_extrapolate_no_epoch_and_one_exactly():
+    """A probe's FLOPs from counts of no epoch and of one equal the count of the whole run: the sweep
     counts its probe stages this way, since counting every small step would slow them."""
     from diffrep.classify.ddae import epoch_flops
     from diffrep.heads import train_probe_grid

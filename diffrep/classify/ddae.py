@@ -258,12 +258,13 @@ def probe_flops(train, feats: dict, epochs: int, cells=None) -> int:
 
 
 def epoch_flops(train, epochs: int) -> int:
-    """FLOPs of `train(epochs)` (probe training, then scoring), from torch's counts of one and two epochs:
-    exact, as every epoch costs the same, and cheap, where counting the whole run would slow each of its
-    many small steps (quietly: what the counted runs print is dropped)."""
+    """FLOPs of `train(epochs)` (probe training, then scoring), from torch's counts of no epoch (the
+    set-up and the scoring alone) and of one: exact, as every epoch costs the same, and cheap, where
+    counting the whole run would slow each of its many small steps (quietly: what the counted runs
+    print is dropped)."""
     with redirect_stdout(io.StringIO()):
-        one, two = count_flops(lambda: train(1)), count_flops(lambda: train(2))
-    return one + (epochs - 1) * (two - one)
+        none, one = count_flops(lambda: train(0)), count_flops(lambda: train(1))
+    return none + epochs * (one - none)
 
 
 def image_flops(source, images) -> int:

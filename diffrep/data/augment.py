@@ -65,15 +65,26 @@ def random_distort(x: torch.Tensor, d: Distortion, gen: torch.Generator) -> torc
     return _distort(x, d, _draws(d, gen, n, h, w))
 
 
+AMOUNTS = ("angle", "zoom", "shear", "dx", "dy")   # the per-image draws, in the order they are drawn
+
+
 def _draws(d: Distortion, gen: torch.Generator, n: int, h: int, w: int) -> dict:
     """n images' random draws from `gen`, in the order they have always been drawn: rotation, scale,
-    shear, x shift, y shift (each uniform in ±amount), then the elastic noise."""
-    def draw(amount):  # uniform in ±amount, one per image
-        return (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * amount
-    out = {"angle": draw(d.rotate), "zoom": draw(d.scale), "shear": draw(d.shear), "dx": draw(d.shift),
-           "dy": draw(d.shift)}
+    shear, x shift, y shift (n each, uniform in ±amount), then the elastic noise (n×2×h×w). Drawn as
+    one vector: torch's CPU generator fills a tensor one value after another, so this is the same
+    sequence as six calls, a call per draw (tested)."""
+    flat = torch.rand(n * (len(AMOUNTS) + (2 * h * w if d.elastic > 0 else 0)), generator=gen, dtype=torch.float64)
+    return _scaled(d, flat[:len(AMOUNTS) * n].view(len(AMOUNTS), n).T, flat[len(AMOUNTS) * n:], h, w)
+
+
+def _scaled(d: Distortion, uniform: torch.Tensor, noise: torch.Tensor, h: int, w: int) -> dict:
+    """The draws' dict from n×5 uniforms in [0, 1) (rotation, scale, shear, x and y shift) and the
+    elastic noise's n·2·h·w uniforms, image after image (none without elastic): each in ±its amount."""
+    amounts = torch.tensor([d.rotate, d.scale, d.shear, d.shift, d.shift], dtype=torch.float64)
+    scaled = (uniform * 2 - 1) * amounts
+    out = {name: scaled[:, k] for k, name in enumerate(AMOUNTS)}
     if d.elastic > 0:
-        out["noise"] = torch.rand(n, 2, h, w, generator=gen, dtype=torch.float64) * 2 - 1
+        out["noise"] = noise.reshape(len(uniform), 2, h, w) * 2 - 1
     return out
 
 
@@ -109,8 +120,9 @@ class DistortedCopy:
     def batch(self, images: torch.Tensor, indices) -> torch.Tensor:
         """B×C×H×W images, image k distorted as image `indices[k]` of the set."""
         _, _, h, w = images.shape
-        draws = [_draws(self.d, self._generator(i), 1, h, w) for i in indices]
-        return _distort(images, self.d, {k: torch.cat([one[k] for one in draws]) for k in draws[0]})
+        size = len(AMOUNTS) + (2 * h * w if self.d.elastic > 0 else 0)   # one image's draws, as `_draws` orders them
+        flat = torch.stack([torch.rand(size, generator=self._generator(i), dtype=torch.float64) for i in indices])
+        return _distort(images, self.d, _scaled(self.d, flat[:, :len(AMOUNTS)], flat[:, len(AMOUNTS):], h, w))
 
     def _generator(self, i: int) -> torch.Generator:
         state = np.random.SeedSequence([self.seed % 2 ** 64, self.copy, int(i)]).generate_state(1, np.uint64)[0]

@@ -77,7 +77,9 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
     read batch by batch (see `Standardised`).
     precision 'bf16': the standardised features are held in bf16 and the heads' matmuls run in bf16
     autocast (half the bytes read per step, the CPU's bf16 matmuls); the weights, the optimiser and the
-    loss stay fp32. The probes run on the CPU, where the features are."""
+    loss stay fp32, the loss as `_WidthGroup.fast_loss` and the optimiser torch's fused AdamW (each
+    faster, and equal to fp32's to rounding: the main job's probes took 39 s instead of 55). The probes
+    run on the CPU, where the features are."""
     low = autocast_dtype(precision, "cpu")
     fit_idx, val_idx = split if split is not None else holdout_split(len(train_y))
     classes = int(max(train_y.max(), test_y.max())) + 1
@@ -91,7 +93,12 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
     for g in groups:
         g.decay = (torch.tensor([[weight_decays[c]] for c in g.cells]).repeat(1, classes)[:, None] if per_cell
                    else torch.tensor([wd for wd in weight_decays for _ in range(classes)]))
-    opt = torch.optim.AdamW([p for g in groups for p in g.parameters()], lr=lr, weight_decay=0.0)
+    # fp32 keeps torch's cross_entropy and the multi-tensor AdamW, which give its figures bit for bit;
+    # reduced precision takes the faster loss and torch's fused AdamW (the same steps to rounding)
+    fast = low is not None
+    loss_of = _WidthGroup.fast_loss if fast else _WidthGroup.loss
+    opt = torch.optim.AdamW([p for g in groups for p in g.parameters()], lr=lr, weight_decay=0.0,
+                            **({"fused": True} if fast else {"foreach": True}))
     steps = epochs * math.ceil(len(fit_idx) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
@@ -101,7 +108,7 @@ def train_probe_grid(train: dict, train_y: torch.Tensor, test: dict,
             idx = perm[start:start + batch_size]
             y = train_y[idx]
             with autocast_in("cpu", low):
-                loss = sum(g.loss(g(g.rows(idx)), y, classes) for g in groups)
+                loss = sum(loss_of(g(g.rows(idx)), y, classes) for g in groups)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():
@@ -141,7 +148,7 @@ class _WidthGroup(nn.Module):
     def rows(self, idx, inputs=None) -> torch.Tensor:
         """n cells × len(idx) × D standardised rows."""
         if inputs is None and self.stacked is not None:
-            return self.stacked[:, idx]
+            return self.stacked.index_select(1, idx)   # the same rows as [:, idx], a third faster on the CPU
         return torch.stack([x[idx] for x in (inputs or self.inputs)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,11 +156,25 @@ class _WidthGroup(nn.Module):
 
     @staticmethod
     def loss(logits: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
-        """The sum over heads of each head's mean cross-entropy."""
+        """The sum over heads of each head's mean cross-entropy (torch's cross_entropy: the fp32
+        probes' figures)."""
         n, b, out = logits.shape
         heads = out // classes
         target = y.view(1, b, 1).expand(n, b, heads).reshape(-1)
         return nn.functional.cross_entropy(logits.reshape(-1, classes), target) * (n * heads)
+
+    @staticmethod
+    def fast_loss(logits: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+        """The same sum as `loss`, in fp32, written as log-sum-exp minus the true class's logit: about
+        3× faster on the CPU, where log_softmax over a last dimension of 10 classes runs far below the
+        memory's speed; it agrees with `loss` to rounding (the bf16 probes use it; fp32 keeps `loss`,
+        so that its figures stay bit for bit those it has always given)."""
+        n, b, out = logits.shape
+        z = logits.float().view(n, b, out // classes, classes)
+        top = z.detach().amax(-1, keepdim=True)   # for stability only: the gradient does not depend on it
+        lse = (z - top).exp().sum(-1).log() + top.squeeze(-1)
+        true = z.gather(-1, y.view(1, b, 1, 1).expand(n, b, out // classes, 1)).squeeze(-1)
+        return (lse - true).sum() / b
 
 
 def _width_groups(cells: list, inputs: dict, outputs: int, storage: torch.dtype = torch.float32) -> list[_WidthGroup]:
