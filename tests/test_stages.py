@@ -93,3 +93,17 @@ def test_probe_flops_from_one_cell_per_width_equal_the_whole_count():
     for train in (grid, cv):
         assert probe_flops(train, x, 4) == count_flops(lambda: train(4, list(x))) > 0
     assert probe_flops(grid, x, 4, cells=["a", "c"]) == count_flops(lambda: grid(4, ["a", "c"]))
+
+
+def test_the_sweeps_cross_validation_flops_are_counted_exactly():
+    """The sweep's own cross-validation closure, counted from no epoch and one, against the count of
+    the whole run (a closure that read 0 epochs as 'the default' once counted 60 for none)."""
+    from diffrep.classify.ddae import cross_validate, probe_flops
+
+    cfg = SweepConfig(epochs=3, folds=3, device="cpu", precision="fp32")
+    gen = torch.Generator().manual_seed(0)
+    x = {name: torch.randn(48, width, generator=gen) for name, width in (("a", 12), ("b", 30))}
+    y = torch.randint(0, 3, (48,), generator=gen)
+    decays = dict.fromkeys(x, 1e-3)
+    counted = probe_flops(lambda e, cells: cross_validate(cfg, x, y, {k: decays[k] for k in cells}, e), x, cfg.epochs)
+    assert counted == count_flops(lambda: cross_validate(cfg, x, y, decays)) > 0
