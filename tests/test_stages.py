@@ -59,6 +59,12 @@ def test_auto_precision_is_bf16_exactly_where_it_is_native():
     assert SweepConfig(device="cpu", precision="fp32").precision == "fp32"
 
 
+def test_auto_precision_is_fp32_when_torch_runs_below_avx512(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 (imitating an AVX2 machine) leaves bf16 emulated, whatever the CPU has."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not native_bf16("cpu") and resolve_precision("auto", "cpu") == "fp32"
+
+
 def test_epoch_flops_extrapolate_no_epoch_and_one_exactly():
     """A probe's FLOPs from counts of no epoch and of one equal the count of the whole run: the sweep
     counts its probe stages this way, since counting every small step would slow them."""

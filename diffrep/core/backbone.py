@@ -87,14 +87,16 @@ def resolve_precision(precision: str, device) -> str:
 
 def native_bf16(device) -> bool:
     """Whether bf16 runs on native kernels here: any CUDA GPU that supports it, or a CPU with AVX-512 bf16
-    or AMX. Elsewhere (an AVX2 CPU) bf16 autocast is emulated: a 1.5M-parameter UNet's training step
-    took 57 s in bf16 against 2.7 s in fp32 on a 2-core AVX2 EPYC."""
+    or AMX whose AVX-512 kernels torch uses (not lowered by ATEN_CPU_CAPABILITY, as when an AVX2
+    machine is imitated). Elsewhere (an AVX2 CPU) bf16 autocast is emulated: a 1.5M-parameter UNet's
+    training step took 57 s in bf16 against 2.7 s in fp32 on a 2-core AVX2 EPYC."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         cpu = torch.cpu
-        return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512") and \
+            any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return False
 
 
