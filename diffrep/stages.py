@@ -16,13 +16,16 @@
   large operations (the probes' batched matmuls), ruinous around many small ones (per-image noise and
   distortions: it more than doubled the sweep's distorted copies). So a stage of many images is timed
   without the counter (`count=False`), and its FLOPs are one image's, counted apart, times the number
-  of images (`count_flops`, `add`): every image costs the same FLOPs.
+  of images (`image_flops`, `add`): every image costs the same FLOPs. Probe training is counted on
+  one cell per feature width, for no epoch and for one, and extrapolated (`probe_flops`,
+  `epoch_flops`): exact, as every cell of a width and every epoch cost the same.
 """
 
 from __future__ import annotations
 
+import io
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -55,6 +58,33 @@ def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def probe_flops(train, feats: dict, epochs: int, cells=None) -> int:
+    """FLOPs of `train(epochs, cells)` over `cells` (default: all of `feats`), from one cell of each
+    feature width: a cell's probe costs what every other cell of its width costs (the heads of one
+    width train as one batched matmul), so the count is exact; counting every cell took 19 s of a
+    303 s main job."""
+    by_width: dict[int, list] = {}
+    for key in (cells or feats):
+        by_width.setdefault(feats[key][0].numel(), []).append(key)
+    return sum(len(keys) * epoch_flops(lambda e, one=keys[:1]: train(e, one), epochs) for keys in by_width.values())
+
+
+def epoch_flops(train, epochs: int) -> int:
+    """FLOPs of `train(epochs)` (probe training, then scoring), from torch's counts of no epoch (the
+    set-up and the scoring alone) and of one: exact, as every epoch costs the same, and cheap, where
+    counting the whole run would slow each of its many small steps (quietly: what the counted runs
+    print is dropped)."""
+    with redirect_stdout(io.StringIO()):
+        none, one = count_flops(lambda: train(0)), count_flops(lambda: train(1))
+    return none + epochs * (one - none)
+
+
+def image_flops(source, images) -> int:
+    """FLOPs of one image through `source` (every t and draw), counted on the first of `images` (a
+    tensor or `ImageFiles`): every image of a sweep costs the same."""
+    return count_flops(lambda: source.maps(torch.as_tensor(images[0])[None], indices=torch.zeros(1, dtype=torch.long)))
 
 
 def _sync(device: torch.device) -> None:

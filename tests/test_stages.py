@@ -68,7 +68,7 @@ def test_auto_precision_is_fp32_when_torch_runs_below_avx512(monkeypatch):
 def test_epoch_flops_extrapolate_no_epoch_and_one_exactly():
     """A probe's FLOPs from counts of no epoch and of one equal the count of the whole run: the sweep
     counts its probe stages this way, since counting every small step would slow them."""
-    from diffrep.classify.ddae import epoch_flops
+    from diffrep.stages import epoch_flops
     from diffrep.heads import train_probe_grid
     from diffrep.stages import count_flops
 
@@ -84,7 +84,7 @@ def test_epoch_flops_extrapolate_no_epoch_and_one_exactly():
 def test_probe_flops_from_one_cell_per_width_equal_the_whole_count():
     """The sweep counts its probes' FLOPs on one cell of each feature width, times the cells of that
     width: exact, since a width's heads train as one batched matmul."""
-    from diffrep.classify.ddae import probe_flops
+    from diffrep.stages import probe_flops
     from diffrep.heads import cross_validated_accuracy, train_probe_grid
 
     gen = torch.Generator().manual_seed(0)
@@ -104,7 +104,8 @@ def test_probe_flops_from_one_cell_per_width_equal_the_whole_count():
 def test_the_sweeps_cross_validation_flops_are_counted_exactly():
     """The sweep's own cross-validation closure, counted from no epoch and one, against the count of
     the whole run (a closure that read 0 epochs as 'the default' once counted 60 for none)."""
-    from diffrep.classify.ddae import cross_validate, probe_flops
+    from diffrep.classify.ddae import cross_validate
+    from diffrep.stages import probe_flops
 
     cfg = SweepConfig(epochs=3, folds=3, device="cpu", precision="fp32")
     gen = torch.Generator().manual_seed(0)

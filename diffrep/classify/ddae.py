@@ -9,9 +9,7 @@ weights) in the same run and table. Writes config.json, sweep.json and heatmap.p
 
 from __future__ import annotations
 
-import io
 import time
-from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from ..heads import augmented_epochs, cross_validated_accuracy, train_probe_grid
 from ..options import MODEL_HELP, add_options, from_args, noise_level, option
 from ..plotting import grid_rows, plot_grid
 from ..runs import header, in_run_folder, write_results
-from ..stages import StageMeter, count_flops, format_stages
+from ..stages import StageMeter, format_stages, image_flops, probe_flops
 
 DEFAULT_TS = [5, 25, 50, 100, 200]
 PIXELS, RANDOM = "pixels", "random"   # the baselines' feature keys: raw pixels, and (RANDOM, cell)
@@ -244,33 +242,6 @@ def augmented_probe(cfg: SweepConfig, featurizer: Featurizer, train, feats: dict
     meter.add("final probe", cfg.probe_precision, lambda: probe_flops(lambda e, cells: final(e), {key: x}, epochs))
     return {"copies": cfg.augment, "distortion": asdict(cfg.distortion), "fit_images": n,
             "accuracy": score["accuracy"], "weight_decay": score["weight_decay"]}
-
-
-def probe_flops(train, feats: dict, epochs: int, cells=None) -> int:
-    """FLOPs of `train(epochs, cells)` over `cells` (default: all of `feats`), from one cell of each
-    feature width: a cell's probe costs what every other cell of its width costs (the heads of one
-    width train as one batched matmul), so the count is exact; counting every cell took 19 s of a
-    303 s main job."""
-    by_width: dict[int, list] = {}
-    for key in (cells or feats):
-        by_width.setdefault(feats[key][0].numel(), []).append(key)
-    return sum(len(keys) * epoch_flops(lambda e, one=keys[:1]: train(e, one), epochs) for keys in by_width.values())
-
-
-def epoch_flops(train, epochs: int) -> int:
-    """FLOPs of `train(epochs)` (probe training, then scoring), from torch's counts of no epoch (the
-    set-up and the scoring alone) and of one: exact, as every epoch costs the same, and cheap, where
-    counting the whole run would slow each of its many small steps (quietly: what the counted runs
-    print is dropped)."""
-    with redirect_stdout(io.StringIO()):
-        none, one = count_flops(lambda: train(0)), count_flops(lambda: train(1))
-    return none + epochs * (one - none)
-
-
-def image_flops(source, images) -> int:
-    """FLOPs of one image through `source` (every t and draw), counted on the first of `images` (a
-    tensor or `ImageFiles`): every image of a sweep costs the same."""
-    return count_flops(lambda: source.maps(torch.as_tensor(images[0])[None], indices=torch.zeros(1, dtype=torch.long)))
 
 
 def check_cross_validation(cfg: SweepConfig, n_train: int) -> None:
