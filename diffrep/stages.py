@@ -30,7 +30,7 @@ from contextlib import contextmanager, redirect_stdout
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .core.backbone import autocast_dtype, autocast_in
+from .core.precision import autocast_dtype, autocast_in
 
 COUNTING = "FLOP counting"   # the stage the meter's own counting is timed as
 

@@ -121,7 +121,7 @@ def test_feedback_on_a_dit_is_refused_before_any_work(dit_dir, labelled_folder, 
 
 
 def test_distorted_copies_add_fit_rows_only_and_are_cached_once(unet_dir, labelled_folder, tmp_path):
-    from diffrep.classify.gdc import with_copies
+    from diffrep.classify.rows import with_copies
     train, copy = {"k": torch.zeros(10, 2)}, {"k": torch.ones(10, 2)}
     fit, val = torch.tensor([0, 2, 4, 6, 8]), torch.tensor([1, 3, 5, 7, 9])
     joined, rows = with_copies(train, [copy], fit, 10)
@@ -141,7 +141,7 @@ def test_distorted_copies_add_fit_rows_only_and_are_cached_once(unet_dir, labell
 
 
 def test_label_subsets_take_k_per_class_the_same_for_every_call():
-    from diffrep.classify.gdc import labels_subset
+    from diffrep.classify.rows import labels_subset
     labels = torch.arange(30) % 3
     rows = torch.arange(24)                                          # the last 6 are held out
     a = labels_subset(labels, rows, 2, seed=0)

@@ -48,7 +48,7 @@ def test_run_writes_a_loadable_diffusers_folder(labelled_folder, tmp_path):
 
 
 def test_auto_precision_takes_bf16_only_where_it_has_native_kernels(labelled_folder, tmp_path):
-    from diffrep.core.backbone import native_bf16
+    from diffrep.core.precision import native_bf16
     pretrain(tmp_path / "auto", _cfg(labelled_folder, steps=1, precision="auto", device="cpu"))
     ran = json.loads((tmp_path / "auto" / "pretrain.json").read_text())["config"]["precision"]
     assert ran == ("bf16" if native_bf16("cpu") else "fp32")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffrep.classify.ddae import SweepConfig
-from diffrep.core.backbone import native_bf16, resolve_precision
+from diffrep.core.precision import native_bf16, resolve_precision
 from diffrep.stages import StageMeter, count_flops, format_stages, matmul_rate
 
 

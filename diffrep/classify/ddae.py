@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import Featurizer, RunOn, load_backbone, random_init
-from ..core.backbone import native_bf16
+from ..core.precision import native_bf16
 from ..data import DistortedCopy, Distortion, fit_images, load
 from ..errors import DiffrepError
 from ..features import (Cell, DiffusionFeatures, FeatureStore, RawPixels, as_tensor, bytes_per_image, collect_features,

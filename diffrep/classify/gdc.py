@@ -47,9 +47,8 @@ import torch
 
 from ..core import Featurizer, RunOn, autocast_dtype, load_backbone, random_init
 from ..data import DistortedCopy, Distortion, has_split
-from ..data.holdout import holdout_split
 from ..errors import DiffrepError
-from ..features import Cell, DiffusionFeatures, PixelPatches, ShardedArray, as_tensor, maps_in_store
+from ..features import Cell, DiffusionFeatures, PixelPatches, as_tensor, maps_in_store
 from ..heads.classifier import HEADS, MAX_TOKEN_SIDE, accuracy, make_head, parameter_count, pool_to_token_grid
 from ..heads.recipe import GRIDS, OPTIMIZERS, Recipe, grid, search_and_repeat, train
 from ..options import MODEL_HELP, add_options, from_args, named, noise_level, option
@@ -58,6 +57,7 @@ from .ddae import labelled_splits
 from .diffeed import check_model, train_feedback_row
 from .difformer import fusion_layout, fusion_spec
 from .reference import REFERENCES, apply_reference, check_numbering, resolved
+from .rows import Rows, fit_and_validation, fit_rows, labels_subset
 from .report import (comparisons, format_comparisons, format_label_efficiency, format_row, format_table,
                      label_efficiency, plot_label_efficiency, plot_table)
 
@@ -205,69 +205,6 @@ def _head_specs(cfg: ClassifyConfig, cells: list, head) -> list[dict]:
         else:
             specs.append({"name": kind, "kind": kind, "pool": None, "cells": first})
     return specs
-
-
-def _batches(maps: dict, cells: list, y: torch.Tensor, idx: torch.Tensor, size: int, gen=None):
-    """(list of maps of `cells`, labels) in batches of `idx` (shuffled when `gen` is given)."""
-    order = idx[torch.randperm(len(idx), generator=gen)] if gen is not None else idx
-    for start in range(0, len(order), size):
-        rows = order[start:start + size]
-        yield [as_tensor(maps[c][rows]).float() for c in cells], y[rows]
-
-
-def with_copies(train: dict, copies: list[dict], fit: torch.Tensor, n: int) -> tuple[dict, torch.Tensor]:
-    """The train maps with the distorted copies' rows behind them, and the fit rows among them: the
-    fit images and their copies (the validation images' copies are left out, so validation stays
-    unseen). Nothing is joined: each key reads its rows from the parts in place (memory-mapped
-    shards stay on disk), batch by batch."""
-    if not copies:
-        return train, fit
-    joined = {k: ShardedArray([part for maps in [train, *copies] for part in _parts(maps[k])]) for k in train}
-    return joined, torch.cat([fit + c * n for c in range(len(copies) + 1)])
-
-
-def _parts(array) -> list:
-    return array.parts if isinstance(array, ShardedArray) else [array]
-
-
-@dataclass
-class Rows:
-    """Rows `index` of maps (cell → N×C×h×w) with their `labels`: what one step of training reads."""
-    maps: dict
-    labels: torch.Tensor
-    index: torch.Tensor
-
-    def batches(self, cells: list, size: int, gen=None):
-        return _batches(self.maps, cells, self.labels, self.index, size, gen)
-
-
-def fit_and_validation(cfg, feats: dict, labels: dict) -> tuple[torch.Tensor, Rows | None]:
-    """The train rows that fit (original images' indices) and the validation rows: the data set's own
-    val split where it has one, else a held-out eighth of train."""
-    if "val" in labels:
-        return torch.arange(len(labels["train"])), Rows(feats["val"], labels["val"], torch.arange(len(labels["val"])))
-    fit, val = holdout_split(len(labels["train"]), seed=cfg.seed)
-    return fit, Rows(feats["train"], labels["train"], val)
-
-
-def labels_subset(labels: torch.Tensor, rows: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """k rows of each class among `rows`, by a seeded permutation: the same images for every head
-    and source (all of a class's rows where it has fewer)."""
-    order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
-    picked = [order[labels[order] == c][:k] for c in labels[rows].unique()]
-    return torch.cat(picked).sort().values
-
-
-MIN_EPOCH_ROWS = 1000   # a few-label epoch repeats its images to this many rows, so 1 label per class still trains
-
-
-def fit_rows(feats: dict, labels: dict, copies: list, fit: torch.Tensor, few: bool) -> Rows:
-    """The rows a head fits on: `fit` and their distorted copies (`few`: repeated to MIN_EPOCH_ROWS)."""
-    n = len(labels["train"])
-    maps, index = with_copies(feats["train"], copies, fit, n)
-    if few and len(index) < MIN_EPOCH_ROWS:
-        index = index.repeat(-(-MIN_EPOCH_ROWS // len(index)))
-    return Rows(maps, labels["train"].repeat(len(copies) + 1), index)
 
 
 def train_table(cfg: ClassifyConfig, source_name: str, feats: dict, labels: dict, cells: list, classes: int,

@@ -1,8 +1,8 @@
-"""The core of the data path: backbones (loading, noise forms, conditioning) and the featurizer
-(taps on named blocks, early stop), with the default blocks of each use."""
+"""The core of the data path: backbones (loading, noise forms, conditioning), devices and precisions,
+and the featurizer (taps on named blocks, early stop), with the default blocks of each use."""
 
-from .backbone import (PRECISIONS, Backbone, EDMNoise, VPNoise, autocast_dtype, load_backbone, noise_form, null_class,
-                       random_init, resolve_device, run_denoiser, weight_dtype)
+from .backbone import Backbone, EDMNoise, VPNoise, load_backbone, noise_form, null_class, random_init, run_denoiser
+from .precision import PRECISIONS, autocast_dtype, resolve_device, weight_dtype
 from .blocks import default_blocks
 from .featurizer import BlockInfo, Featurizer, image_noise, noise_seed
 from .runtime import ModelOptions, RunOn, barrier, processes, release_memory

@@ -17,7 +17,8 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 from ..errors import DiffrepError
-from .backbone import Backbone, autocast_dtype, autocast_in, run_denoiser
+from .backbone import Backbone, run_denoiser
+from .precision import autocast_dtype, autocast_in
 from .blocks import default_blocks
 from .reference_names import reference_aliases, reference_names
 

@@ -13,7 +13,7 @@ from accelerate import PartialState
 
 from ..errors import DiffrepError
 from ..options import check, option
-from .backbone import PRECISIONS, resolve_device, resolve_precision
+from .precision import PRECISIONS, resolve_device, resolve_precision
 
 
 @dataclass

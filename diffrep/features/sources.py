@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.backbone import autocast_dtype
+from ..core.precision import autocast_dtype
 from ..core.featurizer import Featurizer
 from ..data.images import match_channels
 from .cell import Cell

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from ..core.backbone import autocast_dtype, autocast_in
+from ..core.precision import autocast_dtype, autocast_in
 from ..data.holdout import holdout_split
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)

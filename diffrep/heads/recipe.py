@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..core.backbone import autocast_in
+from ..core.precision import autocast_in
 
 OPTIMIZERS = ("adamw", "sgd")
 

@@ -23,8 +23,8 @@ from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTTransforme
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from ..core.backbone import (autocast_dtype, load_backbone, native_bf16, noise_form, null_class, resolve_device,
-                             resolve_precision, run_denoiser)
+from ..core.backbone import load_backbone, noise_form, null_class, run_denoiser
+from ..core.precision import autocast_dtype, native_bf16, resolve_device, resolve_precision
 from ..core.text import PromptCache, load_text_encoder
 from ..data import holdout_split, load, load_captioned, pretrain_split, random_crop, random_shift
 from ..errors import DiffrepError

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ...core import PRECISIONS, Featurizer, load_backbone
-from ...core.backbone import resolve_precision
+from ...core.precision import resolve_precision
 from ...data import ImageBatches, load_seg_data, match_channels, pad_to_multiple, read_image
 from ...errors import DiffrepError
 from ...features import features_at

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ...core import Featurizer, RunOn, autocast_dtype, load_backbone, random_init, resolve_device
-from ...core.backbone import autocast_in
+from ...core.precision import autocast_in
 from ...core.text import TextEncoder, load_text_encoder
 from ...errors import DiffrepError
 from ...options import option
