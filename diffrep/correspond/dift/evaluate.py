@@ -114,7 +114,13 @@ class DescriptorConfig(RunOn):
                 raise DiffrepError(f"{stray[0]} needs --refine FINE (a finer block of the model, daisy or pixels)")
             return
         check_settings(self.refine_radius, self.refine_temperature,   # a radius left None: `refiner` picks it
-                       self.refine_coarse_weight or 0.0, self.refine_min_similarity)
+                       self.coarse_weight, self.refine_min_similarity)
+
+    @property
+    def coarse_weight(self) -> float:
+        """--refine-coarse-weight, 0 when it is not given (the field keeps None for "not given", so that
+        `_check_refine` can refuse it without --refine)."""
+        return self.refine_coarse_weight or 0.0
 
     @property
     def image_size(self) -> int | None:
@@ -131,7 +137,7 @@ class DescriptorConfig(RunOn):
         if self.refine is None:
             return None
         return refiner(describer, self.refine, self.refine_t, self.refine_radius, self.refine_temperature,
-                       self.refine_coarse_weight or 0.0, self.refine_min_similarity, self.refine_mutual)
+                       self.coarse_weight, self.refine_min_similarity, self.refine_mutual)
 
 
 @dataclass
