@@ -272,7 +272,8 @@ def cross_validate(cfg: SweepConfig, train_feats: dict, train_y: torch.Tensor, d
     """{key: k-fold cross-validated accuracy} of the cells `decays` ({key: weight decay}), with the
     sweep's folds, seed and probe precision."""
     return cross_validated_accuracy({k: train_feats[k] for k in decays}, train_y, decays, folds=cfg.folds,
-                                    epochs=cfg.epochs if epochs is None else epochs, seed=cfg.seed, precision=cfg.probe_precision)
+                                    epochs=cfg.epochs if epochs is None else epochs, seed=cfg.seed,
+                                    precision=cfg.probe_precision)
 
 
 def cross_validated_choice(cfg: SweepConfig, cells: dict[str | None, list[dict]], train_feats: dict,

@@ -73,8 +73,13 @@ def _draws(d: Distortion, gen: torch.Generator, n: int, h: int, w: int) -> dict:
     shear, x shift, y shift (n each, uniform in ±amount), then the elastic noise (n×2×h×w). Drawn as
     one vector: torch's CPU generator fills a tensor one value after another, so this is the same
     sequence as six calls, a call per draw (tested)."""
-    flat = torch.rand(n * (len(AMOUNTS) + (2 * h * w if d.elastic > 0 else 0)), generator=gen, dtype=torch.float64)
+    flat = torch.rand(n * _per_image(d, h, w), generator=gen, dtype=torch.float64)
     return _scaled(d, flat[:len(AMOUNTS) * n].view(len(AMOUNTS), n).T, flat[len(AMOUNTS) * n:], h, w)
+
+
+def _per_image(d: Distortion, h: int, w: int) -> int:
+    """How many uniforms one image's distortion draws: the five amounts, and the elastic noise's 2·h·w."""
+    return len(AMOUNTS) + (2 * h * w if d.elastic > 0 else 0)
 
 
 def _scaled(d: Distortion, uniform: torch.Tensor, noise: torch.Tensor, h: int, w: int) -> dict:
@@ -120,7 +125,7 @@ class DistortedCopy:
     def batch(self, images: torch.Tensor, indices) -> torch.Tensor:
         """B×C×H×W images, image k distorted as image `indices[k]` of the set."""
         _, _, h, w = images.shape
-        size = len(AMOUNTS) + (2 * h * w if self.d.elastic > 0 else 0)   # one image's draws, as `_draws` orders them
+        size = _per_image(self.d, h, w)   # one image's draws, ordered as `_draws` orders them
         flat = torch.stack([torch.rand(size, generator=self._generator(i), dtype=torch.float64) for i in indices])
         return _distort(images, self.d, _scaled(self.d, flat[:, :len(AMOUNTS)], flat[:, len(AMOUNTS):], h, w))
 
